@@ -1,0 +1,1 @@
+"""Security gateway for hotel and booking systems."""
