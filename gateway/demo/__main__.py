@@ -21,7 +21,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--http-proxy", default=None, help="egress proxy for the SMS API")
     parser.add_argument("--ca-file", default=None, help="CA bundle for HTTPS APIs")
     parser.add_argument("--public-url", default=defaults.public_url)
-    parser.add_argument("--session-idle-seconds", type=float, default=defaults.session_idle_seconds)
+    parser.add_argument(
+        "--session-idle-seconds", type=float, default=defaults.session_idle_seconds
+    )
     args = parser.parse_args(argv)
 
     settings = DemoSettings(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hmac
+import re
 import secrets
 import ssl
 from collections.abc import AsyncIterator
@@ -40,6 +41,7 @@ SESSION_COOKIE = "PMSSESSID"
 CSRF_COOKIE = "pms_csrf"
 PRELOGIN_COOKIE = "PMSPRELOGIN"
 
+_PRELOGIN_FORMAT = re.compile(r"[A-Za-z0-9_-]{32}")
 _HERE = Path(__file__).parent
 
 
@@ -213,7 +215,10 @@ def _login_page(
 
 
 async def login_form(request: web.Request) -> web.Response:
-    prelogin = request.cookies.get(PRELOGIN_COOKIE) or secrets.token_urlsafe(24)
+    # Reusing a well-formed pre-login cookie keeps forms open in other tabs valid.
+    prelogin = request.cookies.get(PRELOGIN_COOKIE, "")
+    if not _PRELOGIN_FORMAT.fullmatch(prelogin):
+        prelogin = secrets.token_urlsafe(24)
     response = _login_page(request, prelogin, request.query.get("next", ""))
     response.set_cookie(PRELOGIN_COOKIE, prelogin, path="/", httponly=True)
     return response

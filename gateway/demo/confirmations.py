@@ -94,7 +94,11 @@ async def send_sms(
         async with http.post(
             url,
             data=form,
-            auth=aiohttp.BasicAuth(settings.sms_account_sid, settings.sms_auth_token),
+            headers={
+                "Authorization": aiohttp.encode_basic_auth(
+                    settings.sms_account_sid, settings.sms_auth_token
+                )
+            },
             proxy=settings.http_proxy,
             timeout=aiohttp.ClientTimeout(total=settings.send_timeout),
         ) as response:

@@ -106,6 +106,7 @@ ROOMS = [f"{floor}{number:02d}" for floor in (1, 2, 3) for number in range(1, 11
 # Guests: name, e-mail, phone (valid international numbers, fictional ranges where a
 # country has them), card (well-known Luhn-valid test numbers), passport, date of birth,
 # notes. Notes leak card and health data on purpose: that is what old PMSs look like.
+# fmt: off
 _GUESTS = [
     ("Oliver Bennett", "oliver.bennett@example.co.uk", "+44 20 7946 0018", "4111111111111111", "533401872", "1978-04-12", "Late arrival, around 23:00."),
     ("Amélie Laurent", "amelie.laurent@example.fr", "+33 1 99 00 12 34", "5555555555554444", "18AV52731", "1985-11-03", ""),
@@ -133,6 +134,7 @@ _GUESTS = [
     ("Klára Černá", "klara.cerna@example.cz", "+420 601 555 210", "5555555555554444", "41279305", "1989-10-10", "Early check-in requested."),
     ("Ryan Davis", "ryan.davis@example.com", "+1 312 555 0119", "378282246310005", "E12093746", "1971-06-21", ""),
 ]
+# fmt: on
 
 _STATUSES = ["New", "Confirmed", "Checked in", "Confirmed", "New", "Cancelled", "Confirmed"]
 
