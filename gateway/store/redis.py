@@ -269,6 +269,7 @@ class _PubSubHub:
 
     async def _run(self) -> None:
         backoff = 0.05
+        failing = False  # warn once per outage, not once per retry
         while not self._closed:
             try:
                 pubsub = self._pubsub
@@ -279,6 +280,9 @@ class _PubSubHub:
                         continue
                     pubsub = await self._connect()
                     backoff = 0.05
+                    if failing:
+                        log.warning("Redis pub/sub reconnected")
+                        failing = False
                 message = await pubsub.get_message(timeout=1.0)
                 if message is not None:
                     self._dispatch(message)
@@ -287,7 +291,9 @@ class _PubSubHub:
             except Exception as exc:  # connection lost, server restarting, ...
                 if self._closed:
                     return
-                log.warning("Redis pub/sub connection lost (%s); reconnecting", exc)
+                level = logging.DEBUG if failing else logging.WARNING
+                log.log(level, "Redis pub/sub connection lost (%s); reconnecting", exc)
+                failing = True
                 await self._disconnect()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
