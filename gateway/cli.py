@@ -1,0 +1,80 @@
+"""The `pms-gateway` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gateway.policy import ConfigError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Security gateway for hotel and booking systems.")
+policy_app = typer.Typer(no_args_is_help=True, help="Check policy files and print their schema.")
+app.add_typer(policy_app, name="policy")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Deployment settings (config.yaml). Environment variables PMS_GATEWAY_* override it."),
+]
+
+
+def _fail(error: Exception) -> None:
+    typer.echo(str(error), err=True)
+    raise typer.Exit(1)
+
+
+@policy_app.command("check")
+def policy_check(paths: Annotated[list[Path], typer.Argument(help="Policy files or folders.")]) -> None:
+    """Validate policy files; exit 1 naming file, line and key of every problem."""
+    from gateway.policy import load_policy
+
+    try:
+        policy = load_policy(*paths)
+    except ConfigError as exc:
+        _fail(exc)
+    typer.echo(f"ok: {', '.join(map(str, paths))} ({len(policy.groups)} groups)")
+
+
+@policy_app.command("schema")
+def policy_schema() -> None:
+    """Print the policy JSON Schema (for editor autocompletion)."""
+    from gateway.policy import policy_json_schema
+
+    typer.echo(json.dumps(policy_json_schema(), indent=2))
+
+
+@app.command()
+def run(config: ConfigOption = None) -> None:
+    """Run every listener the configuration enables."""
+    from gateway.config import load_config
+    from gateway.serve import serve
+
+    try:
+        settings = load_config(config)
+    except ConfigError as exc:
+        _fail(exc)
+    serve(settings)
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="Port of the gateway.")] = 8080,
+    pms_port: Annotated[int, typer.Option(help="Port of the demo PMS (loopback only).")] = 8081,
+    data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its database and keys.")] = Path("var/demo"),
+) -> None:
+    """Start the demo PMS and the gateway in front of it, on the embedded defaults."""
+    from gateway.serve import serve_demo
+
+    serve_demo(port=port, pms_port=pms_port, data_dir=data_dir)
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

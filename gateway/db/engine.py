@@ -1,0 +1,181 @@
+"""Opening the durable database and bringing its schema up to date.
+
+SQLite (one file, the default) suits a single instance; PostgreSQL serves several.
+`open_database` accepts the URLs operators usually have at hand (`postgres://...`,
+`postgresql://...?sslmode=require`, `sqlite:///path`) and picks the async drivers.
+
+Schema versions: `schema_migrations` records every applied version. `MIGRATIONS[i]`
+upgrades a database from version i to i+1; it is a plain function taking a synchronous
+SQLAlchemy `Connection` (run via `run_sync`) inside the upgrade transaction. Step 1
+creates the schema of `tables.py`; since that file always shows the latest schema, a
+fresh database is created from it and stamped with the latest version at once, and steps
+2+ only ever run on databases made by an older release. To change the schema: edit
+`tables.py` and append a step that makes the same change to an existing database.
+
+Several instances may start at once. All of this runs in one transaction that first
+takes a lock: `pg_advisory_xact_lock` on PostgreSQL, `BEGIN IMMEDIATE` (the write lock,
+waited for up to busy_timeout) on SQLite; the second starter then finds the work done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, event, func, insert, select
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from .tables import metadata, schema_migrations
+
+MigrationStep = Callable[[Connection], None]
+
+
+def _create_schema(conn: Connection) -> None:
+    metadata.create_all(conn)
+
+
+MIGRATIONS: list[MigrationStep] = [
+    _create_schema,  # 1: initial schema
+]
+"""Ordered upgrade steps; append only, never reorder or edit a released step."""
+
+# Arbitrary constant identifying "the gateway's schema upgrade" among advisory locks.
+_PG_MIGRATION_LOCK = 0x67775F736368656D  # "gw_schem"
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_SQLITE_BEGIN = "gw_sqlite_begin"  # execution option: "" (deferred) or "IMMEDIATE"
+
+
+class SchemaTooNewError(RuntimeError):
+    """The database was upgraded by a newer release; running older code on it could
+    corrupt data, so we refuse to start instead."""
+
+
+def normalise_url(url: str | URL) -> URL:
+    """Map the usual spellings onto the async drivers: postgres:// and postgresql://
+    -> postgresql+asyncpg:// (libpq's sslmode -> asyncpg's ssl), sqlite:// ->
+    sqlite+aiosqlite://. Explicit driver names are kept."""
+    parsed = make_url(url)
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername="postgresql+" + (driver or "asyncpg"))
+        if parsed.drivername == "postgresql+asyncpg" and "sslmode" in parsed.query:
+            query = dict(parsed.query)
+            query.setdefault("ssl", query.pop("sslmode"))
+            parsed = parsed.set(query=query)
+    elif backend == "sqlite":
+        parsed = parsed.set(drivername="sqlite+" + (driver or "aiosqlite"))
+    else:
+        raise ValueError(f"unsupported database backend {backend!r}; use sqlite or postgresql")
+    return parsed
+
+
+def _is_sqlite_memory(url: URL) -> bool:
+    return url.database in (None, "", ":memory:")
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """Per connection: WAL (readers never block the writer), enforced foreign keys and a
+    busy timeout instead of instant "database is locked" errors. SQLAlchemy, not the
+    sqlite3 module, emits BEGIN, so SELECTs and DDL are inside transactions too (see
+    SQLAlchemy's "Serializable isolation / Savepoints / Transactional DDL")."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get(_SQLITE_BEGIN, "")
+        conn.exec_driver_sql(f"BEGIN {mode}".strip())
+
+
+def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
+    """An AsyncEngine for `url` with the per-backend settings above."""
+    parsed = normalise_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if _is_sqlite_memory(parsed):
+            kwargs.setdefault("poolclass", StaticPool)  # one connection = one database
+        else:
+            Path(parsed.database or "").expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(parsed, **kwargs)
+        _configure_sqlite(engine)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_async_engine(parsed, **kwargs)
+
+
+@dataclass(slots=True)
+class Database:
+    """The durable store: an AsyncEngine whose schema is known to be current."""
+
+    engine: AsyncEngine
+    schema_version: int
+    applied: tuple[int, ...]
+    """Versions applied by this open (empty when the schema was already current)."""
+
+    @property
+    def dialect(self) -> str:
+        """"sqlite" or "postgresql": for the few queries that must differ."""
+        return self.engine.dialect.name
+
+    def begin(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection inside a transaction, committed on success."""
+        return self.engine.begin()
+
+    def connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return self.engine.connect()
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def _upgrade(conn: Connection) -> tuple[int, tuple[int, ...]]:
+    """Runs inside the locked transaction; returns (version, versions applied)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
+    schema_migrations.create(conn, checkfirst=True)
+    current = conn.execute(select(func.max(schema_migrations.c.version))).scalar() or 0
+    latest = len(MIGRATIONS)
+    if current > latest:
+        raise SchemaTooNewError(
+            f"database schema is at version {current}, this release knows up to {latest}; "
+            "upgrade the gateway"
+        )
+    if current == latest:
+        return current, ()
+    if current == 0:
+        MIGRATIONS[0](conn)  # fresh: tables.py is already the latest schema
+    else:
+        for step in MIGRATIONS[current:]:
+            step(conn)
+    applied = tuple(range(current + 1, latest + 1))
+    conn.execute(insert(schema_migrations), [{"version": v} for v in applied])
+    return latest, applied
+
+
+async def open_database(url: str, **engine_kwargs: Any) -> Database:
+    """Connect and upgrade the schema; safe to call from several processes at once."""
+    engine = create_engine(url, **engine_kwargs)
+    try:
+        async with engine.connect() as conn:
+            await conn.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
+            async with conn.begin():
+                version, applied = await conn.run_sync(_upgrade)
+    except BaseException:
+        await engine.dispose()
+        raise
+    return Database(engine, version, applied)
+

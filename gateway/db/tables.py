@@ -1,0 +1,238 @@
+"""The durable schema: what must survive restarts and be shared by every instance.
+
+This file always describes the *latest* schema. A fresh database is created from it
+directly; existing databases are brought up to it by the steps in `engine.MIGRATIONS`.
+So a change here (new table, new column) needs a matching step appended there.
+
+Timestamps are timezone-aware UTC everywhere (`UTCDateTime`): PostgreSQL keeps them as
+`timestamptz`, SQLite as fixed-width UTC text, which sorts and compares correctly.
+Naive datetimes are refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
+    true,
+)
+from sqlalchemy.types import TypeDecorator
+
+# Deterministic constraint names, so later migration steps can refer to them by name.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, on every backend."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive datetime: pass a timezone-aware datetime (UTC)")
+        value = value.astimezone(UTC)
+        # SQLite has no timezone type; storing naive UTC keeps one text format throughout.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a real bigint.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _id() -> Column[int]:
+    return Column("id", Integer, primary_key=True, autoincrement=True)
+
+
+def _user_fk(*, nullable: bool = False, ondelete: str = "CASCADE") -> Column[int]:
+    return Column(
+        "user_id", Integer, ForeignKey("users.id", ondelete=ondelete), nullable=nullable,
+        index=True,
+    )
+
+
+def _created() -> Column[datetime]:
+    return Column("created_at", UTCDateTime, nullable=False, default=utcnow)
+
+
+schema_migrations = Table(
+    "schema_migrations",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("applied_at", UTCDateTime, nullable=False, default=utcnow),
+)
+
+users = Table(
+    "users",
+    metadata,
+    _id(),
+    Column("name", String(255), nullable=False, unique=True, doc="normalised username"),
+    Column("active", Boolean, nullable=False, default=True, server_default=true()),
+    _created(),
+    Column("deactivated_at", UTCDateTime, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False, default=utcnow, onupdate=utcnow),
+)
+
+totp_factors = Table(
+    "totp_factors",
+    metadata,
+    _id(),
+    _user_fk(),
+    Column("secret_ciphertext", LargeBinary, nullable=False),
+    Column("key_id", String(64), nullable=False, doc="which operator key encrypted it"),
+    _created(),
+    Column("last_used_at", UTCDateTime, nullable=True),
+    Column("last_step_offset", Integer, nullable=True, doc="clock drift seen at last use"),
+    Column("label", String(255), nullable=True),
+)
+
+webauthn_credentials = Table(
+    "webauthn_credentials",
+    metadata,
+    _id(),
+    _user_fk(),
+    Column("credential_id", LargeBinary, nullable=False, unique=True),
+    Column("public_key", LargeBinary, nullable=False),
+    Column("sign_count", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("transports", String(255), nullable=False, default="", server_default=""),
+    _created(),
+    Column("last_used_at", UTCDateTime, nullable=True),
+    Column("label", String(255), nullable=True),
+)
+
+recovery_codes = Table(
+    "recovery_codes",
+    metadata,
+    _id(),
+    _user_fk(),
+    Column("code_hash", String(255), nullable=False),
+    _created(),
+    Column("used_at", UTCDateTime, nullable=True),
+)
+
+enrollment_invites = Table(
+    "enrollment_invites",
+    metadata,
+    _id(),
+    _user_fk(),
+    Column("code_hash", String(255), nullable=False, unique=True),
+    _created(),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("used_at", UTCDateTime, nullable=True),
+)
+
+known_ips = Table(
+    "known_ips",
+    metadata,
+    _id(),
+    _user_fk(),
+    Column("ip_prefix", String(64), nullable=False, doc="IPv4 address or IPv6 /64 network"),
+    Column("first_seen", UTCDateTime, nullable=False, default=utcnow),
+    Column("last_seen", UTCDateTime, nullable=False, default=utcnow),
+    Column("country", String(8), nullable=True),
+    Column("city", String(255), nullable=True),
+    UniqueConstraint("user_id", "ip_prefix"),
+)
+
+login_history = Table(
+    "login_history",
+    metadata,
+    _id(),
+    _user_fk(nullable=True, ondelete="SET NULL"),  # history outlives a deleted user row
+    Column("username", String(255), nullable=False, index=True),
+    Column("at", UTCDateTime, nullable=False, default=utcnow, index=True),
+    Column("ip", String(64), nullable=False),
+    Column("country", String(8), nullable=True),
+    Column("city", String(255), nullable=True),
+    Column("asn", BigInteger, nullable=True),
+    Column("outcome", String(32), nullable=False),
+    Column("login_type", String(32), nullable=False),
+    Column("device_id", String(128), nullable=True),
+    Column("new_ip", Boolean, nullable=False, default=False, server_default=false()),
+    Column("reason", String(255), nullable=True),
+)
+
+audit_records = Table(
+    "audit_records",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("instance_id", String(64), nullable=False),
+    Column("seq", BigInteger, nullable=False, doc="position in this instance's hash chain"),
+    Column("at", UTCDateTime, nullable=False),
+    Column("request_id", String(64), nullable=True),
+    Column("user_name", String(255), nullable=True),
+    Column("session_hash", String(128), nullable=True),
+    Column("device_id", String(128), nullable=True),
+    Column("client_ip", String(64), nullable=True),
+    Column("country", String(8), nullable=True),
+    Column("city", String(255), nullable=True),
+    Column("asn", BigInteger, nullable=True),
+    Column("method", String(16), nullable=True),
+    Column("path", Text, nullable=True),
+    Column("query", Text, nullable=True),
+    Column("status", Integer, nullable=True),
+    Column("bytes_in", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("bytes_out", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("duration_ms", Float, nullable=False, default=0.0, server_default="0"),
+    Column("upstream_ms", Float, nullable=True),
+    Column("decision", String(32), nullable=False),
+    Column("reason", String(255), nullable=True),
+    # JSON kept as the exact text the hash chain was computed over (no re-serialising).
+    Column("identifiers", Text, nullable=False, default="{}", server_default=text("'{}'")),
+    Column("channel", String(16), nullable=False, default="http", server_default="http"),
+    Column("extra", Text, nullable=False, default="{}", server_default=text("'{}'")),
+    Column("prev_mac", String(128), nullable=False),
+    Column("mac", String(128), nullable=False),
+    UniqueConstraint("instance_id", "seq"),
+    Index(None, "at"),
+    Index(None, "user_name"),
+    Index(None, "client_ip"),
+)
+
+audit_chain_heads = Table(
+    "audit_chain_heads",
+    metadata,
+    Column("instance_id", String(64), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("mac", String(128), nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False, default=utcnow, onupdate=utcnow),
+)

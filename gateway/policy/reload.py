@@ -1,0 +1,70 @@
+"""The running policy: loaded once, reloaded when its files change, last good one kept.
+
+A broken edit must never take the gateway down or leave it half-configured: the new files
+are validated as a whole and swapped in atomically, or rejected with the errors logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import structlog
+
+from gateway.policy.errors import ConfigError
+from gateway.policy.loader import load_policy
+from gateway.policy.schema import Policy
+
+log = structlog.get_logger("gateway.policy")
+
+
+class PolicyHolder:
+    def __init__(self, paths: list[Path], policy: Policy | None = None) -> None:
+        self.paths = paths
+        self.current: Policy = policy if policy is not None else load_policy(*paths)
+        self._stamp = self._mtimes()
+        self._task: asyncio.Task | None = None
+
+    def __call__(self) -> Policy:
+        return self.current
+
+    def _files(self) -> list[Path]:
+        files: list[Path] = []
+        for path in self.paths:
+            files.extend(sorted(path.glob("*.yaml")) if path.is_dir() else [path])
+        return files
+
+    def _mtimes(self) -> tuple:
+        stamp = []
+        for file in self._files():
+            try:
+                stamp.append((str(file), file.stat().st_mtime_ns))
+            except OSError:
+                stamp.append((str(file), None))
+        return tuple(stamp)
+
+    def reload(self) -> bool:
+        """Load the files again; True when a new policy took effect."""
+        self._stamp = self._mtimes()
+        try:
+            self.current = load_policy(*self.paths)
+        except ConfigError as exc:
+            log.error("policy reload rejected; keeping the last good policy", errors=str(exc).splitlines())
+            return False
+        log.info("policy reloaded", files=[str(f) for f in self._files()])
+        return True
+
+    def start_watching(self, interval: float = 2.0) -> None:
+        if self.paths and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._watch(interval))
+
+    async def _watch(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if self._mtimes() != self._stamp:
+                self.reload()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None

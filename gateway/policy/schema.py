@@ -1,0 +1,244 @@
+"""The policy schema: what the gateway does, as an operator writes it in policies/*.yaml.
+
+One typed section per concern, each field with its default, title and description, so the
+JSON Schema (`pms-gateway policy schema`), validation errors and README's option reference
+all come from here. Defaults match the bundled demo PMS.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from functools import cached_property
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from gateway.policy.durations import Duration
+from gateway.policy.types import Cidr, Regex, Section
+
+
+class UpstreamPolicy(Section):
+    case_insensitive_paths: bool = Field(
+        False,
+        description="The PMS treats /Admin and /admin alike (IIS and most Windows PMSs do): "
+        "paths are lower-cased before matching and forwarding so rules cannot be bypassed by case.",
+    )
+    rewrite_body_urls: bool = Field(
+        False,
+        description="Rewrite the upstream's own absolute URLs inside HTML, JS and CSS bodies to "
+        "the public URL (for a PMS that ignores X-Forwarded-Host).",
+    )
+    host_header: Literal["preserve", "upstream"] = Field(
+        "preserve",
+        description="`preserve` sends the browser's Host to the PMS (most apps check Origin "
+        "against it); `upstream` sends the upstream's own host and rewrites Origin and Referer to match.",
+    )
+
+
+class LoginSuccessRule(Section):
+    status: list[int] = Field([302, 303], description="Upstream status codes that can mean success.")
+    redirect_not_to: Regex | None = Field(
+        "^/login",
+        description="Success only if the redirect's path does NOT match this (e.g. back to the form).",
+    )
+    redirect_to: Regex | None = Field(None, description="Success only if the redirect's path matches this.")
+    cookie_set: str | None = Field(None, description="Success only if the upstream sets this cookie.")
+    failure_text: str | None = Field(
+        None, description="Text in the upstream's body that means the password was refused."
+    )
+
+
+class UsernamePolicy(Section):
+    trim: bool = Field(True, description="Strip surrounding white space.")
+    casefold: bool = Field(True, description="`ALICE` and `alice` are one user.")
+    unknown: Literal["default_group", "refuse"] = Field(
+        "default_group",
+        description="A username no group lists: give it `default_group`, or refuse the login.",
+    )
+
+
+class LoginRule(Section):
+    path: str = Field("/login", description="The PMS's login form target (canonical path).")
+    method: str = Field("POST", description="HTTP method of the login request.")
+    format: Literal["form", "json"] = Field("form", description="Body format of the login request.")
+    username_field: str = Field("username", description="Name of the username field.")
+    password_field: str = Field("password", description="Name of the password field.")
+    usernames: UsernamePolicy = UsernamePolicy()
+    success: LoginSuccessRule = LoginSuccessRule()
+    upstream_session_cookies: list[str] = Field(
+        ["PMSSESSID"], description="The PMS's session cookies: kept by the gateway, never sent to browsers."
+    )
+    vault_all_cookies_except: list[str] | None = Field(
+        None,
+        description="Vault every upstream cookie except these (e.g. a CSRF cookie the PMS's JS reads).",
+    )
+    logout_paths: list[str] = Field(["/logout"], description="The PMS's logout paths.")
+    public_paths: list[Regex] = Field(
+        ["^/login$", "^/static/"],
+        description="Reachable without a gateway session: the login page and the assets it needs.",
+    )
+
+
+class SessionPolicy(Section):
+    idle_timeout: Duration = Field(25 * 60, description="Sign out after this long without activity.")
+    idle_ignore_paths: list[Regex] = Field(
+        [], description="Requests that do not count as activity (auto-refresh polling)."
+    )
+    max_lifetime: Duration = Field(12 * 3600, description="Absolute lifetime of a session.")
+    max_devices: int = Field(1, ge=1, description="Devices a user may be signed in on at once.")
+    on_new_device: Literal["replace", "refuse"] = Field(
+        "replace", description="When a login would exceed max_devices: end the oldest, or refuse."
+    )
+    remember_device: Duration | Literal[False] = Field(
+        False, description="Skip 2FA on a remembered browser for this long; false = never."
+    )
+
+
+class SessionOverrides(Section):
+    """Per-group changes to `sessions`; unset keys inherit the policy-wide value."""
+
+    idle_timeout: Duration | None = None
+    idle_ignore_paths: list[Regex] | None = None
+    max_lifetime: Duration | None = None
+    max_devices: int | None = Field(None, ge=1)
+    on_new_device: Literal["replace", "refuse"] | None = None
+    remember_device: Duration | Literal[False] | None = None
+
+
+class SecondFactorPolicy(Section):
+    required: bool = Field(True, description="Every login needs a second factor.")
+    methods: list[Literal["totp", "security_key"]] = Field(
+        ["totp", "security_key"], description="Allowed factors (never SMS)."
+    )
+    enrollment: Literal["invite", "trusted_networks", "open"] = Field(
+        "invite", description="How a user without a factor may enroll one."
+    )
+    enrollment_networks: list[str] = Field(
+        [], description="For `trusted_networks`: network names or CIDRs enrollment is allowed from."
+    )
+    invite_valid_for: Duration = Field(72 * 3600, description="Lifetime of an enrollment invite code.")
+    max_attempts: int = Field(5, ge=1, description="Wrong codes that end a pending login.")
+    pending_login_timeout: Duration = Field(300, description="Time to enter the code after the password.")
+
+
+class LockoutRule(Section):
+    failures: int = Field(5, ge=1)
+    within: Duration = 15 * 60
+    lock_for: Duration = 15 * 60
+
+
+class LockoutPolicy(Section):
+    per_user: LockoutRule = LockoutRule()
+    per_ip: LockoutRule = LockoutRule(failures=20, within=15 * 60, lock_for=3600)
+
+
+class CaptchaPolicy(Section):
+    when: list[
+        Literal["always", "anonymous_vpn", "tor", "hosting_provider", "public_proxy", "unknown_network", "after_failures"]
+    ] = Field(["anonymous_vpn", "tor", "hosting_provider", "public_proxy", "after_failures"])
+    after_failures: int = Field(3, ge=1)
+
+
+class AccessRule(Section):
+    allow: Regex | None = None
+    deny: Regex | None = None
+    methods: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_action(self) -> AccessRule:
+        if (self.allow is None) == (self.deny is None):
+            raise ValueError("an access rule has exactly one of `allow: REGEX` or `deny: REGEX`")
+        return self
+
+
+class GroupPolicy(Section):
+    members: list[str] = Field([], description='Usernames, or patterns written "re:^frontdesk-".')
+    networks: list[str] = Field([], description="Network names or CIDRs this group may use; empty = anywhere.")
+    sessions: SessionOverrides = SessionOverrides()
+    access: list[AccessRule] = Field([], description="First match wins; no match = allow.")
+    permissions: list[Literal["console", "forget_known_ip", "support_access", "manage_users"]] = []
+    enrollment: Literal["invite", "trusted_networks", "open"] | None = None
+
+
+class AuditPolicy(Section):
+    identifiers: dict[str, Regex] = Field(
+        {"reservation": r"^/reservations/(\d+)"},
+        description="Path patterns whose first capture is recorded as a business identifier.",
+    )
+    query_values: Literal["keep", "drop"] = Field("drop", description="Keep query values in the audit trail.")
+    retention: Duration = Field(400 * 86400, description="Audit records older than this are purged.")
+    on_store_failure: Literal["spool", "refuse"] = Field("spool")
+    on_queue_full: Literal["wait", "refuse"] = Field("wait")
+    durability: Literal["normal", "strict"] = Field("normal")
+
+
+class KnownIpsPolicy(Section):
+    keep_for: Duration = Field(100 * 86400, description="Forget a known IP this long after its last use.")
+    ipv6_prefix: int = Field(64, ge=32, le=128, description="IPv6 addresses are grouped by this prefix.")
+
+
+class AlertsPolicy(Section):
+    email_to: list[str] = Field([], description="Operator addresses that receive alerts.")
+    on: list[Literal["new_ip_login", "lockout", "every_login", "blocked_notification"]] = Field(
+        ["new_ip_login", "lockout", "blocked_notification"]
+    )
+    min_interval: Duration = Field(600, description="Identical alerts are sent at most once per interval.")
+
+
+class CsrfPolicy(Section):
+    check_origin: bool = Field(True, description="State-changing requests must come from the gateway's origin.")
+    exempt_paths: list[Regex] = Field([], description="Paths exempt from the Origin/Referer check.")
+
+
+class Policy(Section):
+    property: str = Field("Hotel Demo", description="The property's name, shown on every gateway page.")
+    upstream: UpstreamPolicy = UpstreamPolicy()
+    login: LoginRule = LoginRule()
+    networks: dict[str, list[Cidr]] = Field({}, description="Named lists of networks, reused below.")
+    sessions: SessionPolicy = SessionPolicy()
+    second_factor: SecondFactorPolicy = SecondFactorPolicy()
+    captcha: CaptchaPolicy = CaptchaPolicy()
+    lockout: LockoutPolicy = LockoutPolicy()
+    csrf: CsrfPolicy = CsrfPolicy()
+    groups: dict[str, GroupPolicy] = Field({}, description="Staff groups and their rules.")
+    default_group: str | None = Field(None, description="Group of users no group lists.")
+    audit: AuditPolicy = AuditPolicy()
+    known_ips: KnownIpsPolicy = KnownIpsPolicy()
+    alerts: AlertsPolicy = AlertsPolicy()
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> Policy:
+        known = set(self.networks)
+        for name, group in self.groups.items():
+            for net in group.networks:
+                _check_network_ref(net, known, f"groups.{name}.networks")
+        for net in self.second_factor.enrollment_networks:
+            _check_network_ref(net, known, "second_factor.enrollment_networks")
+        if self.default_group is not None and self.default_group not in self.groups:
+            raise ValueError(
+                f"default_group {self.default_group!r} is not a group; define it under `groups:`"
+            )
+        return self
+
+    def expand_networks(self, names: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        result = []
+        for name in names:
+            cidrs = self.networks.get(name, [name])
+            result.extend(ipaddress.ip_network(c, strict=False) for c in cidrs)
+        return result
+
+    @cached_property
+    def public_path_patterns(self) -> list[re.Pattern[str]]:
+        return [re.compile(p) for p in self.login.public_paths]
+
+
+def _check_network_ref(ref: str, known: set[str], where: str) -> None:
+    if ref in known:
+        return
+    try:
+        ipaddress.ip_network(ref, strict=False)
+    except ValueError:
+        raise ValueError(
+            f"{where}: {ref!r} is neither a name under `networks:` nor a CIDR"
+        ) from None

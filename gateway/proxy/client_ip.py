@@ -1,0 +1,56 @@
+"""Who is really asking: the client address and scheme, believing only trusted proxies."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ClientResolver:
+    def __init__(self, trusted_proxies: Iterable[str]) -> None:
+        self._trusted: list[Network] = [ipaddress.ip_network(n, strict=False) for n in trusted_proxies]
+
+    def _is_trusted(self, address: str) -> bool:
+        if not self._trusted:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self._trusted)
+
+    def resolve(self, peer: str | None, forwarded_for: str | None) -> str:
+        """The right-most address of X-Forwarded-For that is not a trusted proxy.
+
+        Only consulted when the TCP peer itself is a trusted proxy; otherwise the header is
+        the client's own claim and is ignored (and replaced when forwarding).
+        """
+        peer = peer or "0.0.0.0"
+        if not forwarded_for or not self._is_trusted(peer):
+            return peer
+        hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+        for hop in reversed(hops):
+            candidate = hop.strip("[]")
+            try:
+                ipaddress.ip_address(candidate)
+            except ValueError:
+                return peer  # a malformed chain proves nothing
+            if not self._is_trusted(candidate):
+                return candidate
+        return hops[0].strip("[]") if hops else peer
+
+    def scheme(self, peer: str | None, tls: bool, forwarded_proto: str | None) -> str:
+        if tls:
+            return "https"
+        if forwarded_proto and peer and self._is_trusted(peer):
+            proto = forwarded_proto.split(",")[0].strip().lower()
+            if proto in ("http", "https"):
+                return proto
+        return "http"
+
+    def forwarded_host(self, peer: str | None, host: str, forwarded_host: str | None) -> str:
+        if forwarded_host and peer and self._is_trusted(peer):
+            return forwarded_host.split(",")[0].strip()
+        return host

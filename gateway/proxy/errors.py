@@ -1,0 +1,50 @@
+"""The gateway's own error answers: a page for people, JSON for scripts, always a request id."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.pages.render import render_page, translator, wants_json
+
+_KEYS = {
+    400: "bad_request",
+    403: "forbidden",
+    404: "not_found",
+    413: "too_large",
+    421: "bad_request",
+    500: "internal_error",
+    502: "bad_gateway",
+    503: "unavailable",
+    504: "gateway_timeout",
+}
+
+
+def error_response(
+    request: web.BaseRequest,
+    status: int,
+    request_id: str,
+    property_name: str,
+    *,
+    key: str | None = None,
+    detail: str | None = None,
+) -> web.Response:
+    """An error answer. `detail` is a short fixed reason, never an echo of the request."""
+    key = key or _KEYS.get(status, "bad_request")
+    headers = {"X-Request-Id": request_id}
+    if wants_json(request):
+        message = translator("en")(key + "_text")
+        body = {"error": key, "message": message, "request_id": request_id}
+        if detail:
+            body["detail"] = detail
+        return web.json_response(body, status=status, headers=headers)
+    return render_page(
+        request,
+        "error.html",
+        status=status,
+        property_name=property_name,
+        headers=headers,
+        title_key=key,
+        message_key=key + "_text",
+        request_id=request_id,
+        detail=detail,
+    )

@@ -1,0 +1,94 @@
+"""One request's journey through the gateway, and the interface features plug into.
+
+The proxy core knows features only through `Addon`: hooks called in order, each optional,
+as mitmproxy's addons are. Data flows one way: request hooks (guards) -> forward ->
+response hooks (filters) -> done hooks (audit, metrics).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+if TYPE_CHECKING:
+    from gateway.proxy.canonical import CanonicalPath
+
+
+@dataclass(slots=True)
+class Exchange:
+    request: web.BaseRequest
+    request_id: str
+    client_ip: str
+    scheme: str  # as the browser sees the gateway: http or https
+    host: str  # the public Host the browser used (already checked)
+    path: CanonicalPath
+    query: str  # raw query string, forwarded as is
+    upstream_headers: CIMultiDict[str]  # what will be sent up; addons may change it
+    started: float = field(default_factory=time.perf_counter)
+    wall_time: float = field(default_factory=time.time)
+    user: str | None = None
+    session_hash: str | None = None
+    device_id: str | None = None
+    decision: str = "allowed"
+    reason: str | None = None
+    status: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    upstream_seconds: float | None = None
+    notes: dict[str, Any] = field(default_factory=dict)  # per-request state of addons
+
+    @property
+    def public_origin(self) -> str:
+        return f"{self.scheme}://{self.host}"
+
+    def deny(self, decision: str, reason: str) -> None:
+        self.decision, self.reason = decision, reason
+
+
+class UpstreamAnswer(Protocol):
+    """What response hooks see of the upstream's answer before it is sent on."""
+
+    status: int
+    headers: CIMultiDict[str]  # mutable copy, hop-by-hop already removed
+
+    async def read_body(self, limit: int) -> bytes:
+        """Buffer the body (at most `limit` bytes) so a hook can inspect it; it is still sent."""
+        ...
+
+
+class Addon:
+    """Base class with every hook a no-op. Override what the feature needs.
+
+    - `request`: a guard. Return a response to answer without contacting the upstream.
+    - `response`: sees the upstream's status and headers (and, on demand, body); may edit
+      headers, or return a response to send instead (the login interceptor withholds).
+    - `done`: after the answer went out, whatever happened. Must not block.
+    - `routes`: the addon's own pages under /_gateway/.
+    """
+
+    async def request(self, ex: Exchange) -> web.StreamResponse | None:
+        return None
+
+    async def response(self, ex: Exchange, answer: UpstreamAnswer) -> web.StreamResponse | None:
+        return None
+
+    async def done(self, ex: Exchange) -> None:
+        return None
+
+    def routes(self) -> list[web.RouteDef]:
+        return []
+
+    async def startup(self) -> None:
+        return None
+
+    async def shutdown(self) -> None:
+        return None
+
+
+def overrides(addon: Addon, hook: str) -> bool:
+    """True when `addon` implements `hook`, so the core calls only hooks that do work."""
+    return getattr(type(addon), hook) is not getattr(Addon, hook)

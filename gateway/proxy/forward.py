@@ -1,0 +1,190 @@
+"""Sending a request to the upstream PMS and streaming its answer back.
+
+The upstream client deliberately behaves like no browser: one pooled session with no
+cookie jar (one user's cookies must never ride on another's request), no redirect
+following, no decompression (bytes pass as the PMS sent them), and URLs passed already
+encoded so nothing is re-quoted. Bodies stream both ways; only small bodies of known
+length are read whole, which is measurably faster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.config import LimitsSettings, UpstreamSettings
+from gateway.proxy.exchange import Exchange
+from gateway.proxy.headers import downstream_response_headers
+
+
+class BodyTooLarge(Exception):
+    """The request body exceeded `limits.max_body_size` while streaming."""
+
+
+class UpstreamUnavailable(Exception):
+    """The upstream refused the connection or broke it before answering (502)."""
+
+
+class UpstreamTimeout(Exception):
+    """The upstream did not answer within the configured time (504)."""
+
+
+class Answer:
+    """The upstream's response as response hooks see it (implements UpstreamAnswer)."""
+
+    __slots__ = ("_response", "status", "headers", "_body")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status = response.status
+        self.headers: CIMultiDict[str] = downstream_response_headers(response.headers)
+        self._body: bytes | None = None
+
+    @property
+    def reason(self) -> str | None:
+        return self._response.reason
+
+    async def read_body(self, limit: int) -> bytes:
+        if self._body is None:
+            chunks, size = [], 0
+            async for chunk in self._response.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(f"upstream body larger than {limit} bytes")
+                chunks.append(chunk)
+            self._body = b"".join(chunks)
+        return self._body
+
+    @property
+    def buffered_body(self) -> bytes | None:
+        return self._body
+
+    def stream(self) -> AsyncIterator[bytes]:
+        return self._response.content.iter_any()
+
+    def release(self) -> None:
+        self._response.release()
+
+
+class Forwarder:
+    def __init__(self, upstream: UpstreamSettings, limits: LimitsSettings) -> None:
+        self.base = upstream.url
+        self.limits = limits
+        self._upstream = upstream
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        ssl_context: ssl.SSLContext | bool = True
+        if self.base.startswith("https"):
+            if not self._upstream.verify_tls:
+                ssl_context = False
+            elif self._upstream.ca_file:
+                ssl_context = ssl.create_default_context(cafile=str(self._upstream.ca_file))
+        connector = aiohttp.TCPConnector(
+            limit=self._upstream.pool_size,
+            limit_per_host=self._upstream.pool_size,
+            ssl=ssl_context,
+            enable_cleanup_closed=False,
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                connect=self._upstream.connect_timeout,
+                sock_read=self._upstream.read_timeout,
+            ),
+            requote_redirect_url=False,
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    def url_for(self, ex: Exchange) -> URL:
+        target = self.base + ex.path.encoded
+        if ex.query:
+            target += "?" + ex.query
+        return URL(target, encoded=True)
+
+    async def send(self, ex: Exchange) -> Answer:
+        """Open the upstream request; the caller streams or reads the answer."""
+        assert self.session is not None, "Forwarder.start() was not awaited"
+        request = ex.request
+        body = await self._request_body(ex)
+        started = time.perf_counter()
+        try:
+            response = await self.session.request(
+                request.method,
+                self.url_for(ex),
+                headers=ex.upstream_headers,
+                data=body,
+                allow_redirects=False,
+                compress=None,
+                proxy=None,
+            )
+        except BodyTooLarge:
+            raise
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout(str(exc) or "timeout") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamUnavailable(type(exc).__name__) from exc
+        ex.upstream_seconds = time.perf_counter() - started
+        return Answer(response)
+
+    async def _request_body(self, ex: Exchange) -> bytes | AsyncIterator[bytes] | None:
+        request = ex.request
+        if not request.body_exists:
+            return None
+        length = request.content_length
+        if length is not None:
+            if length > self.limits.max_body_size:
+                raise BodyTooLarge(f"declared body of {length} bytes")
+            if length <= self.limits.buffer_below:
+                data = await request.read()
+                ex.bytes_in = len(data)
+                return data
+        return self._stream_request(ex)
+
+    async def _stream_request(self, ex: Exchange) -> AsyncIterator[bytes]:
+        limit = self.limits.max_body_size
+        async for chunk in ex.request.content.iter_any():
+            ex.bytes_in += len(chunk)
+            if ex.bytes_in > limit:
+                raise BodyTooLarge(f"body exceeded {limit} bytes")
+            yield chunk
+
+
+    async def relay(self, request: web.BaseRequest, ex: Exchange, answer: Answer) -> web.StreamResponse:
+        """Send the upstream's answer to the browser: read whole when small and of known length."""
+        headers = answer.headers
+        body = answer.buffered_body
+        bodiless = request.method == "HEAD" or answer.status in (204, 304)
+        if body is None and not bodiless:
+            length = headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) <= self.limits.buffer_below:
+                body = await answer.read_body(int(length))
+        response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
+        if body is not None and not bodiless:
+            response.content_length = len(body)
+            await response.prepare(request)
+            await response.write(body)
+            ex.bytes_out = len(body)
+        else:
+            await response.prepare(request)
+            if not bodiless:
+                async for chunk in answer.stream():
+                    await response.write(chunk)
+                    ex.bytes_out += len(chunk)
+        await response.write_eof()
+        answer.release()
+        return response

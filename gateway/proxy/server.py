@@ -1,0 +1,201 @@
+"""The inbound data plane: accept, check, hand to the addons, forward, answer.
+
+This module knows no feature. It resolves who is asking (client IP, scheme, public host),
+computes the canonical path, serves the reserved `/_gateway/` prefix, and runs the addon
+hooks around the forward. Everything a hotel cares about (sessions, 2FA, audit) is an
+addon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import ssl
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import structlog
+from aiohttp import web
+
+from gateway.config import Config
+from gateway.policy.schema import Policy
+from gateway.proxy.canonical import AmbiguousPath, canonicalize
+from gateway.proxy.client_ip import ClientResolver
+from gateway.proxy.errors import error_response
+from gateway.proxy.exchange import Addon, Exchange, overrides
+from gateway.proxy.forward import BodyTooLarge, Forwarder, UpstreamTimeout, UpstreamUnavailable
+from gateway.proxy.headers import UpstreamRewriter, upstream_request_headers
+from gateway.proxy.websocket import bridge_websocket, is_websocket_upgrade
+
+RESERVED_PREFIX = "/_gateway/"
+STATIC_DIR = Path(__file__).parent.parent / "pages" / "static"
+log = structlog.get_logger("gateway.proxy")
+
+PolicyGetter = Callable[[], Policy]
+
+
+class Gateway:
+    """One listener's request handling; `build_app` turns it into an aiohttp application."""
+
+    def __init__(self, config: Config, policy: PolicyGetter, addons: Sequence[Addon] = ()) -> None:
+        self.config = config
+        self.policy = policy
+        self.addons = list(addons)
+        self.forwarder = Forwarder(config.upstream, config.limits)
+        self.resolver = ClientResolver(config.trusted_proxies)
+        upstream = urlsplit(config.upstream.url)
+        self.upstream_host = upstream.netloc
+        self.rewriter = UpstreamRewriter(config.upstream.url, upstream.hostname or "")
+        self._request_hooks = [a.request for a in self.addons if overrides(a, "request")]
+        self._response_hooks = [a.response for a in self.addons if overrides(a, "response")]
+        self._done_hooks = [a.done for a in self.addons if overrides(a, "done")]
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def build_app(self) -> web.Application:
+        app = web.Application(client_max_size=1024 * 1024, handler_args={})
+        app.router.add_get(RESERVED_PREFIX + "health", self._health)
+        app.router.add_static(RESERVED_PREFIX + "static/", STATIC_DIR, append_version=False)
+        for addon in self.addons:
+            app.router.add_routes(addon.routes())
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        app.on_startup.append(self._startup)
+        app.on_cleanup.append(self._cleanup)
+        app.middlewares.append(self._request_id_middleware)
+        return app
+
+    async def _startup(self, _app: web.Application) -> None:
+        await self.forwarder.start()
+        for addon in self.addons:
+            await addon.startup()
+
+    async def _cleanup(self, _app: web.Application) -> None:
+        for addon in reversed(self.addons):
+            await addon.shutdown()
+        await self.forwarder.close()
+
+    @web.middleware
+    async def _request_id_middleware(self, request: web.Request, handler) -> web.StreamResponse:
+        """Give the gateway's own routes (and crashes) a request id and the Host check."""
+        request_id = secrets.token_hex(8)
+        request["request_id"] = request_id
+        if not self._host_allowed(request):
+            return self._error(request, 421, request_id, "unknown host")
+        try:
+            response = await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception:
+            log.exception("unhandled error", request_id=request_id, path=request.path)
+            return self._error(request, 500, request_id, None)
+        if not response.prepared:
+            response.headers.setdefault("X-Request-Id", request_id)
+        return response
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    # -- the data path -----------------------------------------------------------------
+
+    def _host_allowed(self, request: web.BaseRequest) -> bool:
+        host = (request.headers.get("Host") or "").lower()
+        return host in self.config.public_hosts
+
+    def _error(self, request: web.BaseRequest, status: int, request_id: str, detail: str | None) -> web.Response:
+        return error_response(request, status, request_id, self.policy().property, detail=detail)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        request_id: str = request["request_id"]
+        policy = self.policy()
+        raw_path = request.raw_path.partition("?")
+        try:
+            path = canonicalize(raw_path[0], case_insensitive=policy.upstream.case_insensitive_paths)
+        except AmbiguousPath as exc:
+            return self._error(request, 400, request_id, str(exc))
+        if path.path.startswith(RESERVED_PREFIX) or path.path == RESERVED_PREFIX.rstrip("/"):
+            return self._error(request, 404, request_id, "reserved path")
+        peer = request.remote
+        headers = request.headers
+        client_ip = self.resolver.resolve(peer, headers.get("X-Forwarded-For"))
+        scheme = self.resolver.scheme(peer, request.transport is not None and request.transport.get_extra_info("sslcontext") is not None, headers.get("X-Forwarded-Proto"))
+        host = self.resolver.forwarded_host(peer, headers["Host"], headers.get("X-Forwarded-Host"))
+        upstream_headers = upstream_request_headers(
+            headers, client_ip=client_ip, scheme=scheme, public_host=host, request_id=request_id
+        )
+        ex = Exchange(
+            request=request,
+            request_id=request_id,
+            client_ip=client_ip,
+            scheme=scheme,
+            host=host,
+            path=path,
+            query=raw_path[2],
+            upstream_headers=upstream_headers,
+        )
+        if policy.upstream.host_header == "upstream":
+            upstream_headers["Host"] = self.upstream_host
+            self.rewriter.rewrite_referrer_headers(upstream_headers, ex.public_origin)
+        try:
+            response = await self._exchange(request, ex)
+            ex.status = response.status
+            return response
+        finally:
+            for hook in self._done_hooks:
+                try:
+                    await hook(ex)
+                except Exception:
+                    log.exception("done hook failed", request_id=request_id)
+
+    async def _exchange(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
+        for hook in self._request_hooks:
+            answer = await hook(ex)
+            if answer is not None:
+                return answer
+        try:
+            async with asyncio.timeout(self.config.limits.request_timeout):
+                if is_websocket_upgrade(request):
+                    return await bridge_websocket(
+                        request, ex, self.forwarder.session, self.forwarder.url_for(ex)
+                    )
+                upstream = await self.forwarder.send(ex)
+                self.rewriter.rewrite(upstream.headers, ex.public_origin)
+                for hook in self._response_hooks:
+                    replacement = await hook(ex, upstream)
+                    if replacement is not None:
+                        upstream.release()
+                        return replacement
+                return await self.forwarder.relay(request, ex, upstream)
+        except BodyTooLarge as exc:
+            ex.deny("refused", "body too large")
+            log.info("body too large", request_id=ex.request_id, detail=str(exc))
+            return self._error(request, 413, ex.request_id, None)
+        except UpstreamUnavailable as exc:
+            ex.deny("upstream_error", f"upstream unavailable: {exc}")
+            log.warning("upstream unavailable", request_id=ex.request_id, error=str(exc))
+            return self._error(request, 502, ex.request_id, None)
+        except (UpstreamTimeout, TimeoutError) as exc:
+            ex.deny("upstream_error", "upstream timeout")
+            log.warning("upstream timeout", request_id=ex.request_id, error=str(exc))
+            return self._error(request, 504, ex.request_id, None)
+
+
+def server_kwargs(config: Config) -> dict:
+    """Parser limits and behaviour of aiohttp's HTTP server for the staff listener."""
+    return {
+        "access_log": None,
+        "auto_decompress": False,  # request bodies pass to the PMS exactly as sent
+        "max_line_size": config.limits.max_header_size,
+        "max_field_size": config.limits.max_header_size,
+        "max_headers": config.limits.max_headers,
+        "keepalive_timeout": 75,
+    }
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    if config.listen.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.listen.tls_cert, config.listen.tls_key)
+    return context

@@ -1,0 +1,172 @@
+"""mitmproxy addon: redact guest data in the requests the PMS sends to SMS/e-mail APIs.
+
+Each request is matched to a channel of the policy (`notifications.channels`) by its
+destination host and path; the matched body is rewritten by the Redactor before mitmproxy
+forwards it. A request matching no channel passes or is refused, per `unmatched_egress`.
+Everything that could carry a body past this hook (raw TCP, WebSocket, HTTP/3) is turned
+off by `gateway.redact.egress`, which runs this addon in a process of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import yaml
+from mitmproxy import ctx, exceptions, http
+
+from gateway.redact.engine import Redactor
+from gateway.redact.outbound_audit import Action, OutboundAudit, OutboundRecord, emit
+from gateway.redact.outcome import Outcome
+from gateway.redact.policy import ChannelRule, NotificationsPolicy
+
+log = logging.getLogger(__name__)
+
+_RECORD = "gateway_outbound"  # flow.metadata key: what to audit once the outcome is known
+
+
+def load_notifications(path: str | Path) -> NotificationsPolicy:
+    """The `notifications:` section of a policy file (or a file holding only that section)."""
+    document = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: expected a mapping")
+    return NotificationsPolicy.model_validate(document.get("notifications", document))
+
+
+class RedactionAddon:
+    """Matches each outbound request to a channel and redacts its body (and query)."""
+
+    def __init__(
+        self, redactor: Redactor | None = None, audit: OutboundAudit | None = None, hash_key: bytes = b""
+    ) -> None:
+        self.redactor = redactor
+        self.audit = audit
+        self.hash_key = hash_key
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "redact_policy", Optional[str], None, "Policy file whose notifications: section drives redaction."
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "redact_policy" in updated and ctx.options.redact_policy:
+            try:
+                self.redactor = Redactor(load_notifications(ctx.options.redact_policy), self.hash_key)
+            except Exception as exc:
+                raise exceptions.OptionsError(f"redact_policy: {exc}") from exc
+
+    def reload(self) -> None:
+        """Re-read the policy file; a bad file is logged and the last good policy kept."""
+        if not ctx.options.redact_policy:
+            return
+        try:
+            self.redactor = Redactor(load_notifications(ctx.options.redact_policy), self.hash_key)
+            log.info("egress policy reloaded from %s", ctx.options.redact_policy)
+        except Exception as exc:
+            log.error("egress policy reload failed, keeping the last good one: %s", exc)
+
+    # ------------------------------------------------------------------ hooks
+
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        """Refuse a tunnel to a host no channel names when unmatched egress is blocked."""
+        if self.redactor is None:
+            return  # `request` refuses every request inside the tunnel
+        policy = self.redactor.policy
+        if policy.unmatched_egress == "block" and not _host_named(policy, flow.request.host):
+            await self._refuse(flow, None, 403, "destination not allowed by the notification policy")
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:  # answered by an earlier hook
+            return
+        if self.redactor is None:  # fail closed: never forward what could not be checked
+            await self._refuse(flow, None, 503, "no notification policy loaded", action="deferred")
+            return
+        policy = self.redactor.policy
+        req = flow.request
+        path = req.path.partition("?")[0]
+        rule = policy.channel_for(req.host, path)
+        if rule is None:
+            if policy.unmatched_egress == "block":
+                await self._refuse(flow, None, 403, "destination not allowed by the notification policy")
+            else:
+                flow.metadata[_RECORD] = ("unmatched", {})
+            return
+        if req.headers.get("upgrade"):
+            # A WebSocket or h2c upgrade would carry data this hook never sees.
+            await self._refuse(flow, rule, 403, "protocol upgrade not allowed on a notification channel")
+            return
+        try:
+            outcome = self._redact(flow, rule)
+        except Exception:
+            log.exception("redaction failed for channel %s", rule.name)
+            await self._refuse(flow, rule, 503, "redaction failed, try again later", action="deferred")
+            return
+        if outcome.blocked:
+            await self._refuse(flow, rule, 451, outcome.reason or "blocked by the notification policy", outcome)
+            return
+        flow.metadata[_RECORD] = (rule.name, outcome.counts())
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        if (pending := flow.metadata.pop(_RECORD, None)) is not None:
+            channel, counts = pending
+            status = flow.response.status_code if flow.response else 0
+            reason = None if status < 400 else f"provider answered {status}"
+            await self._record(flow, channel, counts, "forwarded", reason)
+
+    async def error(self, flow: http.HTTPFlow) -> None:
+        if (pending := flow.metadata.pop(_RECORD, None)) is not None:
+            channel, counts = pending
+            await self._record(flow, channel, counts, "deferred", "provider unreachable")
+
+    # ------------------------------------------------------------------ helpers
+
+    def _redact(self, flow: http.HTTPFlow, rule: ChannelRule) -> Outcome:
+        """Redact the decoded body; a form channel's query string is redacted like a form body."""
+        assert self.redactor is not None
+        req = flow.request
+        # `.content` is decoded from Content-Encoding (raises on an unknown one: fail closed);
+        # assigning it re-encodes and fixes Content-Length.
+        outcome = self.redactor.redact_http_body(req.content or b"", req.headers.get("content-type"), rule)
+        if outcome.blocked:
+            return outcome
+        req.content = outcome.data
+        query = req.path.partition("?")[2]
+        if query and rule.format == "form":
+            q = self.redactor.redact_http_body(query.encode(), "application/x-www-form-urlencoded", rule)
+            if q.blocked:
+                return q
+            req.path = req.path.partition("?")[0] + "?" + q.data.decode("ascii", "replace")
+            outcome = Outcome(outcome.data, outcome.findings + q.findings)
+        return outcome
+
+    async def _refuse(
+        self,
+        flow: http.HTTPFlow,
+        rule: ChannelRule | None,
+        status: int,
+        reason: str,
+        outcome: Outcome | None = None,
+        action: Action = "blocked",
+    ) -> None:
+        flow.response = http.Response.make(
+            status, json.dumps({"error": "blocked" if action == "blocked" else "unavailable", "reason": reason}).encode(),
+            {"Content-Type": "application/json"},
+        )
+        counts = outcome.counts() if outcome else {}
+        await self._record(flow, rule.name if rule else "unmatched", counts, action, reason)
+
+    async def _record(
+        self, flow: http.HTTPFlow, channel: str, counts: dict[str, int], action: Action, reason: str | None
+    ) -> None:
+        size = len(flow.request.raw_content or b"")
+        await emit(self.audit, OutboundRecord(channel, flow.request.host, counts, action, reason, None, size))
+
+
+def _host_named(policy: NotificationsPolicy, host: str) -> bool:
+    """Whether some HTTP channel names `host`, whatever its path pattern."""
+    return any(
+        not c.smtp and c.egress_host and c.model_copy(update={"path": None}).matches(host, "/")
+        for c in policy.channels
+    )

@@ -1,0 +1,85 @@
+"""Long-running commands: `run` (every enabled listener) and `demo` (demo PMS + gateway)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from gateway.assembly import build_addons
+from gateway.config import Config, load_config
+from gateway.logs import configure_logging
+from gateway.policy.reload import PolicyHolder
+from gateway.runtime import install_fast_loop, start_gateway, wait_for_shutdown_signal, warn_if_upstream_exposed
+
+log = structlog.get_logger("gateway.serve")
+
+
+async def run_gateway(config: Config, ready: asyncio.Event | None = None) -> None:
+    policy = PolicyHolder(config.policy_paths)
+    warn_if_upstream_exposed(config)
+    addons, cleanups = await build_addons(config, policy)
+    running = await start_gateway(config, policy, addons, reuse_port=config.listen.workers > 1)
+    running.cleanups.extend(cleanups)
+    policy.start_watching()
+    log.info("gateway listening", url=config.public_urls[0], port=running.port, upstream=config.upstream.url)
+    if ready is not None:
+        ready.set()
+    try:
+        await wait_for_shutdown_signal()
+    finally:
+        log.info("shutting down")
+        await policy.stop()
+        await running.stop()
+
+
+def serve(config: Config) -> None:
+    configure_logging(config.log.format, config.log.level)
+    install_fast_loop()
+    asyncio.run(run_gateway(config))
+
+
+def demo_config(port: int, pms_port: int, data_dir: Path) -> Config:
+    default_policy = Path("policies/default.yaml")
+    policy_paths = [default_policy] if default_policy.exists() else []
+    return load_config(
+        None,
+        environ={
+            "PMS_GATEWAY_PUBLIC_URLS": f"[http://127.0.0.1:{port}, http://localhost:{port}]",
+            "PMS_GATEWAY_LISTEN__PORT": str(port),
+            "PMS_GATEWAY_UPSTREAM__URL": f"http://127.0.0.1:{pms_port}",
+            "PMS_GATEWAY_DATA_DIR": str(data_dir),
+            "PMS_GATEWAY_POLICY_PATHS": "[" + ", ".join(map(str, policy_paths)) + "]",
+            "PMS_GATEWAY_ADMIN__ENABLED": "false",
+        },
+    )
+
+
+def serve_demo(port: int, pms_port: int, data_dir: Path) -> None:
+    from gateway.demo import DEMO_USERS, DemoSettings, create_app
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = demo_config(port, pms_port, data_dir)
+    configure_logging("console", "info")
+    install_fast_loop()
+
+    async def main() -> None:
+        pms = web.AppRunner(create_app(DemoSettings(public_url=f"http://127.0.0.1:{port}")), access_log=None)
+        await pms.setup()
+        await web.TCPSite(pms, "127.0.0.1", pms_port).start()
+        ready = asyncio.Event()
+        task = asyncio.create_task(run_gateway(config, ready))
+        await ready.wait()
+        print(f"\n  Demo PMS behind the gateway: http://127.0.0.1:{port}/\n")
+        print("  Staff accounts (user / password):")
+        for name, password, role in DEMO_USERS:
+            print(f"    {name:<8} / {password:<16} ({role})")
+        print("\n  Stop with Ctrl+C.\n", flush=True)
+        try:
+            await task
+        finally:
+            await pms.cleanup()
+
+    asyncio.run(main())
