@@ -83,10 +83,12 @@ def _id() -> Column[int]:
     return Column("id", Integer, primary_key=True, autoincrement=True)
 
 
-def _user_fk(*, nullable: bool = False, ondelete: str = "CASCADE") -> Column[int]:
+def _user_fk(
+    *, nullable: bool = False, ondelete: str = "CASCADE", index: bool = True
+) -> Column[int]:
     return Column(
         "user_id", Integer, ForeignKey("users.id", ondelete=ondelete), nullable=nullable,
-        index=True,
+        index=index,
     )
 
 
@@ -164,7 +166,7 @@ known_ips = Table(
     "known_ips",
     metadata,
     _id(),
-    _user_fk(),
+    _user_fk(index=False),  # the unique (user_id, ip_prefix) index serves lookups by user
     Column("ip_prefix", String(64), nullable=False, doc="IPv4 address or IPv6 /64 network"),
     Column("first_seen", UTCDateTime, nullable=False, default=utcnow),
     Column("last_seen", UTCDateTime, nullable=False, default=utcnow),
