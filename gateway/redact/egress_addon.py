@@ -80,13 +80,19 @@ class RedactionAddon:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:  # answered by an earlier hook
             return
-        if self.redactor is None:  # fail closed: never forward what could not be checked
-            await self._refuse(flow, None, 503, "no notification policy loaded", action="deferred")
-            return
+        try:
+            await self._inspect(flow)
+        except Exception:
+            # mitmproxy would log an addon error and forward the request as it is: never.
+            log.exception("egress redaction failed")
+            await self._refuse(flow, None, 503, "redaction failed, try again later", action="deferred")
+
+    async def _inspect(self, flow: http.HTTPFlow) -> None:
+        if self.redactor is None:
+            raise RuntimeError("no notification policy loaded")
         policy = self.redactor.policy
         req = flow.request
-        path = req.path.partition("?")[0]
-        rule = policy.channel_for(req.host, path)
+        rule = policy.channel_for(req.host, req.path.partition("?")[0])
         if rule is None:
             if policy.unmatched_egress == "block":
                 await self._refuse(flow, None, 403, "destination not allowed by the notification policy")
@@ -97,12 +103,7 @@ class RedactionAddon:
             # A WebSocket or h2c upgrade would carry data this hook never sees.
             await self._refuse(flow, rule, 403, "protocol upgrade not allowed on a notification channel")
             return
-        try:
-            outcome = self._redact(flow, rule)
-        except Exception:
-            log.exception("redaction failed for channel %s", rule.name)
-            await self._refuse(flow, rule, 503, "redaction failed, try again later", action="deferred")
-            return
+        outcome = self._redact(flow, rule)
         if outcome.blocked:
             await self._refuse(flow, rule, 451, outcome.reason or "blocked by the notification policy", outcome)
             return

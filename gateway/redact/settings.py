@@ -17,7 +17,7 @@ LOOPBACK_ONLY = ["127.0.0.1/32", "::1/128"]
 
 
 class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
 def resolve_secret(value: str | SecretStr | None) -> str | None:
@@ -130,6 +130,10 @@ class EgressSettings(_Settings):
         None,
         title="Upstream CA file",
         description="PEM CA used to verify providers instead of the system store (e.g. a private provider).",
+    )
+
+    max_body_size: int = Field(
+        10 * 1024 * 1024, gt=0, title="Maximum body size", description="Bytes; larger requests are refused (413)."
     )
 
     @model_validator(mode="after")

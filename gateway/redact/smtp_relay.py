@@ -90,11 +90,11 @@ class RelayHandler:
         redactor: Redactor | Callable[[], Redactor],
         audit: OutboundAudit | None = None,
         on_blocked: BlockedHook | None = None,
-        channel: str = "mail",
+        channel: str | None = None,
     ) -> None:
         self.settings = settings
         # A callable lets a policy reload swap the redactor without restarting the listener.
-        self._redactor = redactor if callable(redactor) and not hasattr(redactor, "redact_email") else lambda: redactor
+        self._redactor = (lambda: redactor) if hasattr(redactor, "redact_email") else redactor
         self.audit = audit
         self.on_blocked = on_blocked
         self.channel = channel
@@ -128,14 +128,17 @@ class RelayHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw: bytes = envelope.original_content or envelope.content  # type: ignore[assignment]
         message_id = _message_id(raw)
+        redactor = self._redactor()
+        smtp_rule = redactor.policy.smtp_channel()
+        channel = self.channel or (smtp_rule.name if smtp_rule else "mail")
 
         async def record(action: Action, reason: str | None, detectors: dict[str, int], size: int) -> OutboundRecord:
-            rec = OutboundRecord(self.channel, self.destination, detectors, action, reason, message_id, size)
+            rec = OutboundRecord(channel, self.destination, detectors, action, reason, message_id, size)
             await emit(self.audit, rec)
             return rec
 
         try:
-            outcome = self._redactor().redact_email(raw)
+            outcome = redactor.redact_email(raw)
         except Exception:
             # Fail closed but keep the message: the PMS retries once the fault is fixed.
             log.exception("redaction failed; message deferred")
@@ -234,9 +237,13 @@ async def start_smtp_relay(
     redactor: Redactor | Callable[[], Redactor],
     audit: OutboundAudit | None = None,
     on_blocked: BlockedHook | None = None,
-    channel: str = "mail",
+    channel: str | None = None,
 ) -> asyncio.Server:
-    """Listen on settings.listen_host:port in the running loop; close the server to stop."""
+    """Listen on settings.listen_host:port in the running loop; close the server to stop.
+
+    `redactor` may be a zero-argument callable returning the current Redactor (policy
+    reload); `channel` names the audit channel (default: the policy's smtp channel).
+    """
     loop = asyncio.get_running_loop()
     handler = RelayHandler(settings, redactor, audit, on_blocked, channel)
     tls = _tls_context(settings)
