@@ -20,6 +20,7 @@ from aiohttp import web
 from gateway.config import Config
 from gateway.policy.reload import PolicyHolder
 from gateway.proxy.exchange import Addon
+from gateway.proxy.quiet_errors import GatewayRunner
 from gateway.proxy.server import Gateway, server_kwargs, tls_context
 
 log = structlog.get_logger("gateway.runtime")
@@ -28,7 +29,7 @@ log = structlog.get_logger("gateway.runtime")
 @dataclass
 class RunningGateway:
     gateway: Gateway
-    runner: web.AppRunner
+    runner: GatewayRunner
     port: int
     cleanups: list = field(default_factory=list)
 
@@ -46,7 +47,7 @@ async def start_gateway(
     reuse_port: bool = False,
 ) -> RunningGateway:
     gateway = Gateway(config, policy, addons)
-    runner = web.AppRunner(gateway.build_app(), handle_signals=False, **server_kwargs(config))
+    runner = GatewayRunner(gateway.build_app(), handle_signals=False, **server_kwargs(config))
     await runner.setup()
     site = web.TCPSite(
         runner,

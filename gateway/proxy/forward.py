@@ -137,6 +137,9 @@ class Forwarder:
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout(str(exc) or "timeout") from exc
         except (aiohttp.ClientError, OSError) as exc:
+            if ex.bytes_in > self.limits.max_body_size:
+                # The client library wraps our generator's BodyTooLarge in its own error.
+                raise BodyTooLarge(f"body exceeded {self.limits.max_body_size} bytes") from exc
             raise UpstreamUnavailable(type(exc).__name__) from exc
         ex.upstream_seconds = time.perf_counter() - started
         return Answer(response)

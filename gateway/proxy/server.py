@@ -33,6 +33,7 @@ STATIC_DIR = Path(__file__).parent.parent / "pages" / "static"
 log = structlog.get_logger("gateway.proxy")
 
 PolicyGetter = Callable[[], Policy]
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 class Gateway:
@@ -79,7 +80,7 @@ class Gateway:
     async def _request_id_middleware(self, request: web.Request, handler) -> web.StreamResponse:
         """Give the gateway's own routes (and crashes) a request id and the Host check."""
         request_id = secrets.token_hex(8)
-        request["request_id"] = request_id
+        request[REQUEST_ID] = request_id
         if not self._host_allowed(request):
             return self._error(request, 421, request_id, "unknown host")
         try:
@@ -106,7 +107,7 @@ class Gateway:
         return error_response(request, status, request_id, self.policy().property, detail=detail)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        request_id: str = request["request_id"]
+        request_id = request[REQUEST_ID]
         policy = self.policy()
         raw_path = request.raw_path.partition("?")
         try:

@@ -1,0 +1,50 @@
+"""Context words: a number or date is sensitive only when the sentence says what it is.
+
+"Passport 123456789" is a passport number; "Room 412. Please bring your passport." is
+not followed by one. A context word counts when it precedes the value within a window
+and no sentence boundary lies between them (abbreviations such as "No." excepted).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+_ABBREVIATIONS = re.compile(r"(?i)(?<!\w)(?:no|nr|n°|num|č|čís|št|geb|nar|dob|d\.o\.b)\.")
+_SENTENCE_BREAK = re.compile(r"[.!?;]|\n\s*\n")
+
+
+def _word_pattern(word: str) -> str:
+    """Whole-word pattern; short all-capital words (ID, OP, DOB) match only as written."""
+    escaped = re.escape(word)
+    left = r"(?<!\w)" if word[:1].isalnum() else ""
+    right = r"(?!\w)" if word[-1:].isalnum() else ""
+    if len(word) <= 3 and word.isupper():
+        return f"(?-i:{left}{escaped}{right})"
+    return f"{left}{escaped}{right}"
+
+
+class ContextWords:
+    """A set of context words and the distance within which they must precede a value."""
+
+    def __init__(self, words: Iterable[str], window: int) -> None:
+        ordered = sorted({w.strip() for w in words if w.strip()}, key=len, reverse=True)
+        self.window = window
+        self._pattern = (
+            re.compile("(?i)" + "|".join(_word_pattern(w) for w in ordered)) if ordered else None
+        )
+
+    def any_in(self, text: str) -> bool:
+        """Cheap pre-check: does the text mention any context word at all?"""
+        return self._pattern is not None and self._pattern.search(text) is not None
+
+    def precedes(self, text: str, start: int) -> bool:
+        """Whether a context word stands before `start`, in the same sentence."""
+        if self._pattern is None:
+            return False
+        low = max(0, start - self.window)
+        for match in self._pattern.finditer(text, low, start):
+            gap = _ABBREVIATIONS.sub("", text[match.end() : start])
+            if not _SENTENCE_BREAK.search(gap):
+                return True
+        return False

@@ -1,0 +1,85 @@
+"""Passport/ID numbers and dates of birth: ordinary-looking values made sensitive by
+their context word (numbers and dates are everywhere in booking notifications)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import date
+
+from gateway.redact.detectors.base import Candidate
+from gateway.redact.detectors.context import ContextWords
+from gateway.redact.policy import IdPattern
+
+
+class PassportDetector:
+    """Finds passport and identity-card numbers by country pattern plus context word."""
+
+    name = "passport"
+
+    def __init__(self, patterns: Mapping[str, IdPattern], window: int) -> None:
+        self._rules = [
+            (
+                re.compile(rf"(?<![A-Za-z0-9])(?:{rule.pattern})(?![A-Za-z0-9])"),
+                ContextWords(rule.context, window),
+            )
+            for rule in patterns.values()
+        ]
+
+    def find(self, text: str, names: Sequence[str]) -> Iterator[Candidate]:
+        for pattern, context in self._rules:
+            if not context.any_in(text):
+                continue
+            for match in pattern.finditer(text):
+                if context.precedes(text, match.start()):
+                    yield Candidate(self.name, match.start(), match.end())
+
+
+_MONTHS = (
+    # English
+    "january february march april may june july august september october november december "
+    "jan feb mar apr jun jul aug sep sept oct nov dec "
+    # French
+    "janvier février fevrier mars avril mai juin juillet août aout septembre octobre "
+    "novembre décembre decembre janv févr avr juil déc "
+    # German
+    "januar jänner februar märz maerz april mai juni juli august september oktober "
+    "november dezember "
+    # Czech (genitive, as used in dates) and nominative
+    "ledna února března dubna května června července srpna září října listopadu prosince "
+    "leden únor březen duben květen červen červenec srpen říjen listopad prosinec"
+).split()
+_MONTH = "(?:" + "|".join(sorted({re.escape(m) for m in _MONTHS}, key=len, reverse=True)) + r")\.?"
+_DAY = r"(?:[0-3]?\d)(?:st|nd|rd|th|er)?\.?"
+_YEAR = r"(?:1[89]\d\d|20\d\d)"
+
+_DATE = re.compile(
+    r"(?i)(?<![\w/.-])(?:"
+    rf"{_YEAR}-[01]?\d-[0-3]?\d"  # 1985-03-12
+    rf"|[0-3]?\d\s?[./-]\s?[01]?\d\s?[./-]\s?(?:{_YEAR}|\d\d)"  # 12.03.1985, 12/3/85
+    rf"|{_DAY}\s+{_MONTH}\s+{_YEAR}"  # 12 March 1985, 12. března 1985, 1er mars 1985
+    rf"|{_MONTH}\s+{_DAY},?\s+{_YEAR}"  # March 12, 1985
+    r")(?![\w/])"
+)
+
+
+class DateOfBirthDetector:
+    """Finds dates written after a birth context word (born, DOB, né le, geboren, ...)."""
+
+    name = "date_of_birth"
+
+    def __init__(self, context: Sequence[str], window: int) -> None:
+        self._context = ContextWords(context, window)
+
+    def find(self, text: str, names: Sequence[str]) -> Iterator[Candidate]:
+        if not self._context.any_in(text):
+            return
+        for match in _DATE.finditer(text):
+            if self._plausible(match.group()) and self._context.precedes(text, match.start()):
+                yield Candidate(self.name, match.start(), match.end())
+
+    @staticmethod
+    def _plausible(value: str) -> bool:
+        """A birth year is not in the future (two-digit years are accepted)."""
+        years = re.findall(r"\d{4}", value)
+        return not years or int(years[-1]) <= date.today().year
