@@ -15,6 +15,8 @@ from gateway.policy import ConfigError
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Security gateway for hotel and booking systems.")
 policy_app = typer.Typer(no_args_is_help=True, help="Check policy files and print their schema.")
 app.add_typer(policy_app, name="policy")
+config_app = typer.Typer(no_args_is_help=True, help="Check deployment settings and print an example.")
+app.add_typer(config_app, name="config")
 
 ConfigOption = Annotated[
     Path | None,
@@ -45,6 +47,34 @@ def policy_schema() -> None:
     from gateway.policy import policy_json_schema
 
     typer.echo(json.dumps(policy_json_schema(), indent=2))
+
+
+@policy_app.command("reference")
+def policy_reference_command() -> None:
+    """Print every policy option with its default and meaning (Markdown)."""
+    from gateway.policy.reference import policy_reference
+
+    typer.echo(policy_reference(), nl=False)
+
+
+@config_app.command("example")
+def config_example_command() -> None:
+    """Print a config.yaml with every deployment option, its default and meaning."""
+    from gateway.policy.reference import config_example
+
+    typer.echo(config_example(), nl=False)
+
+
+@config_app.command("check")
+def config_check(config: ConfigOption = None) -> None:
+    """Validate config.yaml plus PMS_GATEWAY_* environment overrides."""
+    from gateway.config import load_config
+
+    try:
+        settings = load_config(config)
+    except ConfigError as exc:
+        _fail(exc)
+    typer.echo(f"ok: upstream {settings.upstream.url}, public {', '.join(settings.public_urls)}")
 
 
 @app.command()

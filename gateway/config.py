@@ -20,7 +20,8 @@ from pydantic import ByteSize, Field, ValidationError, field_validator
 from gateway.policy.durations import Duration
 from gateway.policy.errors import ConfigError, ConfigProblem, problems_from_validation
 from gateway.policy.types import Cidr, Section
-from gateway.policy.yaml_source import YamlError, YamlSource, load_yaml
+from gateway.redact.settings import EgressSettings, SmtpRelaySettings
+from gateway.policy.yaml_source import PolicyYamlLoader, YamlError, YamlSource, load_yaml
 
 ENV_PREFIX = "PMS_GATEWAY_"
 
@@ -113,6 +114,12 @@ class Config(Section):
     smtp: SmtpSettings = SmtpSettings()
     admin: AdminSettings = AdminSettings()
     log: LogSettings = LogSettings()
+    smtp_relay: SmtpRelaySettings = Field(
+        default_factory=SmtpRelaySettings, description="SMTP relay redacting the PMS's outgoing mail."
+    )
+    egress: EgressSettings = Field(
+        default_factory=EgressSettings, description="Egress proxy redacting the PMS's SMS/e-mail API calls."
+    )
 
     @field_validator("public_urls")
     @classmethod
@@ -169,7 +176,7 @@ def load_config(path: Path | str | None, environ: dict[str, str] | None = None) 
         target = data
         for key in keys[:-1]:
             target = target.setdefault(key, {})
-        target[keys[-1]] = yaml.safe_load(raw) if raw else raw
+        target[keys[-1]] = yaml.load(raw, Loader=PolicyYamlLoader) if raw else raw
         env_source.lines[tuple(keys)] = 0
     sources.append(env_source)
     try:

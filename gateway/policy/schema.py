@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 
 from gateway.policy.durations import Duration
 from gateway.policy.types import Cidr, Regex, Section
+from gateway.redact.policy import NotificationsPolicy
 
 
 class UpstreamPolicy(Section):
@@ -206,6 +207,9 @@ class Policy(Section):
     audit: AuditPolicy = AuditPolicy()
     known_ips: KnownIpsPolicy = KnownIpsPolicy()
     alerts: AlertsPolicy = AlertsPolicy()
+    notifications: NotificationsPolicy = Field(
+        default_factory=NotificationsPolicy, description="Redaction of guest data in outbound notifications."
+    )
 
     @model_validator(mode="after")
     def _references_exist(self) -> Policy:

@@ -10,9 +10,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import re
+
 import yaml
 
 KeyPath = tuple[str | int, ...]
+
+
+class PolicyYamlLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false.
+
+    YAML 1.1 reads `on`, `off`, `yes`, `no` as booleans, so `alerts: {on: [...]}` would
+    silently become `{True: [...]}` and a country code `NO` would become False.
+    """
+
+
+PolicyYamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+PolicyYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
 
 
 @dataclass
@@ -48,8 +69,8 @@ def load_yaml(path: Path, text: str | None = None) -> YamlSource:
         except OSError as exc:
             raise YamlError(path, None, f"cannot read file: {exc.strerror}") from exc
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=PolicyYamlLoader)
+        data = yaml.load(text, Loader=PolicyYamlLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         raise YamlError(path, mark.line + 1 if mark else None, str(exc.problem or exc)) from exc

@@ -59,6 +59,10 @@ class UpstreamAnswer(Protocol):
         """Buffer the body (at most `limit` bytes) so a hook can inspect it; it is still sent."""
         ...
 
+    def replace_body(self, body: bytes) -> None:
+        """Send `body` instead of the upstream's."""
+        ...
+
 
 class Addon:
     """Base class with every hook a no-op. Override what the feature needs.

@@ -62,6 +62,12 @@ class Answer:
             self._body = b"".join(chunks)
         return self._body
 
+    def replace_body(self, body: bytes) -> None:
+        """Send `body` instead of the upstream's (response filters that rewrite content)."""
+        self._body = body
+        if "Content-Length" in self.headers:
+            self.headers["Content-Length"] = str(len(body))
+
     @property
     def buffered_body(self) -> bytes | None:
         return self._body

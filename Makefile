@@ -1,0 +1,28 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.12 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PYTEST_ARGS ?= -n 2
+
+.PHONY: install demo test bench lint clean
+
+$(BIN)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), "Python 3.12+ is needed (found %s)" % sys.version.split()[0]'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install            ## install, then start the demo PMS behind the gateway
+	$(BIN)/pms-gateway demo
+
+test: install            ## the whole test suite (needs Redis, PostgreSQL, chromium; see .ci/run)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install           ## proxy benchmark; writes bench/RESULTS.md
+	$(BIN)/python bench/proxy_bench.py --write
+
+clean:
+	rm -rf $(VENV) var .pytest_cache
