@@ -1,0 +1,148 @@
+"""End to end: the demo PMS confirms a booking; the e-mail goes through the SMTP relay to
+a real SMTP server, the SMS through the egress proxy (reverse mode, own process) to an
+HTTPS SMS provider. Both arrive without the card and passport numbers the PMS put in."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.demo import DEMO_USERS, DemoSettings, create_app
+from gateway.redact.egress import EgressSupervisor
+from gateway.redact.engine import Redactor
+from gateway.redact.policy import NotificationsPolicy
+from gateway.redact.settings import EgressSettings, SmarthostSettings, SmtpRelaySettings
+from gateway.redact.smtp_relay import start_smtp_relay
+from tests.test_egress import FakeSmsProvider, free_port, self_signed_cert
+from tests.test_smtp_relay import Audit, Sink, start_sink
+
+SID, TOKEN = "ACe2e0123456789", "e2e-token"
+# Reservation 1001 of the demo data: Oliver Bennett.
+CARD, PASSPORT, PHONE = "4111111111111111", "533401872", "+442079460018"
+
+NOTIFICATIONS = {
+    "channels": [
+        {"name": "sms", "egress_host": "localhost", "path": "/Messages.json$", "format": "form",
+         "fields": ["Body"], "recipient_field": "To"},
+        {"name": "mail", "smtp": True},
+    ],
+    "detectors": ["card", "iban", "passport"],
+    "actions": {"card": {"mask": "last4"}, "iban": "redact", "passport": "redact"},
+    "unmatched_egress": "block",
+}  # fmt: skip
+
+
+@pytest.fixture
+async def world(tmp_path):
+    """Smarthost port (nothing listening yet), relay, egress child, SMS provider, demo PMS."""
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(yaml.safe_dump({"notifications": NOTIFICATIONS}))
+    audit = Audit()
+
+    smarthost_port = free_port()
+    relay = await start_smtp_relay(
+        SmtpRelaySettings(enabled=True, port=0, smarthost=SmarthostSettings(port=smarthost_port, timeout=5)),
+        Redactor(NotificationsPolicy.model_validate(NOTIFICATIONS)),
+        audit=audit,
+    )
+    relay_port = relay.sockets[0].getsockname()[1]
+
+    cert, key = self_signed_cert(tmp_path / "provider", ["localhost", "127.0.0.1"])
+    provider = FakeSmsProvider()
+    provider_runner = await provider.start(cert, key)
+    egress_port = free_port()
+    supervisor = EgressSupervisor(
+        EgressSettings(
+            enabled=True, mode="reverse", confdir=str(tmp_path / "ca"), upstream_ca_file=str(cert),
+            reverse_targets=[{"listen_port": egress_port, "upstream": f"https://localhost:{provider.port}"}],
+        ),  # fmt: skip
+        policy_file,
+    )
+    await supervisor.start()
+
+    pms = TestClient(
+        TestServer(
+            create_app(
+                DemoSettings(
+                    smtp_host="127.0.0.1", smtp_port=relay_port,
+                    sms_api_url=f"http://127.0.0.1:{egress_port}",
+                    sms_account_sid=SID, sms_auth_token=TOKEN, send_timeout=10.0,
+                )  # fmt: skip
+            )
+        )
+    )
+    try:
+        await supervisor.wait_ready(timeout=30)
+        await pms.start_server()
+        yield {"pms": pms, "provider": provider, "smarthost_port": smarthost_port, "audit": audit}
+    finally:
+        await pms.close()
+        await supervisor.stop()
+        await provider_runner.cleanup()
+        relay.close()
+        await relay.wait_closed()
+
+
+async def confirm(pms: TestClient, reservation: int = 1001) -> dict[str, str]:
+    """Log in as a desk clerk and press "send confirmation"."""
+    if not any(c.key == "pms_csrf" for c in pms.session.cookie_jar):
+        page = await pms.get("/login")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', await page.text()).group(1)
+        password = {name: pw for name, pw, _ in DEMO_USERS}["alice"]
+        login = await pms.post(
+            "/login", data={"username": "alice", "password": password, "csrf_token": token}, allow_redirects=False
+        )
+        assert login.status == 302
+    csrf = next(c.value for c in pms.session.cookie_jar if c.key == "pms_csrf")
+    response = await pms.post(f"/api/reservations/{reservation}/confirm", headers={"X-CSRF-Token": csrf})
+    assert response.status == 200
+    return await response.json()
+
+
+def assert_redacted(text: str) -> None:
+    assert CARD not in text and "4111 1111 1111 1111" not in text
+    assert PASSPORT not in text
+
+
+async def test_booking_confirmation_arrives_redacted_by_mail_and_sms(world):
+    sink = Sink()
+    controller = start_sink(world["smarthost_port"], sink)
+    try:
+        assert await confirm(world["pms"]) == {"email": "sent", "sms": "sent"}
+    finally:
+        controller.stop()
+
+    (mail,) = sink.messages
+    plain = mail.get_body(("plain",)).get_content()
+    html = mail.get_body(("html",)).get_content()
+    assert "Oliver Bennett" in plain and "1111" in plain
+    assert_redacted(plain)
+    assert_redacted(html)
+    assert_redacted(mail.as_string())
+
+    (sms,) = world["provider"].requests
+    assert sms["path"] == f"/2010-04-01/Accounts/{SID}/Messages.json"
+    assert sms["form"]["To"] == PHONE
+    assert "is confirmed" in sms["form"]["Body"]
+    assert_redacted(sms["form"]["Body"])
+    assert [r.action for r in world["audit"].records] == ["forwarded"]
+
+
+async def test_smarthost_down_pms_sees_failure_then_retry_delivers(world):
+    first = await confirm(world["pms"])
+    assert first["sms"] == "sent"
+    assert first["email"].startswith("failed") and "451" in first["email"]
+
+    sink = Sink()
+    controller = start_sink(world["smarthost_port"], sink)
+    try:
+        second = await confirm(world["pms"])  # the clerk (or the PMS's queue) retries
+    finally:
+        controller.stop()
+    assert second["email"] == "sent"
+    (mail,) = sink.messages
+    assert_redacted(mail.as_string())
+    assert [r.action for r in world["audit"].records] == ["deferred", "forwarded"]
