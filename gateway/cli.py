@@ -50,11 +50,18 @@ def policy_schema() -> None:
 
 
 @policy_app.command("reference")
-def policy_reference_command() -> None:
-    """Print every policy option with its default and meaning (Markdown)."""
-    from gateway.policy.reference import policy_reference
+def policy_reference_command(
+    readme: Annotated[Path | None, typer.Option(help="Update this file's reference sections in place.")] = None,
+) -> None:
+    """Print every policy and config option with its default and meaning (Markdown)."""
+    from gateway.policy.reference import config_reference, policy_reference, replace_section
 
-    typer.echo(policy_reference(), nl=False)
+    if readme is None:
+        typer.echo(policy_reference(), nl=False)
+        return
+    text = replace_section(readme.read_text(encoding="utf-8"), "policy-reference", policy_reference())
+    text = replace_section(text, "config-reference", config_reference())
+    readme.write_text(text, encoding="utf-8")
 
 
 @config_app.command("example")

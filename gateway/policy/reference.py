@@ -82,3 +82,12 @@ def config_reference() -> str:
 
     rows = ["| key | default | meaning |", "| --- | --- | --- |", *markdown_reference(Config())]
     return "\n".join(rows) + "\n"
+
+
+def replace_section(text: str, name: str, content: str) -> str:
+    """Replace what stands between `<!-- name:start -->` and `<!-- name:end -->`."""
+    start, end = f"<!-- {name}:start -->\n", f"<!-- {name}:end -->"
+    head, found, rest = text.partition(start)
+    if not found or end not in rest:
+        raise ValueError(f"markers for {name!r} not found")
+    return head + start + content + end + rest.partition(end)[2]
