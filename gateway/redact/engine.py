@@ -1,32 +1,155 @@
 """The redaction engine: finds guest data in outbound notifications and rewrites it.
 
 Callers (the SMTP relay, the egress proxy addon, the `redact` command) hold one
-`Redactor` per policy and call it per message. This first version fixes the interface;
-it returns messages unchanged.
+`Redactor` per policy and call it per message. The work is split three ways:
+detectors find spans (`detectors`), operators decide what replaces them
+(`operators`), and format modules know where text lives in an e-mail or an HTTP body
+(`formats`). This module wires them together and applies the two rules that concern a
+whole message: a `block` action refuses it, and strict mode scans the redacted output
+once more and refuses it if anything is still found.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
+from gateway.redact.detectors import Candidate, DetectorSet
+from gateway.redact.formats.base import Rewrite, Rewritten
+from gateway.redact.formats.bodies import BodyDocument, parse_body
+from gateway.redact.formats.mime import MailDocument
+from gateway.redact.names import names_in_text
+from gateway.redact.operators import Operators
 from gateway.redact.outcome import Finding, Outcome
-from gateway.redact.policy import ChannelRule, NotificationsPolicy
+from gateway.redact.policy import ActionSpec, ChannelRule, NotificationsPolicy
 
 
 class Redactor:
-    """Applies one `NotificationsPolicy` to texts, e-mails and HTTP bodies."""
+    """Applies one `NotificationsPolicy` to texts, e-mails and HTTP bodies.
+
+    Thread-safe and reusable: it holds only compiled patterns and the hash key.
+    """
 
     def __init__(self, policy: NotificationsPolicy, hash_key: bytes = b"") -> None:
         self.policy = policy
-        self._hash_key = hash_key
+        enabled = policy.enabled()
+        self._detectors = DetectorSet(policy)
+        self._operators = Operators({d: policy.action(d) for d in enabled}, ActionSpec(), hash_key)
+        self._names_enabled = "name" in enabled
+        self._block_leftovers = policy.strict is not None and policy.strict.leftover == "block"
+
+    # -- plain text ------------------------------------------------------------------
+
+    def scan(self, text: str, names: Iterable[str] = ()) -> list[Candidate]:
+        """What the detectors find in `text`, without rewriting it (used by the bench)."""
+        return self._detectors.find(text, self.known_names([text], names))
 
     def redact_text(self, text: str, names: Iterable[str] = ()) -> tuple[str, list[Finding]]:
-        return text, []
+        """Redact plain text; `names` are guest names known from elsewhere."""
+        return self._rewrite_text("body", text, self.known_names([text], names))
+
+    def known_names(self, texts: Iterable[str], given: Iterable[str] = ()) -> list[str]:
+        """Guest names for one message: given ones plus those its texts announce."""
+        names = [n for n in given if n and n.strip()]
+        if self._names_enabled:
+            for text in texts:
+                names.extend(names_in_text(text))
+        return list(dict.fromkeys(names))
+
+    def _rewrite_text(self, location: str, text: str,
+                      names: Sequence[str]) -> tuple[str, list[Finding]]:
+        pieces: list[str] = []
+        findings: list[Finding] = []
+        position = 0
+        for candidate in self._detectors.find(text, names):
+            value = text[candidate.start : candidate.end]
+            operator = self._operators.spec(candidate.detector).operator
+            findings.append(
+                Finding(candidate.detector, candidate.start, candidate.end, operator, location)
+            )
+            pieces.append(text[position : candidate.start])
+            pieces.append(self._operators.replace(candidate.detector, value))
+            position = candidate.end
+        if not findings:
+            return text, findings
+        pieces.append(text[position:])
+        return "".join(pieces), findings
+
+    def _rewriter(self, names: Sequence[str]) -> Rewrite:
+        def rewrite(location: str, text: str) -> tuple[str, list[Finding]]:
+            return self._rewrite_text(location, text, names)
+
+        return rewrite
+
+    # -- whole messages --------------------------------------------------------------
 
     def redact_email(self, raw: bytes) -> Outcome:
-        return Outcome(data=raw)
+        """Redact a complete RFC 5322 message (headers, MIME parts, attachments)."""
+        try:
+            document = MailDocument(raw)
+            names = self.known_names((t for _, t in document.texts()), document.names())
+            result = document.rewrite(
+                self._rewriter(names), self._display_name_action(), self.policy.attachments
+            )
+            return self._conclude(
+                result,
+                lambda data: MailDocument(data).rewrite(self._rewriter(names), None, "keep"),
+            )
+        except Exception as exc:  # noqa: BLE001 - fail closed: never pass what we cannot read
+            return _unreadable(exc)
 
     def redact_http_body(
         self, body: bytes, content_type: str | None, channel: ChannelRule
     ) -> Outcome:
-        return Outcome(data=body)
+        """Redact a provider API request body according to its channel rule."""
+        try:
+            document = parse_body(body, content_type, channel)
+            names = self.known_names((t for _, t in document.texts()), document.names())
+            result = document.rewrite(self._rewriter(names), self.policy.attachments)
+
+            def rescan(data: bytes) -> Rewritten:
+                again: BodyDocument = parse_body(data, content_type, channel)
+                return again.rewrite(self._rewriter(names), "keep")
+
+            return self._conclude(result, rescan)
+        except Exception as exc:  # noqa: BLE001 - fail closed, as above
+            return _unreadable(exc)
+
+    def _display_name_action(self) -> str | None:
+        """What happens to recipient display names in To/Cc (None: left alone)."""
+        if not self._names_enabled:
+            return None
+        return self._operators.spec("name").operator
+
+    def _conclude(self, result: Rewritten, rescan: Callable[[bytes], Rewritten]) -> Outcome:
+        """Apply the message-level rules: `block` actions, then the strict leftover scan."""
+        blocking = _detectors_of(f for f in result.findings if f.action == "block")
+        if blocking:
+            return Outcome(
+                data=result.data,
+                findings=result.findings,
+                blocked=True,
+                reason=f"policy blocks messages containing: {blocking}",
+            )
+        if self._block_leftovers:
+            leftovers = [f for f in rescan(result.data).findings if f.action != "keep"]
+            if leftovers:
+                return Outcome(
+                    data=result.data,
+                    findings=result.findings,
+                    blocked=True,
+                    reason=f"strict mode: still found after redaction: {_detectors_of(leftovers)}",
+                )
+        return Outcome(data=result.data, findings=result.findings)
+
+
+def _detectors_of(findings: Iterable[Finding]) -> str:
+    """'card, phone': detector names only, never values."""
+    return ", ".join(sorted({f.detector for f in findings}))
+
+
+def _unreadable(exc: Exception) -> Outcome:
+    return Outcome(
+        data=b"",
+        blocked=True,
+        reason=f"message could not be parsed for redaction ({type(exc).__name__})",
+    )

@@ -154,7 +154,6 @@ def _compile(pattern: str, what: str) -> re.Pattern[str]:
 
 DEFAULT_ID_CONTEXT: tuple[str, ...] = (
     "passport",
-    "passport no",
     "passeport",
     "reisepass",
     "pass",

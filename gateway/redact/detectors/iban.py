@@ -40,7 +40,9 @@ class IbanDetector:
     def _valid_end(candidate: str) -> int | None:
         """Length of the longest prefix of `candidate` that is a valid IBAN."""
         for end in range(len(candidate), 0, -1):
-            if end < len(candidate) and candidate[end].isalnum() and candidate[end - 1].isalnum():
+            if not candidate[end - 1].isalnum():
+                continue
+            if end < len(candidate) and candidate[end].isalnum():
                 continue  # would cut a group in the middle
             compact = re.sub(r"\s", "", candidate[:end]).upper()
             if len(compact) < _MIN_LENGTH:

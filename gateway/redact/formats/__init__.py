@@ -1,0 +1,1 @@
+"""Where text lives in each kind of outbound message, and how to put it back."""

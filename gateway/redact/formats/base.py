@@ -1,0 +1,35 @@
+"""The contract between the engine and the format modules.
+
+A format module knows where text lives in one kind of message (e-mail headers and MIME
+parts, form fields, JSON paths, multipart parts) and how to put rewritten text back
+without breaking the encoding. It knows nothing about detectors or policy actions: it
+calls a `Rewrite` for every text, and the engine decides what the text becomes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gateway.redact.outcome import Finding
+
+Rewrite = Callable[[str, str], tuple[str, list[Finding]]]
+"""(location, text) -> (new text, findings). A finding with action `drop` asks the
+format to remove the whole field when it can."""
+
+
+@dataclass(slots=True)
+class Rewritten:
+    """A format's result: new bytes (or the original if nothing changed)."""
+
+    data: bytes
+    findings: list[Finding] = field(default_factory=list)
+
+
+class UnparsableBody(ValueError):
+    """The body is not in the format its channel declares."""
+
+
+def drops_field(findings: list[Finding]) -> bool:
+    """Whether the policy asked to drop the whole field this text came from."""
+    return any(f.action == "drop" for f in findings)
