@@ -4,7 +4,8 @@ mitmproxy replaces the event loop's task factory and cannot share a loop, so it 
 runs in a child process (`python -m gateway.redact.egress`), never in the gateway's loop.
 `EgressSupervisor` (used by `pms-gateway run`) starts that child, restarts it with
 backoff when it dies and stops it on shutdown. `export_ca` gives the CA certificate the
-PMS must trust in regular (HTTP proxy) mode.
+PMS must trust in regular (HTTP proxy) mode. mitmproxy is imported only inside the child
+(and by `export_ca`), so the gateway process never loads it.
 """
 
 from __future__ import annotations
@@ -17,18 +18,17 @@ import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
 
 from gateway.redact.settings import EgressSettings
 
 log = logging.getLogger(__name__)
 
-HASH_KEY_ENV = "PMS_GATEWAY_EGRESS_HASH_KEY"
-"""Hex-encoded hash key for the Redactor, handed to the child outside its command line."""
+HASH_KEY_ENV = "EGRESS_REDACT_HASH_KEY"
+"""Hex-encoded hash key for the Redactor, handed to the child outside its command line
+(not PMS_GATEWAY_*: those are deployment-config overrides)."""
 
 CA_CERT_NAME = "mitmproxy-ca-cert.pem"
 
@@ -96,9 +96,11 @@ class ClientFilter:
 # ---------------------------------------------------------------- the child process
 
 
-async def serve(settings: EgressSettings, policy_path: str, hash_key: bytes = b"", exit_with_parent: bool = False):
-    """Run mitmproxy until SIGTERM/SIGINT (or stdin EOF with exit_with_parent). SIGHUP
-    re-reads the policy file."""
+async def serve(
+    settings: EgressSettings, policy_paths: Sequence[str], hash_key: bytes = b"", exit_with_parent: bool = False
+) -> None:
+    """Run mitmproxy until SIGTERM/SIGINT (or stdin EOF with exit_with_parent); SIGHUP
+    re-reads the policy files."""
     from mitmproxy import options
     from mitmproxy.addons import core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
     from mitmproxy.master import Master
@@ -119,30 +121,35 @@ async def serve(settings: EgressSettings, policy_path: str, hash_key: bytes = b"
         ClientFilter(settings.allowed_clients),
         redaction,
     )
-    master.options.update(**mitmproxy_options(settings), redact_policy=policy_path)
+    master.options.update(**mitmproxy_options(settings), redact_policy=list(policy_paths))
 
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, master.shutdown)
     loop.add_signal_handler(signal.SIGINT, master.shutdown)
     loop.add_signal_handler(signal.SIGHUP, redaction.reload)
     if exit_with_parent:
-        # The supervisor holds our stdin: EOF means it is gone, so we go too.
-        threading.Thread(target=_exit_on_eof, args=(master,), daemon=True).start()
+        # The supervisor holds our stdin: EOF means it is gone (even if killed), so we go too.
+        def on_stdin() -> None:
+            if not os.read(0, 4096):
+                loop.remove_reader(0)
+                master.shutdown()
+
+        loop.add_reader(0, on_stdin)
     await master.run()
+    # Connections still open are cancelled by asyncio.run's teardown; that is not an error.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
-def _exit_on_eof(master) -> None:
-    with contextlib.suppress(OSError):
-        while sys.stdin.buffer.read(4096):
-            pass
-    master.shutdown()
-
-
-def _load_settings(args: argparse.Namespace) -> EgressSettings:
+def _load_settings(args: argparse.Namespace) -> tuple[EgressSettings, list[str]]:
+    """Settings and policy paths: from the supervisor's JSON, or from config.yaml."""
     if args.settings_json:
-        return EgressSettings.model_validate_json(args.settings_json)
-    document = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
-    return EgressSettings.model_validate(document.get("egress", document))
+        if not args.policy:
+            raise ValueError("--settings-json needs --policy")
+        return EgressSettings.model_validate_json(args.settings_json), args.policy
+    from gateway.config import load_config
+
+    config = load_config(args.config)
+    return config.egress, args.policy or [str(p) for p in config.policy_paths]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,23 +159,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="deployment config (YAML); its `egress:` section is used")
     source.add_argument("--settings-json", help="EgressSettings as JSON (how the supervisor passes them)")
-    parser.add_argument("--policy", required=True, help="policy file with a `notifications:` section")
+    parser.add_argument(
+        "--policy", action="append", help="policy file or directory (repeatable); default: the config's policy_paths"
+    )
     parser.add_argument("--exit-with-parent", action="store_true", help="exit when stdin reaches EOF")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="egress %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="egress %(levelname)s %(name)s: %(message)s"
+    )
     for noisy in ("mitmproxy", "hpack", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-    try:
-        settings = _load_settings(args)
-        hash_key = bytes.fromhex(os.environ.get(HASH_KEY_ENV, ""))
-        asyncio.run(serve(settings, args.policy, hash_key, args.exit_with_parent))
-    except Exception as exc:  # noqa: BLE001 - one readable line for the supervisor's log
-        from mitmproxy.exceptions import OptionsError
+    from mitmproxy.exceptions import OptionsError
 
-        if not isinstance(exc, (OptionsError, ValueError, OSError)):
-            raise
+    try:
+        settings, policies = _load_settings(args)
+        hash_key = bytes.fromhex(os.environ.get(HASH_KEY_ENV, ""))
+        asyncio.run(serve(settings, policies, hash_key, args.exit_with_parent))
+    except (OptionsError, ValueError, OSError) as exc:  # one readable line for the supervisor's log
         print(f"egress: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -183,7 +192,7 @@ class EgressSupervisor:
     def __init__(
         self,
         settings: EgressSettings,
-        policy_path: str | Path,
+        policy_paths: str | Path | Sequence[str | Path],
         *,
         hash_key: bytes = b"",
         python: str = sys.executable,
@@ -192,7 +201,8 @@ class EgressSupervisor:
         stop_timeout: float = 5.0,
     ) -> None:
         self.settings = settings
-        self.policy_path = str(policy_path)
+        paths = [policy_paths] if isinstance(policy_paths, (str, Path)) else policy_paths
+        self.policy_paths = [str(p) for p in paths]
         self.hash_key = hash_key
         self.python = python
         self.min_backoff, self.max_backoff = min_backoff, max_backoff
@@ -206,7 +216,7 @@ class EgressSupervisor:
         return [
             self.python, "-m", "gateway.redact.egress",
             "--settings-json", self.settings.model_dump_json(),
-            "--policy", self.policy_path,
+            *(arg for path in self.policy_paths for arg in ("--policy", path)),
             "--exit-with-parent",
         ]  # fmt: skip
 

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
-from typing import Optional
+from collections.abc import Sequence
 
-import yaml
 from mitmproxy import ctx, exceptions, http
 
 from gateway.redact.engine import Redactor
@@ -27,12 +25,12 @@ log = logging.getLogger(__name__)
 _RECORD = "gateway_outbound"  # flow.metadata key: what to audit once the outcome is known
 
 
-def load_notifications(path: str | Path) -> NotificationsPolicy:
-    """The `notifications:` section of a policy file (or a file holding only that section)."""
-    document = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    if not isinstance(document, dict):
-        raise ValueError(f"{path}: expected a mapping")
-    return NotificationsPolicy.model_validate(document.get("notifications", document))
+def load_notifications(paths: Sequence[str]) -> NotificationsPolicy:
+    """The `notifications:` section of the policy files, read as the gateway reads them
+    (merged in order, errors naming file and line)."""
+    from gateway.policy.loader import load_policy
+
+    return load_policy(*paths).notifications
 
 
 class RedactionAddon:
@@ -47,7 +45,7 @@ class RedactionAddon:
 
     def load(self, loader) -> None:
         loader.add_option(
-            "redact_policy", Optional[str], None, "Policy file whose notifications: section drives redaction."
+            "redact_policy", Sequence[str], [], "Policy files (or directories); their notifications: section applies."
         )
 
     def configure(self, updated: set[str]) -> None:
