@@ -33,6 +33,8 @@ def resolve_secret(value: str | SecretStr | None) -> str | None:
 
 
 class SmarthostSettings(_Settings):
+    model_config = ConfigDict(extra="forbid", validate_default=True, hide_input_in_errors=True)  # passwords
+
     host: str = Field("127.0.0.1", title="Smarthost", description="Mail server that receives the redacted messages.")
     port: int = Field(25, ge=1, le=65535, title="Smarthost port", description="465 with use_tls, 587 or 25 otherwise.")
     username: str | None = Field(None, title="Username", description="Login at the smarthost; none: no AUTH.")
@@ -52,6 +54,8 @@ class SmarthostSettings(_Settings):
 
 
 class SmtpRelaySettings(_Settings):
+    model_config = ConfigDict(extra="forbid", validate_default=True, hide_input_in_errors=True)  # auth_users
+
     enabled: bool = Field(False, title="Enabled", description="Run the SMTP relay that redacts outgoing mail.")
     listen_host: str = Field("127.0.0.1", title="Listen address", description="Address the relay binds to.")
     port: int = Field(2525, ge=0, le=65535, title="Port", description="Port the PMS sends its mail to.")
@@ -80,6 +84,14 @@ class SmtpRelaySettings(_Settings):
     max_message_size: int = Field(
         10 * 1024 * 1024, gt=0, title="Maximum message size", description="Bytes; larger messages are refused."
     )
+
+    @field_validator("auth_users")
+    @classmethod
+    def _hashed_or_env(cls, users: dict[str, str]) -> dict[str, str]:
+        for name, stored in users.items():
+            if not stored.startswith(("env:", "pbkdf2_sha256$")):
+                raise ValueError(f"auth_users.{name}: expected a pbkdf2_sha256$... hash or env:NAME, not a password")
+        return users
 
     @model_validator(mode="after")
     def _tls_consistent(self) -> SmtpRelaySettings:

@@ -52,20 +52,33 @@ def hash_password(password: str, iterations: int = 200_000) -> str:
     return f"{PBKDF2_PREFIX}${iterations}${b64(salt).decode()}${b64(digest).decode()}"
 
 
+# The PMS logs in on every connection; PBKDF2 is deliberately slow and AUTH runs in the
+# gateway's loop, so a password already verified in this process is recognised by a keyed
+# tag instead of being hashed again.
+_PROCESS_KEY = os.urandom(32)
+_verified: dict[str, bytes] = {}
+
+
 def verify_password(password: bytes, stored: str) -> bool:
     """Check `password` against an `auth_users` entry: a hash or an `env:NAME` reference."""
-    if stored.startswith("env:"):
-        expected = (resolve_secret(stored) or "").encode()
-        return bool(expected) and hmac.compare_digest(password, expected)
     try:
+        if stored.startswith("env:"):
+            expected = (resolve_secret(stored) or "").encode()
+            return bool(expected) and hmac.compare_digest(password, expected)
+        tag = hmac.digest(_PROCESS_KEY, password, "sha256")
+        if hmac.compare_digest(_verified.get(stored, b""), tag):
+            return True
         scheme, iterations, salt, digest = stored.split("$")
         if scheme != PBKDF2_PREFIX:
-            return False
+            raise ValueError("unknown hash scheme")
         actual = hashlib.pbkdf2_hmac("sha256", password, base64.b64decode(salt), int(iterations))
-        return hmac.compare_digest(actual, base64.b64decode(digest))
-    except (ValueError, TypeError):
-        log.error("auth_users holds an entry that is neither a %s hash nor env:NAME", PBKDF2_PREFIX)
+    except (ValueError, TypeError, LookupError) as exc:
+        log.error("auth_users entry unusable (neither a %s hash nor a set env:NAME): %s", PBKDF2_PREFIX, exc)
         return False
+    if not hmac.compare_digest(actual, base64.b64decode(digest)):
+        return False
+    _verified[stored] = tag
+    return True
 
 
 def _authenticator(users: dict[str, str]):
@@ -128,9 +141,7 @@ class RelayHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw: bytes = envelope.original_content or envelope.content  # type: ignore[assignment]
         message_id = _message_id(raw)
-        redactor = self._redactor()
-        smtp_rule = redactor.policy.smtp_channel()
-        channel = self.channel or (smtp_rule.name if smtp_rule else "mail")
+        channel = self.channel or "mail"
 
         async def record(action: Action, reason: str | None, detectors: dict[str, int], size: int) -> OutboundRecord:
             rec = OutboundRecord(channel, self.destination, detectors, action, reason, message_id, size)
@@ -138,7 +149,11 @@ class RelayHandler:
             return rec
 
         try:
-            outcome = redactor.redact_email(raw)
+            redactor = self._redactor()
+            if self.channel is None and (rule := redactor.policy.smtp_channel()) is not None:
+                channel = rule.name
+            # Off the event loop: a large message must not stall the inbound proxy.
+            outcome = await asyncio.to_thread(redactor.redact_email, raw)
         except Exception:
             # Fail closed but keep the message: the PMS retries once the fault is fixed.
             log.exception("redaction failed; message deferred")
@@ -206,9 +221,9 @@ def _failure_answer(exc: Exception) -> tuple[str, Action, str]:
     if refusal is not None:
         # The smarthost's text may quote an address: it goes to the sender, not the audit.
         return f"{refusal.code} {_one_line(refusal.message)}", "refused", f"smarthost refused ({refusal.code})"
-    code = getattr(exc, "code", None)
-    log.warning("smarthost failed (%s %s); message deferred", type(exc).__name__, code or "")
-    return TEMPFAIL, "deferred", f"smarthost unavailable ({type(exc).__name__}{f' {code}' if code else ''})"
+    what = type(exc).__name__ + (f" {exc.code}" if isinstance(exc, aiosmtplib.SMTPResponseException) else "")
+    log.warning("smarthost failed (%s); message deferred", what)
+    return TEMPFAIL, "deferred", f"smarthost unavailable ({what})"
 
 
 def _one_line(text: str) -> str:
@@ -216,9 +231,12 @@ def _one_line(text: str) -> str:
 
 
 def _message_id(raw: bytes) -> str | None:
-    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
-    value = headers.get("Message-ID")
-    return _one_line(str(value)) if value else None
+    """For the audit trail: lets an operator match a record to the PMS's own mail log."""
+    try:
+        value = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw).get("Message-ID")
+    except Exception:  # noqa: BLE001 - a malformed header only loses the id
+        return None
+    return _one_line(str(value))[:200] if value else None
 
 
 # ---------------------------------------------------------------- the listener
