@@ -39,8 +39,13 @@ def _create_schema(conn: Connection) -> None:
     metadata.create_all(conn)
 
 
+def _totp_last_step(conn: Connection) -> None:
+    conn.exec_driver_sql("ALTER TABLE totp_factors ADD COLUMN last_step BIGINT")
+
+
 MIGRATIONS: list[MigrationStep] = [
     _create_schema,  # 1: initial schema
+    _totp_last_step,  # 2: totp_factors.last_step (TOTP replay floor)
 ]
 """Ordered upgrade steps; append only, never reorder or edit a released step."""
 

@@ -124,6 +124,10 @@ totp_factors = Table(
     _created(),
     Column("last_used_at", UTCDateTime, nullable=True),
     Column("last_step_offset", Integer, nullable=True, doc="clock drift seen at last use"),
+    Column(
+        "last_step", BigInteger, nullable=True,
+        doc="latest accepted time step: the replay floor that survives store restarts",
+    ),
     Column("label", String(255), nullable=True),
 )
 
