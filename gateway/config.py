@@ -77,6 +77,14 @@ class SmtpSettings(Section):
     sender: str = "pms-gateway@localhost"
 
 
+class AlertsWebhookSettings(Section):
+    url: str | None = Field(None, description="POST every alert (and exported audit chain heads) here as JSON.")
+    secret: str | None = Field(
+        None, description="HMAC-SHA256 key: requests carry `X-Gateway-Signature: sha256=<hex>` of the body."
+    )
+    timeout: Duration = Field(5, description="Give up on one webhook call after this long.")
+
+
 class AdminSettings(Section):
     enabled: bool = True
     host: str = Field("127.0.0.1", description="Console, metrics and health; loopback by default.")
@@ -112,6 +120,7 @@ class Config(Section):
     instance_id: str | None = Field(None, description="Name of this instance in the audit chain; default the host name.")
     geoip: GeoipSettings = GeoipSettings()
     smtp: SmtpSettings = SmtpSettings()
+    alerts_webhook: AlertsWebhookSettings = AlertsWebhookSettings()
     admin: AdminSettings = AdminSettings()
     log: LogSettings = LogSettings()
     smtp_relay: SmtpRelaySettings = Field(

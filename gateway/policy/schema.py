@@ -169,22 +169,47 @@ class AuditPolicy(Section):
     )
     query_values: Literal["keep", "drop"] = Field("drop", description="Keep query values in the audit trail.")
     retention: Duration = Field(400 * 86400, description="Audit records older than this are purged.")
-    on_store_failure: Literal["spool", "refuse"] = Field("spool")
-    on_queue_full: Literal["wait", "refuse"] = Field("wait")
-    durability: Literal["normal", "strict"] = Field("normal")
+    on_store_failure: Literal["spool", "refuse"] = Field(
+        "spool",
+        description="Database unreachable: `spool` keeps serving and writes records to a local file "
+        "replayed later; `refuse` answers 503 until the database is back.",
+    )
+    on_queue_full: Literal["wait", "refuse"] = Field(
+        "wait", description="Record queue full: requests `wait` for space, or get 503 (`refuse`)."
+    )
+    durability: Literal["normal", "strict"] = Field(
+        "normal",
+        description="`normal`: a crash loses at most the last flush_interval of records; `strict`: "
+        "a response completes only once its record is stored (group commit).",
+    )
+    flush_interval: Duration = Field(1, description="Records are written at least this often.")
+    batch_size: int = Field(500, ge=1, le=10000, description="Records written per database transaction.")
+    queue_size: int = Field(20000, ge=10, description="Records waiting to be written before on_queue_full applies.")
+    head_export_interval: Duration = Field(
+        60, description="How often the latest chain head is exported outside the database (heads.jsonl, log, webhook)."
+    )
 
 
 class KnownIpsPolicy(Section):
     keep_for: Duration = Field(100 * 86400, description="Forget a known IP this long after its last use.")
     ipv6_prefix: int = Field(64, ge=32, le=128, description="IPv6 addresses are grouped by this prefix.")
+    forget_permission: Literal["forget_known_ip", "manage_users", "console", "support_access"] = Field(
+        "forget_known_ip", description="Group permission an operator needs to forget a user's known IP."
+    )
 
 
 class AlertsPolicy(Section):
     email_to: list[str] = Field([], description="Operator addresses that receive alerts.")
     on: list[Literal["new_ip_login", "lockout", "every_login", "blocked_notification"]] = Field(
-        ["new_ip_login", "lockout", "blocked_notification"]
+        ["new_ip_login", "lockout", "blocked_notification"],
+        description="Events that alert: a login from an address new for that user, a lockout, every "
+        "login, an outbound notification blocked by redaction.",
     )
     min_interval: Duration = Field(600, description="Identical alerts are sent at most once per interval.")
+    max_per_hour: int = Field(30, ge=1, description="At most this many alerts an hour in all; the rest are counted and summarised.")
+    new_ip_on_first_login: bool = Field(
+        False, description="Also alert on a user's very first login, when no address is known yet."
+    )
 
 
 class CsrfPolicy(Section):
