@@ -79,7 +79,9 @@ class FakeSmsProvider:
 
     async def messages(self, request: web.Request) -> web.Response:
         form = await request.post()
-        self.requests.append({"path": request.path, "headers": dict(request.headers), "form": dict(form)})
+        self.requests.append(
+            {"path": request.path, "query": dict(request.query), "headers": dict(request.headers), "form": dict(form)}
+        )
         return web.json_response({"sid": "SM1", "status": "queued"}, status=201)
 
     async def start(self, cert: Path, key: Path) -> web.AppRunner:
@@ -175,6 +177,13 @@ async def test_regular_mode_redacts_body_keeps_recipient(tmp_path, provider, egr
     records = audit_lines(capfd.readouterr().err)
     assert {"channel": "sms", "action": "forwarded", "detectors": {"card": 1}}.items() <= records[-1].items()
     assert CARD not in json.dumps(records)
+
+    # Some SMS APIs take the text in the query string: a form channel redacts it there too.
+    query = f"?To=%2B447700900123&Body=card+{CARD.replace(' ', '+')}"
+    status, _ = await post_via_proxy(settings, f"https://localhost:{fake.port}{SMS_PATH}{query}", {})
+    assert status == 201
+    assert CARD not in fake.requests[-1]["query"]["Body"] and "1111" in fake.requests[-1]["query"]["Body"]
+    assert fake.requests[-1]["query"]["To"] == "+447700900123"
 
 
 async def test_reverse_mode(tmp_path, provider, egress):

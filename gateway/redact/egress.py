@@ -244,7 +244,8 @@ class EgressSupervisor:
 
     async def wait_ready(self, timeout: float = 20.0) -> None:
         """Return once every listener accepts connections; raise if that takes too long."""
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.settings.listen_host, self.settings.listen_host)
+        wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+        host = wildcard.get(self.settings.listen_host, self.settings.listen_host)
         async with asyncio.timeout(timeout):
             for port in listen_ports(self.settings):
                 while True:

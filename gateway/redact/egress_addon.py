@@ -149,10 +149,8 @@ class RedactionAddon:
         outcome: Outcome | None = None,
         action: Action = "blocked",
     ) -> None:
-        flow.response = http.Response.make(
-            status, json.dumps({"error": "blocked" if action == "blocked" else "unavailable", "reason": reason}).encode(),
-            {"Content-Type": "application/json"},
-        )
+        body = {"error": "blocked" if action == "blocked" else "unavailable", "reason": reason}
+        flow.response = http.Response.make(status, json.dumps(body).encode(), {"Content-Type": "application/json"})
         counts = outcome.counts() if outcome else {}
         await self._record(flow, rule.name if rule else "unmatched", counts, action, reason)
 
