@@ -17,6 +17,7 @@ from .engine import (
 )
 from .tables import (
     UTCDateTime,
+    audit_anchors,
     audit_chain_heads,
     audit_records,
     enrollment_invites,
@@ -25,6 +26,7 @@ from .tables import (
     metadata,
     recovery_codes,
     schema_migrations,
+    subject_keys,
     totp_factors,
     users,
     utcnow,
@@ -37,6 +39,7 @@ __all__ = [
     "MigrationStep",
     "SchemaTooNewError",
     "UTCDateTime",
+    "audit_anchors",
     "audit_chain_heads",
     "audit_records",
     "create_engine",
@@ -48,6 +51,7 @@ __all__ = [
     "open_database",
     "recovery_codes",
     "schema_migrations",
+    "subject_keys",
     "totp_factors",
     "users",
     "utcnow",

@@ -30,7 +30,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from .tables import metadata, schema_migrations
+from .tables import audit_anchors, metadata, schema_migrations, subject_keys
 
 MigrationStep = Callable[[Connection], None]
 
@@ -43,9 +43,27 @@ def _totp_last_step(conn: Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE totp_factors ADD COLUMN last_step BIGINT")
 
 
+def _audit_erasure_and_anchors(conn: Connection) -> None:
+    """Per-subject keys and purge anchors for the audit trail; ciphertext-sized personal
+    columns; indexes by subject and request id instead of the (now encrypted) name and IP."""
+    audit_anchors.create(conn, checkfirst=True)
+    subject_keys.create(conn, checkfirst=True)
+    conn.exec_driver_sql("ALTER TABLE audit_records ADD COLUMN subject VARCHAR(32)")
+    conn.exec_driver_sql("ALTER TABLE audit_records ADD COLUMN tags TEXT NOT NULL DEFAULT ''")
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_audit_records_user_name")
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_audit_records_client_ip")
+    conn.exec_driver_sql("CREATE INDEX ix_audit_records_subject ON audit_records (subject)")
+    conn.exec_driver_sql("CREATE INDEX ix_audit_records_request_id ON audit_records (request_id)")
+    if conn.dialect.name == "postgresql":  # SQLite does not enforce VARCHAR lengths
+        conn.exec_driver_sql(
+            "ALTER TABLE audit_records ALTER COLUMN user_name TYPE TEXT, ALTER COLUMN client_ip TYPE TEXT"
+        )
+
+
 MIGRATIONS: list[MigrationStep] = [
     _create_schema,  # 1: initial schema
     _totp_last_step,  # 2: totp_factors.last_step (TOTP replay floor)
+    _audit_erasure_and_anchors,  # 3: audit subject keys, purge anchors, tags
 ]
 """Ordered upgrade steps; append only, never reorder or edit a released step."""
 

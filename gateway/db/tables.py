@@ -205,10 +205,12 @@ audit_records = Table(
     Column("seq", BigInteger, nullable=False, doc="position in this instance's hash chain"),
     Column("at", UTCDateTime, nullable=False),
     Column("request_id", String(64), nullable=True),
-    Column("user_name", String(255), nullable=True),
+    # Personal fields (user_name, client_ip, identifiers) hold AES-GCM ciphertext under the
+    # key of `subject` (see subject_keys), so erasing a person never breaks the hash chain.
+    Column("user_name", Text, nullable=True),
     Column("session_hash", String(128), nullable=True),
     Column("device_id", String(128), nullable=True),
-    Column("client_ip", String(64), nullable=True),
+    Column("client_ip", Text, nullable=True),
     Column("country", String(8), nullable=True),
     Column("city", String(255), nullable=True),
     Column("asn", BigInteger, nullable=True),
@@ -226,12 +228,15 @@ audit_records = Table(
     Column("identifiers", Text, nullable=False, default="{}", server_default=text("'{}'")),
     Column("channel", String(16), nullable=False, default="http", server_default="http"),
     Column("extra", Text, nullable=False, default="{}", server_default=text("'{}'")),
+    Column("subject", String(32), nullable=True, doc="subject_keys.id of the personal fields"),
+    Column("tags", Text, nullable=False, default="", server_default=text("''"),
+           doc="keyed hashes of the client IP and identifiers, for queries without decrypting"),
     Column("prev_mac", String(128), nullable=False),
     Column("mac", String(128), nullable=False),
     UniqueConstraint("instance_id", "seq"),
     Index(None, "at"),
-    Index(None, "user_name"),
-    Index(None, "client_ip"),
+    Index(None, "subject"),
+    Index(None, "request_id"),
 )
 
 audit_chain_heads = Table(
@@ -242,3 +247,28 @@ audit_chain_heads = Table(
     Column("mac", String(128), nullable=False),
     Column("updated_at", UTCDateTime, nullable=False, default=utcnow, onupdate=utcnow),
 )
+
+audit_anchors = Table(
+    "audit_anchors",
+    metadata,
+    Column("instance_id", String(64), primary_key=True),
+    Column("seq", BigInteger, nullable=False, doc="oldest record kept by the last purge"),
+    Column("prev_mac", String(128), nullable=False, doc="the MAC that record chains to"),
+    Column("mac", String(128), nullable=False, doc="HMAC of the anchor itself: only the key holder moves it"),
+    Column("purged_before", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False, default=utcnow, onupdate=utcnow),
+)
+"""Where each instance's chain starts after retention purged its oldest records."""
+
+subject_keys = Table(
+    "subject_keys",
+    metadata,
+    Column("id", String(32), primary_key=True, doc="random; what audit_records.subject holds"),
+    Column("lookup", String(64), nullable=True, unique=True,
+           doc="keyed hash of 'user:NAME' or 'ip:ADDR'; cleared on erasure"),
+    Column("wrapped_key", LargeBinary, nullable=True, doc="AES key wrapped by the audit key; NULL = erased"),
+    _created(),
+    Column("erased_at", UTCDateTime, nullable=True),
+)
+"""One data key per person (user or anonymous address): destroying it erases their
+personal fields from the audit trail without touching the chained records."""
