@@ -17,6 +17,10 @@ policy_app = typer.Typer(no_args_is_help=True, help="Check policy files and prin
 app.add_typer(policy_app, name="policy")
 config_app = typer.Typer(no_args_is_help=True, help="Check deployment settings and print an example.")
 app.add_typer(config_app, name="config")
+from gateway.auth.commands import keys_app, users_app  # noqa: E402  (sub-apps, lazy inside)
+
+app.add_typer(users_app, name="users")
+app.add_typer(keys_app, name="keys")
 
 ConfigOption = Annotated[
     Path | None,
