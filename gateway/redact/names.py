@@ -49,10 +49,10 @@ _GREETING = re.compile(
     r"vážen[áýé]|mil[áýé]|dobrý\s+den|dobrý\s+večer|ahoj|zdravím)(?!\w)"
 )
 _LABEL = re.compile(
-    r"(?im)^[ \t>*-]*(?:guest(?:\s+names?)?|full\s+name|name|patient|client|booked\s+by|"
+    r"(?im)^[ \t>*-]*(?:guests?(?:\s+names?)?|full\s+name|name|patients?|clients?|booked\s+by|"
     r"reserved\s+by|nom(?:\s+du\s+client)?|client\(e\)|réservé\s+par|patient\(e\)|"
-    r"gast|gastname|name\s+des\s+gastes|gebucht\s+von|patient(?:in)?|"
-    r"host|jméno(?:\s+hosta)?|jméno\s+a\s+příjmení|pacient(?:ka)?|klient(?:ka)?)"
+    r"gast|gäste|gastname|name\s+des\s+gastes|gebucht\s+von|patient(?:in)?|"
+    r"host|hosté|jméno(?:\s+hosta)?|jméno\s+a\s+příjmení|pacient(?:ka)?|klient(?:ka)?)"
     r"[ \t]*:[ \t]*"
 )
 _TOKEN = re.compile(r"[ \t]*([^\W\d_][\w'’\-]*\.?)")

@@ -1,7 +1,7 @@
 """Payment card numbers: digit groups that pass Luhn and start with a known issuer prefix.
 
-Precision comes from the checksum and the issuer table (booking references of 13-19
-digits fail one or the other); recall from trying every group-aligned sub-run, so a card
+Precision comes from the checksum, the issuer table with each network's lengths, and
+the grouping (booking references of 13-19 digits fail one or the other); recall from trying every group-aligned sub-run, so a card
 written next to other digits ("... 1111 2 nights") is still found.
 """
 
@@ -15,31 +15,33 @@ from gateway.redact.detectors.base import Candidate
 MIN_DIGITS = 13
 MAX_DIGITS = 19
 
-# Issuer identification number ranges (inclusive, compared on the leading digits).
-# Visa, Mastercard (51-55, 2221-2720), Amex, Discover, JCB, Diners, UnionPay, Maestro,
-# Mir, RuPay, Troy, UATP.
-_IIN_RANGES: tuple[tuple[int, int], ...] = (
-    (4, 4),
-    (51, 55),
-    (2221, 2720),
-    (34, 34),
-    (37, 37),
-    (6011, 6011),
-    (644, 649),
-    (65, 65),
-    (3528, 3589),
-    (300, 305),
-    (3095, 3095),
-    (36, 36),
-    (38, 39),
-    (62, 62),
-    (81, 82),
-    (50, 50),
-    (56, 69),
-    (2200, 2204),
-    (508, 508),
-    (9792, 9792),
-    (1, 1),
+# Issuer identification number ranges (inclusive, compared on the leading digits) and
+# the lengths each network issues. Lengths matter: a 14-digit French SIRET that passes
+# Luhn and starts with 4 is not a Visa card.
+_ANY = range(MIN_DIGITS, MAX_DIGITS + 1)
+_IIN_RANGES: tuple[tuple[int, int, tuple[int, ...] | range], ...] = (
+    (4, 4, (13, 16, 19)),  # Visa
+    (51, 55, (16,)),  # Mastercard
+    (2221, 2720, (16,)),  # Mastercard 2-series
+    (34, 34, (15,)),  # American Express
+    (37, 37, (15,)),
+    (6011, 6011, range(16, 20)),  # Discover
+    (644, 649, range(16, 20)),
+    (65, 65, range(16, 20)),
+    (3528, 3589, range(16, 20)),  # JCB
+    (300, 305, range(14, 20)),  # Diners Club
+    (3095, 3095, range(14, 20)),
+    (36, 36, range(14, 20)),
+    (38, 39, range(14, 20)),
+    (62, 62, range(16, 20)),  # UnionPay
+    (81, 81, range(16, 20)),
+    (50, 50, _ANY),  # Maestro
+    (56, 69, _ANY),
+    (2200, 2204, range(16, 20)),  # Mir
+    (508, 508, (16,)),  # RuPay
+    (82, 82, (16,)),
+    (9792, 9792, (16,)),  # Troy
+    (1, 1, (15,)),  # UATP
 )
 
 # Digit groups separated by one space, dash or no-break space.
@@ -61,10 +63,10 @@ def luhn_valid(digits: str) -> bool:
 
 
 def known_issuer(digits: str) -> bool:
-    """Whether the number starts with an issuer prefix a card network uses."""
-    for low, high in _IIN_RANGES:
+    """Whether a network issues numbers with this prefix and this length."""
+    for low, high, lengths in _IIN_RANGES:
         width = len(str(low))
-        if low <= int(digits[:width]) <= high:
+        if low <= int(digits[:width]) <= high and len(digits) in lengths:
             return True
     return False
 
@@ -102,6 +104,10 @@ class CardDetector:
                     continue
                 if len(digits) < MIN_DIGITS:
                     break
+                # Every network prints a card starting with a group of four digits;
+                # "552 100 554 00025" (a SIRET) is grouped otherwise.
+                if last > first and groups[first][1] - groups[first][0] != 4:
+                    continue
                 if is_card_number(digits):
                     found = (last, start, end)
                     break

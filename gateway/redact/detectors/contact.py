@@ -38,7 +38,9 @@ _REFERENCE_WORDS = re.compile(
     r"(?i)(?<!\w)(?:ref|reference|référence|réf|booking|reservation|réservation|"
     r"confirmation|order|commande|invoice|facture|rechnung|buchung|buchungsnummer|"
     r"bestellung|auftrag|reservierung|objednávka|objednávky|faktura|faktury|rezervace|"
-    r"rezervaci|voucher|code|kód|ticket|no|nr|n°|#)"
+    r"rezervaci|voucher|code|kód|ticket|payment|paiement|zahlung|platba|platby|"
+    r"steuernr|steuernummer|hrb|ust-idnr|ičo|ico|dič|dic|siret|siren|tva|vat|"
+    r"no|nr|n°|#)"
     r"(?:\s+(?:number|no|nr|nummer|numéro|číslo|č))?\W{0,12}$"
 )
 _PHONE_WORDS = re.compile(
@@ -47,6 +49,13 @@ _PHONE_WORDS = re.compile(
     r"rufen|kontakt|contact)(?!\w)"
 )
 _LOOKBEHIND = 24
+_MIN_DIGITS = 7  # shorter "numbers" that parse as valid (service codes) are prices, times
+_DATE_SHAPED = re.compile(r"^\d{1,2}[./]\d{1,2}[./](?:\d{2}|\d{4})$")
+
+
+def _inside_number(text: str, start: int) -> bool:
+    """'727/037/65241': a match that starts inside a longer slash- or dot-joined number."""
+    return start >= 2 and text[start - 1] in "/." and text[start - 2].isdigit()
 
 
 class PhoneDetector:
@@ -64,7 +73,10 @@ class PhoneDetector:
             text, self.region, leniency=phonenumbers.Leniency.VALID
         )
         for match in matcher:
-            if self._labelled_as_reference(text, match.start):
+            raw = match.raw_string
+            if sum(c.isdigit() for c in raw) < _MIN_DIGITS or _DATE_SHAPED.match(raw):
+                continue
+            if self._labelled_as_reference(text, match.start) or _inside_number(text, match.start):
                 continue
             yield Candidate(self.name, match.start, match.end)
 

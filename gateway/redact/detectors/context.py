@@ -8,10 +8,35 @@ and no sentence boundary lies between them (abbreviations such as "No." excepted
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 
+
+def _fold_table() -> dict[int, str]:
+    table = {}
+    for code in range(0xC0, 0x250):
+        base = unicodedata.normalize("NFD", chr(code))[0]
+        if base.isascii() and base != chr(code):
+            table[code] = base
+    table[ord("\u2019")] = "'"
+    return table
+
+
+_FOLD = _fold_table()
+
+
+def fold(text: str) -> str:
+    """Accents removed character for character, so offsets stay valid.
+
+    SMS often arrive without diacritics ("narozeni" for "narození"); context words and
+    month names are compared on folded text.
+    """
+    return text.translate(_FOLD)
+
 _ABBREVIATIONS = re.compile(r"(?i)(?<!\w)(?:no|nr|n°|num|č|čís|št|geb|nar|dob|d\.o\.b)\.")
-_SENTENCE_BREAK = re.compile(r"[.!?;]|\n\s*\n")
+# A line break ends the context too: in "Passport: 123\nMobile: 604 756 578" the word
+# "Passport" says nothing about the mobile number.
+_SENTENCE_BREAK = re.compile(r"[.!?;\n]")
 
 
 def _word_pattern(word: str) -> str:
@@ -25,10 +50,13 @@ def _word_pattern(word: str) -> str:
 
 
 class ContextWords:
-    """A set of context words and the distance within which they must precede a value."""
+    """A set of context words and the distance within which they must precede a value.
+
+    Both methods take text already passed through `fold`.
+    """
 
     def __init__(self, words: Iterable[str], window: int) -> None:
-        ordered = sorted({w.strip() for w in words if w.strip()}, key=len, reverse=True)
+        ordered = sorted({fold(w.strip()) for w in words if w.strip()}, key=len, reverse=True)
         self.window = window
         self._pattern = (
             re.compile("(?i)" + "|".join(_word_pattern(w) for w in ordered)) if ordered else None

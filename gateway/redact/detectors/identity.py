@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import date
 
 from gateway.redact.detectors.base import Candidate
-from gateway.redact.detectors.context import ContextWords
+from gateway.redact.detectors.context import ContextWords, fold
 from gateway.redact.policy import IdPattern
 
 
@@ -27,11 +27,12 @@ class PassportDetector:
         ]
 
     def find(self, text: str, names: Sequence[str]) -> Iterator[Candidate]:
+        folded = fold(text)
         for pattern, context in self._rules:
-            if not context.any_in(text):
+            if not context.any_in(folded):
                 continue
             for match in pattern.finditer(text):
-                if context.precedes(text, match.start()):
+                if context.precedes(folded, match.start()):
                     yield Candidate(self.name, match.start(), match.end())
 
 
@@ -49,7 +50,7 @@ _MONTHS = (
     "ledna února března dubna května června července srpna září října listopadu prosince "
     "leden únor březen duben květen červen červenec srpen říjen listopad prosinec"
 ).split()
-_MONTH = "(?:" + "|".join(sorted({re.escape(m) for m in _MONTHS}, key=len, reverse=True)) + r")\.?"
+_MONTH = "(?:" + "|".join(sorted({re.escape(fold(m)) for m in _MONTHS}, key=len, reverse=True)) + r")\.?"
 _DAY = r"(?:[0-3]?\d)(?:st|nd|rd|th|er)?\.?"
 _YEAR = r"(?:1[89]\d\d|20\d\d)"
 
@@ -72,10 +73,11 @@ class DateOfBirthDetector:
         self._context = ContextWords(context, window)
 
     def find(self, text: str, names: Sequence[str]) -> Iterator[Candidate]:
-        if not self._context.any_in(text):
+        folded = fold(text)  # month names and context words, with or without accents
+        if not self._context.any_in(folded):
             return
-        for match in _DATE.finditer(text):
-            if self._plausible(match.group()) and self._context.precedes(text, match.start()):
+        for match in _DATE.finditer(folded):
+            if self._plausible(match.group()) and self._context.precedes(folded, match.start()):
                 yield Candidate(self.name, match.start(), match.end())
 
     @staticmethod

@@ -23,6 +23,8 @@ _ENDINGS = sorted(
         # Czech declension (nouns, -ová surnames, vocative)
         "a", "e", "é", "ě", "i", "í", "u", "ů", "y", "ý", "o", "ou", "em", "ovi", "ové",
         "ově", "ům", "ech", "ách", "ami", "ovou", "ích", "ím", "ými",
+        # Czech adjectival surnames and soft-declension first names (Černého, Jiřímu)
+        "ého", "ému", "ém", "ým", "ího", "ímu",
         # German genitive and plural, English plural
         "s", "es", "n", "en", "ns", "er", "ern",
         # English possessive
@@ -118,14 +120,16 @@ def _name_pattern(tokens: tuple[str, ...]) -> re.Pattern[str] | None:
     return compile_terms(tokens)
 
 
-# Name parts separated only by spaces, hyphens or a title are one name.
-_JOINER = re.compile(r"^[\s\-]{0,3}$")
+# Name parts separated only by a space or two (or a hyphen) are one name.
+_JOINER = re.compile(r"^(?:[ \t\u00a0]{1,2}|-)$")
 
 
 class NameDetector:
     """Finds the message's known guest names, each part on its own, in any inflected form.
 
-    Adjacent parts ("Jana Nováková") are reported as one span.
+    Adjacent parts ("Jana Nováková") are reported as one span. A match must start with a
+    capital letter, as names are written: a guest called Hope or Rose does not make
+    every "we hope" or "rosé" a name.
     """
 
     name = "name"
@@ -139,6 +143,8 @@ class NameDetector:
             return
         current: tuple[int, int] | None = None
         for match in pattern.finditer(text):
+            if not text[match.start()].isupper():
+                continue
             if current and _JOINER.match(text[current[1] : match.start()]):
                 current = (current[0], match.end())
                 continue
