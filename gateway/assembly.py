@@ -1,19 +1,94 @@
 """Which addons run, in which order, for a given configuration.
 
-The order is the data flow: guards that refuse cheaply come first, the audit recorder
-last so it sees every decision.
+The order is the data flow: guards that refuse cheaply come first (CSRF, login
+interception, sessions), filters next, the audit recorder last so it sees every decision.
 """
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gateway.access.origin_check import OriginCheck
+from gateway.auth.challenge import ChallengePages, LoginCompleter
+from gateway.auth.events import LoginEvents
+from gateway.auth.keys import KeyRing
+from gateway.auth.login import LoginInterceptor
+from gateway.auth.pending import PendingLogins
+from gateway.auth.remember import RememberedDevices
+from gateway.auth.users import UserDirectory
 from gateway.config import Config
+from gateway.db import Database, open_database
 from gateway.policy.reload import PolicyHolder
 from gateway.proxy.body_urls import BodyUrlRewriter
 from gateway.proxy.exchange import Addon
+from gateway.risk.lockout import Lockouts
+from gateway.sessions.deactivation import DeactivationWatcher
+from gateway.sessions.guard import SessionGuard
+from gateway.sessions.manager import SessionManager
+from gateway.sessions.upstream_logout import UpstreamLogout
+from gateway.store import create_store
+from gateway.store.base import EphemeralStore
 
 
-async def build_addons(config: Config, policy: PolicyHolder) -> tuple[list[Addon], list]:
-    """The addons for this deployment and the cleanups to run at shutdown."""
-    addons: list[Addon] = [BodyUrlRewriter(policy, config.upstream.url)]
-    cleanups: list = []
-    return addons, cleanups
+@dataclass
+class Services:
+    """The stores and long-lived objects one gateway process shares between its addons."""
+
+    config: Config
+    policy: PolicyHolder
+    store: EphemeralStore
+    database: Database
+    keyring: KeyRing
+    users: UserDirectory
+    cleanups: list = field(default_factory=list)
+
+    async def close(self) -> None:
+        for cleanup in reversed(self.cleanups):
+            await cleanup()
+
+
+async def open_services(
+    config: Config, policy: PolicyHolder, clock: Callable[[], float] = time.time
+) -> Services:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    keyring = KeyRing.load(config.resolved_key_file, os.environ.get(config.key_env))
+    store = create_store(config.store_url)
+    database = await open_database(config.resolved_database_url)
+    users = UserDirectory(database, keyring, policy, store, clock=clock)
+    return Services(config, policy, store, database, keyring, users, cleanups=[database.close, store.close])
+
+
+async def build_addons(
+    config: Config,
+    policy: PolicyHolder,
+    services: Services | None = None,
+    clock: Callable[[], float] = time.time,
+) -> tuple[list[Addon], list]:
+    """The addons for this deployment and the cleanups to run at shutdown.
+
+    `clock` (seconds since the epoch) is injectable so tests can move time.
+    """
+    services = services or await open_services(config, policy, clock)
+    store, keyring, users = services.store, services.keyring, services.users
+    upstream_logout = UpstreamLogout(config, policy)
+    sessions = SessionManager(store, keyring, policy, upstream_logout=upstream_logout, clock=clock)
+    lockouts = Lockouts(store, policy)
+    events = LoginEvents()
+    pending = PendingLogins(store, keyring)
+    remembered = RememberedDevices(keyring.derive("remember-device"), clock=clock)
+    completer = LoginCompleter(policy, sessions, lockouts, events, remembered)
+    addons: list[Addon] = [
+        upstream_logout,
+        OriginCheck(policy),
+        LoginInterceptor(policy, users, pending, lockouts, events, remembered, completer, clock=clock),
+        SessionGuard(policy, sessions),
+        ChallengePages(
+            policy, users, pending, completer, lockouts, events, keyring.derive("gateway-forms"), clock=clock
+        ),
+        DeactivationWatcher(users, sessions),
+        BodyUrlRewriter(policy, config.upstream.url),
+    ]
+    return addons, [services.close]

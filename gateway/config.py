@@ -163,6 +163,23 @@ class Config(Section):
         return self.key_file or self.data_dir / "secret.key"
 
 
+def _env_value(raw: str) -> Any:
+    """Lists and mappings in YAML flow style; scalars typed as YAML types them; else the text.
+
+    A URL such as `redis://h:6379/0?prefix=gw:` would read as a YAML mapping; only text that
+    starts like a flow collection is taken as one.
+    """
+    if not raw:
+        return raw
+    try:
+        value = yaml.load(raw, Loader=PolicyYamlLoader)
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, (list, dict)) and raw.lstrip()[:1] not in "[{":
+        return raw
+    return value
+
+
 def load_config(path: Path | str | None, environ: dict[str, str] | None = None) -> Config:
     """Read config.yaml (optional) and apply environment overrides."""
     environ = os.environ if environ is None else environ
@@ -185,7 +202,7 @@ def load_config(path: Path | str | None, environ: dict[str, str] | None = None) 
         target = data
         for key in keys[:-1]:
             target = target.setdefault(key, {})
-        target[keys[-1]] = yaml.load(raw, Loader=PolicyYamlLoader) if raw else raw
+        target[keys[-1]] = _env_value(raw)
         env_source.lines[tuple(keys)] = 0
     sources.append(env_source)
     try:

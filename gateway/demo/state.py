@@ -177,7 +177,8 @@ class DemoState:
         self.secret = secrets.token_bytes(32)
 
     def authenticate(self, name: str, password: str) -> StaffAccount | None:
-        account = self.accounts.get(name)
+        # Like most PMSs, user names are not case-sensitive and stray spaces are forgiven.
+        account = self.accounts.get(name.strip().lower())
         if account is None:
             _dummy_account().check_password(password)
             return None

@@ -96,3 +96,8 @@ def wants_json(request: web.BaseRequest) -> bool:
     if request.headers.get("X-Requested-With", "").lower() == "xmlhttprequest":
         return True
     return "application/json" in accept and "text/html" not in accept
+
+
+def see_other(location: str) -> web.Response:
+    """A 303 redirect as a plain response (aiohttp's HTTPException objects are for raising)."""
+    return web.Response(status=303, headers={"Location": location})

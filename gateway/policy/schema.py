@@ -75,6 +75,10 @@ class LoginRule(Section):
         description="Vault every upstream cookie except these (e.g. a CSRF cookie the PMS's JS reads).",
     )
     logout_paths: list[str] = Field(["/logout"], description="The PMS's logout paths.")
+    next_parameters: list[str] = Field(
+        ["next", "return_to", "returnUrl", "redirect"],
+        description="Redirect-target parameters of the login request; off-site values are refused (open redirect).",
+    )
     public_paths: list[Regex] = Field(
         ["^/login$", "^/static/"],
         description="Reachable without a gateway session: the login page and the assets it needs.",
@@ -82,6 +86,8 @@ class LoginRule(Section):
 
 
 class SessionPolicy(Section):
+    """Session rules; `idle_ignore_patterns` is the compiled form of idle_ignore_paths."""
+
     idle_timeout: Duration = Field(25 * 60, description="Sign out after this long without activity.")
     idle_ignore_paths: list[Regex] = Field(
         [], description="Requests that do not count as activity (auto-refresh polling)."
@@ -94,6 +100,10 @@ class SessionPolicy(Section):
     remember_device: Duration | Literal[False] = Field(
         False, description="Skip 2FA on a remembered browser for this long; false = never."
     )
+
+    @cached_property
+    def idle_ignore_patterns(self) -> list[re.Pattern[str]]:
+        return [re.compile(p) for p in self.idle_ignore_paths]
 
 
 class SessionOverrides(Section):
@@ -260,6 +270,25 @@ class Policy(Section):
     @cached_property
     def public_path_patterns(self) -> list[re.Pattern[str]]:
         return [re.compile(p) for p in self.login.public_paths]
+
+    def is_public_path(self, path: str) -> bool:
+        return any(p.search(path) for p in self.public_path_patterns)
+
+    @cached_property
+    def _group_sessions(self) -> dict[str | None, SessionPolicy]:
+        merged: dict[str | None, SessionPolicy] = {None: self.sessions}
+        for name, group in self.groups.items():
+            changes = group.sessions.model_dump(exclude_none=True)
+            merged[name] = self.sessions.model_copy(update=changes) if changes else self.sessions
+        return merged
+
+    def sessions_for(self, group: str | None) -> SessionPolicy:
+        """The session rules of `group`: its overrides on top of the policy-wide ones."""
+        return self._group_sessions.get(group, self.sessions)
+
+    def enrollment_for(self, group: str | None) -> str:
+        chosen = self.groups[group].enrollment if group in self.groups else None
+        return chosen or self.second_factor.enrollment
 
 
 def _check_network_ref(ref: str, known: set[str], where: str) -> None:

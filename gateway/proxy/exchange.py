@@ -18,6 +18,24 @@ if TYPE_CHECKING:
     from gateway.proxy.canonical import CanonicalPath
 
 
+@dataclass(frozen=True, slots=True)
+class Client:
+    """Who is asking, as resolved once per request (trusted proxies honoured)."""
+
+    ip: str
+    scheme: str  # as the browser sees the gateway: http or https
+    host: str  # the public Host the browser used (already checked)
+
+    @property
+    def origin(self) -> str:
+        return f"{self.scheme}://{self.host}"
+
+
+# Set on every request by the proxy before any handler runs, the gateway's own pages included.
+REQUEST_ID = web.RequestKey("request_id", str)
+CLIENT = web.RequestKey("client", Client)
+
+
 @dataclass(slots=True)
 class Exchange:
     request: web.BaseRequest
@@ -39,11 +57,29 @@ class Exchange:
     bytes_in: int = 0
     bytes_out: int = 0
     upstream_seconds: float | None = None
+    body: bytes | None = None  # set when a guard had to read the request body; forwarded as is
     notes: dict[str, Any] = field(default_factory=dict)  # per-request state of addons
 
     @property
     def public_origin(self) -> str:
         return f"{self.scheme}://{self.host}"
+
+    async def read_body(self, limit: int) -> bytes | None:
+        """The whole request body if its declared length is at most `limit`, else None.
+
+        Guards that must look inside a body (login credentials, a password field sent
+        where it does not belong) call this; the bytes read are then forwarded unchanged.
+        """
+        if self.body is not None:
+            return self.body
+        if not self.request.body_exists:
+            self.body = b""
+            return self.body
+        length = self.request.content_length
+        if length is None or length > limit:
+            return None
+        self.body = await self.request.read()
+        return self.body
 
     def deny(self, decision: str, reason: str) -> None:
         self.decision, self.reason = decision, reason

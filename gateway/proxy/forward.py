@@ -126,7 +126,7 @@ class Forwarder:
         """Open the upstream request; the caller streams or reads the answer."""
         assert self.session is not None, "Forwarder.start() was not awaited"
         request = ex.request
-        body = await self._request_body(ex)
+        body = await self.request_body(ex)
         started = time.perf_counter()
         try:
             response = await self.session.request(
@@ -150,8 +150,11 @@ class Forwarder:
         ex.upstream_seconds = time.perf_counter() - started
         return Answer(response)
 
-    async def _request_body(self, ex: Exchange) -> bytes | AsyncIterator[bytes] | None:
+    async def request_body(self, ex: Exchange) -> bytes | AsyncIterator[bytes] | None:
         request = ex.request
+        if ex.body is not None:
+            ex.bytes_in = len(ex.body)
+            return ex.body
         if not request.body_exists:
             return None
         length = request.content_length

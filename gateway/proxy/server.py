@@ -23,7 +23,7 @@ from gateway.policy.schema import Policy
 from gateway.proxy.canonical import AmbiguousPath, canonicalize
 from gateway.proxy.client_ip import ClientResolver
 from gateway.proxy.errors import error_response
-from gateway.proxy.exchange import Addon, Exchange, overrides
+from gateway.proxy.exchange import CLIENT, REQUEST_ID, Addon, Client, Exchange, overrides
 from gateway.proxy.forward import BodyTooLarge, Forwarder, UpstreamTimeout, UpstreamUnavailable
 from gateway.proxy.headers import UpstreamRewriter, upstream_request_headers
 from gateway.proxy.websocket import bridge_websocket, is_websocket_upgrade
@@ -33,7 +33,6 @@ STATIC_DIR = Path(__file__).parent.parent / "pages" / "static"
 log = structlog.get_logger("gateway.proxy")
 
 PolicyGetter = Callable[[], Policy]
-REQUEST_ID = web.RequestKey("request_id", str)
 
 
 class Gateway:
@@ -83,6 +82,7 @@ class Gateway:
         request[REQUEST_ID] = request_id
         if not self._host_allowed(request):
             return self._error(request, 421, request_id, "unknown host")
+        request[CLIENT] = self._client(request)
         try:
             response = await handler(request)
         except web.HTTPException:
@@ -103,6 +103,15 @@ class Gateway:
         host = (request.headers.get("Host") or "").lower()
         return host in self.config.public_hosts
 
+    def _client(self, request: web.BaseRequest) -> Client:
+        peer, headers = request.remote, request.headers
+        tls = request.transport is not None and request.transport.get_extra_info("sslcontext") is not None
+        return Client(
+            ip=self.resolver.resolve(peer, headers.get("X-Forwarded-For")),
+            scheme=self.resolver.scheme(peer, tls, headers.get("X-Forwarded-Proto")),
+            host=self.resolver.forwarded_host(peer, headers["Host"], headers.get("X-Forwarded-Host")),
+        )
+
     def _error(self, request: web.BaseRequest, status: int, request_id: str, detail: str | None) -> web.Response:
         return error_response(request, status, request_id, self.policy().property, detail=detail)
 
@@ -116,20 +125,16 @@ class Gateway:
             return self._error(request, 400, request_id, str(exc))
         if path.path.startswith(RESERVED_PREFIX) or path.path == RESERVED_PREFIX.rstrip("/"):
             return self._error(request, 404, request_id, "reserved path")
-        peer = request.remote
-        headers = request.headers
-        client_ip = self.resolver.resolve(peer, headers.get("X-Forwarded-For"))
-        scheme = self.resolver.scheme(peer, request.transport is not None and request.transport.get_extra_info("sslcontext") is not None, headers.get("X-Forwarded-Proto"))
-        host = self.resolver.forwarded_host(peer, headers["Host"], headers.get("X-Forwarded-Host"))
+        client = request[CLIENT]
         upstream_headers = upstream_request_headers(
-            headers, client_ip=client_ip, scheme=scheme, public_host=host, request_id=request_id
+            request.headers, client_ip=client.ip, scheme=client.scheme, public_host=client.host, request_id=request_id
         )
         ex = Exchange(
             request=request,
             request_id=request_id,
-            client_ip=client_ip,
-            scheme=scheme,
-            host=host,
+            client_ip=client.ip,
+            scheme=client.scheme,
+            host=client.host,
             path=path,
             query=raw_path[2],
             upstream_headers=upstream_headers,

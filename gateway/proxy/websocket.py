@@ -39,7 +39,9 @@ async def bridge_websocket(
     browser = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else (), autoping=False)
     await browser.prepare(request)
     ex.status = 101
-    ex.notes["websocket"] = browser
+    register = ex.notes.get("on_websocket")  # lets the session guard close it when the session ends
+    if register is not None:
+        register(ex.session_hash, browser)
     try:
         await asyncio.gather(_pump(browser, upstream, ex, "in"), _pump(upstream, browser, ex, "out"))
     finally:

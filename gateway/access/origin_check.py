@@ -1,0 +1,51 @@
+"""CSRF against the PMS, stopped at the gateway.
+
+Old PMSs rarely protect their forms. A state-changing request (POST, PUT, PATCH, DELETE)
+is forwarded only when the browser says it comes from the gateway's own origin, in
+`Origin` or, failing that, `Referer`. A request with neither is refused too: every
+browser in use sends one of them on such requests.
+"""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from gateway.proxy.errors import error_response
+from gateway.proxy.exchange import Addon, Exchange
+from gateway.proxy.server import PolicyGetter
+
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class OriginCheck(Addon):
+    def __init__(self, policy: PolicyGetter) -> None:
+        self.policy = policy
+        self._compiled: tuple[int, list[re.Pattern[str]]] = (0, [])
+
+    def _exempt(self, path: str) -> bool:
+        csrf = self.policy().csrf
+        if self._compiled[0] != id(csrf):
+            self._compiled = (id(csrf), [re.compile(p) for p in csrf.exempt_paths])
+        return any(p.search(path) for p in self._compiled[1])
+
+    async def request(self, ex: Exchange) -> web.StreamResponse | None:
+        if ex.request.method not in STATE_CHANGING or not self.policy().csrf.check_origin:
+            return None
+        if self._exempt(ex.path.path):
+            return None
+        if same_origin(ex.request, ex.public_origin):
+            return None
+        ex.deny("denied", "cross-origin or origin-less state-changing request")
+        return error_response(ex.request, 403, ex.request_id, self.policy().property, detail="cross-origin request")
+
+
+def same_origin(request: web.BaseRequest, public_origin: str) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        return origin == public_origin
+    referer = request.headers.get("Referer")
+    if referer is not None:
+        return referer == public_origin or referer.startswith(public_origin + "/")
+    return False

@@ -1,0 +1,100 @@
+"""The proxy's view of the audit trail: one record per request, refusal when it cannot.
+
+`done` copies the exchange into an entry and queues it (no parsing, no I/O). `request`
+answers 503 while the policy says records must not pile up (`on_queue_full: refuse` and
+the queue is full) or must not be spooled (`on_store_failure: refuse` and the database is
+away), and always when nothing at all can store records. With `durability: strict`, the
+core's `commit` hook makes the record durable before the answer's last bytes are sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from aiohttp import web
+
+from gateway.audit.capture import entry_from_exchange
+from gateway.audit.writer import AuditWriter
+from gateway.policy.schema import Policy
+from gateway.proxy.errors import error_response
+from gateway.proxy.exchange import Addon, Exchange
+
+_COMMITTED = "audit.committed"
+
+
+class Companion(Protocol):
+    """Background work living as long as the writer (head export, retention)."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class AuditAddon(Addon):
+    """`exporter` (the head export) starts after the writer and stops after it, so the
+    final head is exported; `background` tasks (retention) stop before the writer drains."""
+
+    def __init__(
+        self,
+        writer: AuditWriter,
+        policy: Callable[[], Policy],
+        exporter: Companion | None = None,
+        background: Sequence[Companion] = (),
+    ) -> None:
+        self.writer = writer
+        self.policy = policy
+        self.exporter = exporter
+        self.background = list(background)
+
+    async def startup(self) -> None:
+        await self.writer.start()
+        if self.exporter is not None:
+            await self.exporter.start()
+        for task in self.background:
+            await task.start()
+
+    async def shutdown(self) -> None:
+        # Runs after the server stopped taking requests and in-flight ones finished.
+        for task in reversed(self.background):
+            await task.close()
+        await self.writer.close()
+        if self.exporter is not None:
+            await self.exporter.close()
+
+    def refusing(self) -> str | None:
+        """Why new requests must be refused now, or None."""
+        audit = self.policy().audit
+        if self.writer.stuck:
+            return "audit trail unavailable"
+        if audit.on_queue_full == "refuse" and self.writer.full:
+            return "audit queue full"
+        if audit.on_store_failure == "refuse" and self.writer.store_failing:
+            return "audit database unavailable"
+        return None
+
+    async def request(self, ex: Exchange) -> web.StreamResponse | None:
+        reason = self.refusing()
+        if reason is None:
+            return None
+        ex.deny("refused", reason)
+        response = error_response(ex.request, 503, ex.request_id, self.policy().property)
+        response.headers["Retry-After"] = "5"
+        return response
+
+    async def commit(self, ex: Exchange) -> None:
+        if self.policy().audit.durability != "strict":
+            return
+        ex.notes[_COMMITTED] = True
+        await self.writer.put_durable(entry_from_exchange(ex))
+
+    async def done(self, ex: Exchange) -> None:
+        if ex.notes.get(_COMMITTED):
+            return
+        entry = entry_from_exchange(ex)
+        if self.writer.offer(entry):
+            return
+        if self.policy().audit.on_queue_full == "wait":
+            await self.writer.put(entry)
+        else:
+            self.writer.force(entry)  # this request was answered: keep its record

@@ -1,0 +1,119 @@
+"""From a finished exchange to a safe audit entry.
+
+Two steps, split on purpose: `entry_from_exchange` runs in the `done` hook and only copies
+attributes (no parsing, no I/O, so the request path stays cheap); `EntryPreparer` runs in
+the writer before anything is persisted, and is where secrets are removed: query values
+are dropped (or kept per policy, but never for parameters whose name says secret), and
+business identifiers are extracted from the path. The request body, cookies and headers
+are never read at all.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from functools import lru_cache
+from urllib.parse import unquote_plus
+
+from gateway.audit.entry import AuditEntry
+from gateway.policy.schema import Policy
+from gateway.proxy.exchange import Exchange
+from gateway.risk.geoip import GeoLocator
+
+MAX_QUERY_CHARS = 2000
+MAX_IDENTIFIER_CHARS = 200
+SECRET_PARAMETER = re.compile(
+    r"pass|pwd|secret|token|otp|code|cookie|session|auth|key|sig|pin|cvv|cvc|card|iban", re.I
+)
+"""Query parameters whose values are never kept, even with `query_values: keep`."""
+REDACTED = "[redacted]"
+
+
+def entry_from_exchange(ex: Exchange) -> AuditEntry:
+    upstream = ex.upstream_seconds
+    return AuditEntry(
+        request_id=ex.request_id,
+        at=ex.wall_time,
+        decision=ex.decision,
+        user=ex.user,
+        session_hash=ex.session_hash,
+        device_id=ex.device_id,
+        client_ip=ex.client_ip,
+        method=ex.request.method,
+        path=ex.path.path,
+        query=ex.query or None,
+        status=ex.status or None,
+        bytes_in=ex.bytes_in,
+        bytes_out=ex.bytes_out,
+        duration_ms=(time.perf_counter() - ex.started) * 1000.0,
+        upstream_ms=None if upstream is None else upstream * 1000.0,
+        reason=ex.reason,
+    )
+
+
+def scrub_query(raw: str | None, *, keep_values: bool, secret_names: frozenset[str] = frozenset()) -> str | None:
+    """`a=1&b=2` -> `a&b` (drop) or `a=1&b=2` with secret-looking values replaced (keep)."""
+    if not raw:
+        return None
+    parts: list[str] = []
+    for item in raw.split("&"):
+        if not item:
+            continue
+        name, has_value, value = item.partition("=")
+        name = unquote_plus(name)
+        if not keep_values or not has_value:
+            parts.append(name)
+        elif SECRET_PARAMETER.search(name) or name.lower() in secret_names:
+            parts.append(f"{name}={REDACTED}")
+        else:
+            parts.append(f"{name}={unquote_plus(value)}")
+    text = "&".join(parts)
+    return text[:MAX_QUERY_CHARS] or None
+
+
+@lru_cache(maxsize=32)
+def _compiled(patterns: tuple[tuple[str, str], ...]) -> tuple[tuple[str, re.Pattern[str]], ...]:
+    return tuple((name, re.compile(pattern)) for name, pattern in patterns)
+
+
+def extract_identifiers(path: str | None, patterns: dict[str, str]) -> dict[str, str]:
+    """{name: first capture} for every identifier pattern matching the canonical path."""
+    if not path or not patterns:
+        return {}
+    found: dict[str, str] = {}
+    for name, pattern in _compiled(tuple(patterns.items())):
+        match = pattern.search(path)
+        if match is None:
+            continue
+        value = match.group(1) if match.re.groups else match.group(0)
+        if value:
+            found[name] = value[:MAX_IDENTIFIER_CHARS]
+    return found
+
+
+class EntryPreparer:
+    """Scrubs and enriches raw entries with the policy in force when they are written."""
+
+    def __init__(self, policy: Callable[[], Policy], geo: GeoLocator | None) -> None:
+        self._policy = policy
+        self._geo = geo
+
+    def __call__(self, entry: AuditEntry) -> AuditEntry:
+        if entry.prepared:
+            return entry
+        policy = self._policy()
+        secret_names = frozenset({policy.login.password_field.lower(), policy.login.username_field.lower()})
+        entry.query = scrub_query(
+            entry.query, keep_values=policy.audit.query_values == "keep", secret_names=secret_names
+        )
+        if entry.channel == "http":
+            entry.identifiers = extract_identifiers(entry.path, policy.audit.identifiers)
+        if self._geo is not None and entry.client_ip and entry.country is None:
+            info = self._geo.lookup(entry.client_ip)
+            entry.country, entry.city, entry.asn = info.country, info.city, info.asn
+        entry.duration_ms = round(entry.duration_ms, 3)
+        if entry.upstream_ms is not None:
+            entry.upstream_ms = round(entry.upstream_ms, 3)
+        entry.prepared = True
+        return entry

@@ -1,0 +1,182 @@
+"""Appending entries to an instance's chain in the database, exactly once.
+
+One transaction per batch: lock the chain head (an UPDATE ... RETURNING, which takes the
+row lock on PostgreSQL and the write lock on SQLite, so several processes sharing an
+instance id still build one unbroken chain), encrypt personal fields, compute the MACs,
+insert, move the head. Replayed batches are first checked against the records already
+stored (by request id), so a batch whose commit was acknowledged too late to be believed
+is never stored twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.audit.chain import genesis, record_mac
+from gateway.audit.entry import AuditEntry
+from gateway.audit.keys import AuditKeys
+from gateway.audit.sql import insert_or_ignore
+from gateway.audit.subjects import SubjectCipher, SubjectKeys
+from gateway.db import Database, audit_chain_heads, audit_records, utcnow
+
+TAG_CHARS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    instance_id: str
+    seq: int
+    mac: str
+
+
+def subject_of(entry: AuditEntry) -> tuple[str, str] | None:
+    """Whose personal data the entry holds: the signed-in user, else the client address."""
+    if entry.user:
+        return "user", entry.user
+    if entry.client_ip:
+        return "ip", entry.client_ip
+    return None
+
+
+class TagMaker:
+    """Keyed hashes of the client IP and identifiers, so `audit query --ip/--identifier`
+    can filter in SQL without decrypting every record."""
+
+    def __init__(self, keys: AuditKeys) -> None:
+        self._key = keys.index
+
+    def tag(self, kind: str, value: str) -> str:
+        return hmac.new(self._key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()[:TAG_CHARS]
+
+    def tags_for(self, entry: AuditEntry) -> str:
+        tags = []
+        if entry.client_ip:
+            tags.append(self.tag("ip", entry.client_ip))
+        tags.extend(self.tag("id", f"{name}={value}") for name, value in sorted(entry.identifiers.items()))
+        return f" {' '.join(tags)} " if tags else ""
+
+
+class AuditStore:
+    def __init__(self, database: Database, keys: AuditKeys, subjects: SubjectKeys | None = None) -> None:
+        self.database = database
+        self.keys = keys
+        self.subjects = subjects or SubjectKeys(keys)
+        self.tags = TagMaker(keys)
+
+    async def append(self, entries: Sequence[AuditEntry], instance_id: str, *, dedupe: bool = False) -> ChainHead | None:
+        """Chain and insert `entries` in one transaction; returns the new head (None if all
+        were already stored)."""
+        fetched: dict[str, SubjectCipher] = {}
+        async with self.database.begin() as conn:
+            seq, mac = await lock_head(conn, instance_id, self.keys.chain)
+            if dedupe:
+                entries = await self._not_yet_stored(conn, entries, instance_id)
+            if not entries:
+                return None
+            lookups = {self.subjects.lookup(*s) for e in entries if (s := subject_of(e)) is not None}
+            ciphers, fetched = await self.subjects.ciphers_for(conn, lookups)
+            rows = []
+            for entry in entries:
+                seq += 1
+                row = self._row(entry, instance_id, seq, ciphers)
+                row["prev_mac"] = mac
+                mac = row["mac"] = record_mac(self.keys.chain, mac, row)
+                rows.append(row)
+            await conn.execute(insert(audit_records), rows)
+            await conn.execute(
+                update(audit_chain_heads)
+                .where(audit_chain_heads.c.instance_id == instance_id)
+                .values(seq=seq, mac=mac, updated_at=utcnow())
+            )
+        self.subjects.remember(fetched)
+        return ChainHead(instance_id, seq, mac)
+
+    async def _not_yet_stored(
+        self, conn: AsyncConnection, entries: Sequence[AuditEntry], instance_id: str
+    ) -> list[AuditEntry]:
+        ids = [e.request_id for e in entries]
+        stored = set(
+            (
+                await conn.execute(
+                    select(audit_records.c.request_id).where(
+                        audit_records.c.instance_id == instance_id, audit_records.c.request_id.in_(ids)
+                    )
+                )
+            ).scalars()
+        )
+        return [e for e in entries if e.request_id not in stored]
+
+    def _row(self, entry: AuditEntry, instance_id: str, seq: int, ciphers: dict[str, SubjectCipher]) -> dict[str, Any]:
+        subject = subject_of(entry)
+        cipher = ciphers[self.subjects.lookup(*subject)] if subject is not None else None
+
+        def seal(field: str, value: str | None) -> str | None:
+            if value is None or cipher is None:
+                return value
+            return cipher.encrypt(field, value)
+
+        identifiers = "{}"
+        if entry.identifiers:
+            identifiers = seal("identifiers", json.dumps(entry.identifiers, ensure_ascii=False, sort_keys=True)) or "{}"
+        return {
+            "instance_id": instance_id,
+            "seq": seq,
+            "at": datetime.fromtimestamp(entry.at, UTC),
+            "request_id": entry.request_id,
+            "user_name": seal("user_name", entry.user),
+            "session_hash": entry.session_hash,
+            "device_id": entry.device_id,
+            "client_ip": seal("client_ip", entry.client_ip),
+            "country": entry.country,
+            "city": entry.city,
+            "asn": entry.asn,
+            "method": entry.method,
+            "path": entry.path,
+            "query": entry.query,
+            "status": entry.status,
+            "bytes_in": entry.bytes_in,
+            "bytes_out": entry.bytes_out,
+            "duration_ms": round(float(entry.duration_ms), 3),
+            "upstream_ms": None if entry.upstream_ms is None else round(float(entry.upstream_ms), 3),
+            "decision": entry.decision,
+            "reason": entry.reason,
+            "identifiers": identifiers,
+            "channel": entry.channel,
+            "extra": json.dumps(entry.extra, ensure_ascii=False, sort_keys=True) if entry.extra else "{}",
+            "subject": None if cipher is None else cipher.subject_id,
+            "tags": self.tags.tags_for(entry),
+        }
+
+
+async def lock_head(conn: AsyncConnection, instance_id: str, chain_key: bytes) -> tuple[int, str]:
+    """(seq, mac) of the instance's head, locked until the transaction ends; created at
+    (0, genesis) for a new instance."""
+    statement = (
+        update(audit_chain_heads)
+        .where(audit_chain_heads.c.instance_id == instance_id)
+        .values(updated_at=utcnow())
+        .returning(audit_chain_heads.c.seq, audit_chain_heads.c.mac)
+    )
+    row = (await conn.execute(statement)).first()
+    if row is None:
+        await conn.execute(
+            insert_or_ignore(conn.dialect.name, audit_chain_heads, ["instance_id"]),
+            [{"instance_id": instance_id, "seq": 0, "mac": genesis(chain_key, instance_id), "updated_at": utcnow()}],
+        )
+        row = (await conn.execute(statement)).one()
+    return int(row.seq), str(row.mac)
+
+
+async def read_heads(database: Database) -> list[ChainHead]:
+    async with database.connect() as conn:
+        rows = await conn.execute(select(audit_chain_heads).order_by(audit_chain_heads.c.instance_id))
+        return [ChainHead(r.instance_id, int(r.seq), r.mac) for r in rows]

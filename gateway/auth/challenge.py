@@ -1,0 +1,322 @@
+"""The gateway's own login pages: second factor, enrollment, recovery codes, logout.
+
+They run on the reserved prefix /_gateway/ and act on the pending login the interceptor
+created. Every form carries a token bound to that pending login (and the request must
+come from the gateway's own origin); codes are compared in constant time; five wrong
+codes end the pending login and count against the user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+
+import structlog
+from aiohttp import web
+
+from gateway.access.origin_check import same_origin
+from gateway.auth.events import LoginEvents
+from gateway.auth.pending import PendingLogin, PendingLogins
+from gateway.auth.remember import RememberedDevices
+from gateway.pages.render import see_other, choose_language, render_page, translator, wants_json
+from gateway.policy.schema import Policy
+from gateway.proxy.exchange import CLIENT, Addon
+from gateway.risk.lockout import Lockouts
+from gateway.sessions.cookies import (
+    PENDING_COOKIE,
+    SESSION_COOKIE,
+    NOTICE_COOKIE,
+    clear_cookie,
+    cookie_value,
+    set_cookie,
+)
+from gateway.sessions.manager import SessionManager, TooManyDevices
+
+log = structlog.get_logger("gateway.auth")
+
+PREFIX = "/_gateway/"
+CHALLENGE = PREFIX + "2fa"
+LOGOUT = PREFIX + "logout"
+LOGIN_TYPE_BY_STAGE = {"verify": "password+totp", "recovery": "recovery_code"}
+
+
+class LoginCompleter:
+    """Turns a settled pending login into a device session and the PMS's withheld answer."""
+
+    def __init__(
+        self,
+        policy: Callable[[], Policy],
+        sessions: SessionManager,
+        lockouts: Lockouts,
+        events: LoginEvents,
+        remembered: RememberedDevices,
+    ) -> None:
+        self.policy = policy
+        self.sessions = sessions
+        self.lockouts = lockouts
+        self.events = events
+        self.remembered = remembered
+
+    async def complete(
+        self, request: web.BaseRequest, pending: PendingLogin, ip: str, *, page: str | None = None, **page_context
+    ) -> web.StreamResponse:
+        policy = self.policy()
+        secure = _secure(request)
+        try:
+            session_id, _ = await self.sessions.create(
+                user=pending.user,
+                group=pending.group,
+                device_id=pending.device_id,
+                ip=ip,
+                user_agent=pending.user_agent,
+                login_type=pending.login_type,
+                vault=pending.vault,
+            )
+        except TooManyDevices:
+            await self.abandon(pending)
+            await self.events.attempt(ip, pending.user, "refused", pending.login_type, "signed in on another device",
+                                      device_id=pending.device_id, user_agent=pending.user_agent)
+            return _message(request, policy, 409, "too_many_devices", link=policy.login.path)
+        await self.lockouts.clear_user(pending.user)
+        await self.events.attempt(ip, pending.user, "success", pending.login_type,
+                                  device_id=pending.device_id, user_agent=pending.user_agent)
+        location = pending.location or "/"
+        if pending.json or wants_json(request):
+            response: web.StreamResponse = web.json_response({"status": "ok", "location": location})
+        elif page is not None:
+            response = render_page(request, page, property_name=policy.property, location=location, **page_context)
+        else:
+            response = web.Response(status=pending.status if 300 <= pending.status < 400 else 303)
+            response.headers["Location"] = location
+        for cookie in pending.set_cookies:
+            response.headers.add("Set-Cookie", cookie)
+        response.headers.add("Set-Cookie", set_cookie(SESSION_COOKIE, session_id, secure=secure))
+        response.headers.add("Set-Cookie", clear_cookie(PENDING_COOKIE, secure=secure, path=PREFIX))
+        rules = policy.sessions_for(pending.group)
+        if pending.remember and rules.remember_device is not False:
+            response.headers.add(
+                "Set-Cookie", self.remembered.issue(pending.user, pending.device_id, rules.remember_device, secure=secure)
+            )
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    async def abandon(self, pending: PendingLogin) -> None:
+        """A pending login that will not complete: its PMS session must not live on."""
+        if pending.vault and self.sessions.upstream_logout is not None:
+            self.sessions._spawn(self.sessions.upstream_logout(pending.vault))
+
+
+class ChallengePages(Addon):
+    def __init__(
+        self,
+        policy: Callable[[], Policy],
+        users,
+        pending: PendingLogins,
+        completer: LoginCompleter,
+        lockouts: Lockouts,
+        events: LoginEvents,
+        form_key: bytes,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.policy = policy
+        self.users = users
+        self.pending = pending
+        self.completer = completer
+        self.lockouts = lockouts
+        self.events = events
+        self.form_key = form_key
+        self.clock = clock
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get(CHALLENGE, self.show),
+            web.post(CHALLENGE, self.submit),
+            web.get(LOGOUT, self.logout_page),
+            web.post(LOGOUT, self.logout),
+        ]
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _form_token(self, bound_to: str) -> str:
+        return hmac.new(self.form_key, bound_to.encode(), hashlib.sha256).hexdigest()
+
+    def _render(self, request: web.BaseRequest, token: str, pending: PendingLogin, *, status: int = 200, error: str | None = None, **extra) -> web.Response:
+        policy = self.policy()
+        context = dict(
+            stage=pending.stage,
+            user=pending.user,
+            csrf=self._form_token(token),
+            error=error,
+            remember_allowed=policy.sessions_for(pending.group).remember_device is not False,
+            attempts_left=policy.second_factor.max_attempts - pending.attempts,
+        )
+        if pending.stage == "enroll" and pending.enroll_secret:
+            uri = self.users.provisioning_uri(pending.user, pending.enroll_secret)
+            context.update(secret=pending.enroll_secret, qr=self.users.qr_svg(uri), otpauth=uri)
+        if pending.stage == "recovery_codes":
+            context.update(codes=pending.recovery_codes)
+        context.update(extra)
+        return render_page(request, "challenge.html", status=status, property_name=policy.property, **context)
+
+    async def _pending(self, request: web.Request) -> tuple[str, PendingLogin] | None:
+        token = cookie_value(request.headers.get("Cookie"), PENDING_COOKIE)
+        if not token:
+            return None
+        pending = await self.pending.get(token)
+        return (token, pending) if pending is not None else None
+
+    def _expired(self, request: web.Request) -> web.StreamResponse:
+        policy = self.policy()
+        if wants_json(request):
+            return web.json_response({"error": "no_pending_login", "login": policy.login.path}, status=401)
+        response = see_other(policy.login.path)
+        response.headers.add("Set-Cookie", set_cookie(NOTICE_COOKIE, "required", secure=_secure(request), max_age=120))
+        return response
+
+    async def _save(self, token: str, pending: PendingLogin) -> None:
+        policy = self.policy()
+        remaining = pending.created + policy.second_factor.pending_login_timeout - self.clock()
+        await self.pending.save(token, pending, ttl=max(1.0, remaining))
+
+    # -- handlers ----------------------------------------------------------------------
+
+    async def show(self, request: web.Request) -> web.StreamResponse:
+        found = await self._pending(request)
+        if found is None:
+            return self._expired(request)
+        token, pending = found
+        if pending.stage == "enroll" and not pending.enroll_secret:
+            pending.enroll_secret = self.users.new_totp_secret()
+            await self._save(token, pending)
+        return self._render(request, token, pending)
+
+    async def submit(self, request: web.Request) -> web.StreamResponse:
+        found = await self._pending(request)
+        if found is None:
+            return self._expired(request)
+        token, pending = found
+        form = await _form_or_json(request)
+        ip = request[CLIENT].ip
+        policy = self.policy()
+        # A JSON body cannot be sent cross-site without a CORS preflight, which is never granted.
+        if request.content_type != "application/json" and (
+            not same_origin(request, request[CLIENT].origin)
+            or not hmac.compare_digest(form.get("csrf", ""), self._form_token(token))
+        ):
+            return _message(request, policy, 403, "forbidden_text")
+        pending.remember = form.get("remember") == "on"
+        action = form.get("action", "verify")
+        if action == "recovery" and pending.stage == "verify":
+            return await self._recovery(request, token, pending, form.get("recovery_code", ""), ip)
+        if pending.stage == "verify":
+            return await self._verify(request, token, pending, form.get("code", ""), ip)
+        if pending.stage == "invite":
+            if await self.users.redeem_invite(pending.user, form.get("invite_code", "").strip()):
+                pending.stage = "enroll"
+                pending.enroll_secret = self.users.new_totp_secret()
+                await self._save(token, pending)
+                return self._render(request, token, pending)
+            return await self._wrong(request, token, pending, ip, "invite_invalid")
+        if pending.stage == "enroll":
+            secret = pending.enroll_secret or ""
+            if secret and await self.users.enroll_totp(pending.user, secret, form.get("code", "").strip()):
+                pending.recovery_codes = await self.users.generate_recovery_codes(pending.user)
+                pending.stage, pending.enroll_secret = "recovery_codes", None
+                await self._save(token, pending)
+                await self.events.attempt(ip, pending.user, "enrolled", "password+totp", "first second factor enrolled")
+                return self._render(request, token, pending)
+            return await self._wrong(request, token, pending, ip, "code_invalid")
+        if pending.stage == "recovery_codes" and action == "continue":
+            settled = await self.pending.take(token)
+            if settled is None:
+                return self._expired(request)
+            settled.login_type = "password+totp"
+            return await self.completer.complete(request, settled, ip)
+        return self._render(request, token, pending)
+
+    async def _verify(self, request, token: str, pending: PendingLogin, code: str, ip: str) -> web.StreamResponse:
+        result = await self.users.verify_totp(pending.user, code.strip().replace(" ", ""))
+        if not result.ok:
+            return await self._wrong(request, token, pending, ip, "code_replayed" if result.reason == "replayed" else "code_invalid")
+        settled = await self.pending.take(token)
+        if settled is None:  # a parallel request completed or ended it first
+            return self._expired(request)
+        settled.login_type = "password+totp"
+        settled.remember = pending.remember
+        return await self.completer.complete(request, settled, ip)
+
+    async def _recovery(self, request, token: str, pending: PendingLogin, code: str, ip: str) -> web.StreamResponse:
+        remaining = await self.users.use_recovery_code(pending.user, code.strip())
+        if remaining is None:
+            return await self._wrong(request, token, pending, ip, "recovery_invalid")
+        settled = await self.pending.take(token)
+        if settled is None:
+            return self._expired(request)
+        settled.login_type = "recovery_code"
+        return await self.completer.complete(request, settled, ip, page="recovery_used.html", remaining=remaining)
+
+    async def _wrong(self, request, token: str, pending: PendingLogin, ip: str, error: str) -> web.StreamResponse:
+        policy = self.policy()
+        pending.attempts += 1
+        await self.lockouts.record_failure(pending.user, ip)  # every wrong code counts toward lockout
+        if pending.attempts >= policy.second_factor.max_attempts:
+            ended = await self.pending.take(token)
+            await self.events.attempt(ip, pending.user, "second_factor_failed", None, "too many wrong codes",
+                                      device_id=pending.device_id, user_agent=pending.user_agent)
+            if ended is not None:
+                await self.completer.abandon(ended)
+            response = _message(request, policy, 401, "too_many_attempts", link=policy.login.path)
+            response.headers.add("Set-Cookie", clear_cookie(PENDING_COOKIE, secure=_secure(request), path=PREFIX))
+            return response
+        await self._save(token, pending)
+        await self.events.attempt(ip, pending.user, "second_factor_failed", None, error,
+                                  device_id=pending.device_id, user_agent=pending.user_agent)
+        if wants_json(request):
+            return web.json_response({"error": error, "attempts_left": policy.second_factor.max_attempts - pending.attempts}, status=401)
+        return self._render(request, token, pending, status=401, error=error)
+
+    async def logout_page(self, request: web.Request) -> web.StreamResponse:
+        session_id = cookie_value(request.headers.get("Cookie"), SESSION_COOKIE)
+        policy = self.policy()
+        return render_page(request, "logout.html", property_name=policy.property, csrf=self._form_token("logout:" + (session_id or "")))
+
+    async def logout(self, request: web.Request) -> web.StreamResponse:
+        policy = self.policy()
+        session_id = cookie_value(request.headers.get("Cookie"), SESSION_COOKIE) or ""
+        form = await _form_or_json(request)
+        if not same_origin(request, request[CLIENT].origin) or not hmac.compare_digest(
+            form.get("csrf", ""), self._form_token("logout:" + session_id)
+        ):
+            return _message(request, policy, 403, "forbidden_text")
+        session = await self.completer.sessions.get(session_id) if session_id else None
+        if session is not None:
+            await self.completer.sessions.end(session, "logout")
+        response = see_other(policy.login.path)
+        secure = _secure(request)
+        response.headers.add("Set-Cookie", clear_cookie(SESSION_COOKIE, secure=secure))
+        response.headers.add("Set-Cookie", set_cookie(NOTICE_COOKIE, "logout", secure=secure, max_age=120))
+        return response
+
+
+async def _form_or_json(request: web.Request) -> dict[str, str]:
+    if request.content_type == "application/json":
+        try:
+            data = await request.json()
+        except ValueError:
+            return {}
+        return {k: str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    form = await request.post()
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def _secure(request: web.BaseRequest) -> bool:
+    return request[CLIENT].scheme == "https"
+
+
+def _message(request: web.BaseRequest, policy: Policy, status: int, key: str, link: str | None = None) -> web.Response:
+    if wants_json(request):
+        return web.json_response({"error": key}, status=status)
+    t = translator(choose_language(request.headers.get("Accept-Language")))
+    return render_page(request, "message.html", status=status, property_name=policy.property, message=t(key), link=link)

@@ -1,0 +1,249 @@
+"""Login interception: the PMS checks the password, the gateway adds the second factor.
+
+The credentials go to the PMS unchanged. Its answer is classified by the policy's success
+rule; a failure passes through (and counts toward lockouts), a success is withheld: its
+session cookies go into a pending login's vault and the browser is sent to the second
+factor step. Only after that does the browser get a gateway session and the PMS's redirect.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import time
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import structlog
+from aiohttp import web
+
+from gateway.auth.credentials import AmbiguousCredentials, carries_field, check_query, parse_credentials
+from gateway.auth.events import LoginEvents
+from gateway.auth.next_target import unsafe_targets
+from gateway.auth.pending import PendingLogin, PendingLogins
+from gateway.auth.remember import RememberedDevices
+from gateway.pages.render import see_other, wants_json
+from gateway.policy.schema import LoginRule, Policy
+from gateway.proxy.errors import error_response
+from gateway.proxy.exchange import Addon, Exchange, UpstreamAnswer
+from gateway.proxy.server import PolicyGetter
+from gateway.risk.lockout import Lockouts
+from gateway.sessions.cookies import (
+    DEVICE_COOKIE,
+    DEVICE_COOKIE_MAX_AGE,
+    PENDING_COOKIE,
+    CookiePolicy,
+    cookie_value,
+    set_cookie,
+)
+from gateway.sessions.model import new_token
+
+log = structlog.get_logger("gateway.auth")
+
+MAX_LOGIN_BODY = 64 * 1024
+MAX_FAILURE_BODY = 1024 * 1024
+CHALLENGE_PATH = "/_gateway/2fa"
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@dataclass
+class LoginContext:
+    user: str
+    group: str | None
+
+
+class LoginInterceptor(Addon):
+    def __init__(
+        self,
+        policy: PolicyGetter,
+        users,
+        pending: PendingLogins,
+        lockouts: Lockouts,
+        events: LoginEvents,
+        remembered: RememberedDevices,
+        completer,
+        clock=time.time,
+    ) -> None:
+        self.policy = policy
+        self.users = users
+        self.pending = pending
+        self.lockouts = lockouts
+        self.events = events
+        self.remembered = remembered
+        self.completer = completer  # finishes a login whose second factor is settled
+        self.clock = clock
+
+    # -- the request ---------------------------------------------------------------------
+
+    async def request(self, ex: Exchange) -> web.StreamResponse | None:
+        policy = self.policy()
+        rule = policy.login
+        if ex.path.path != rule.path or ex.request.method != rule.method:
+            return await self._refuse_stray_password(ex, policy)
+        try:
+            check_query(ex.query, rule)
+            body = await ex.read_body(MAX_LOGIN_BODY)
+            if body is None:
+                raise AmbiguousCredentials("login body too large or of unknown length")
+            credentials = parse_credentials(body, ex.request.headers.get("Content-Type", ""), rule)
+            if bad := unsafe_targets(ex.query, body if rule.format == "form" else None, rule.next_parameters):
+                raise AmbiguousCredentials(f"redirect target {bad[0]!r} leaves this site")
+            user = self.users.normalise(credentials.username)
+        except (AmbiguousCredentials, ValueError) as exc:
+            ex.deny("refused", f"login request refused: {exc}")
+            return self._error(ex, policy, 400, str(exc))
+        ex.user = user
+        group = self.users.group_of(user)
+        if group is None and policy.login.usernames.unknown == "refuse":
+            await self.lockouts.record_failure(None, ex.client_ip)
+            await self.events.attempt(ex, user, "refused", None, "unknown user")
+            ex.deny("refused", "username unknown to the policy")
+            return self._error(ex, policy, 403, "unknown user")
+        lock = await self.lockouts.current(user, ex.client_ip)
+        if lock is not None:
+            await self.events.attempt(ex, user, "locked_out", None, f"{lock.scope} locked")
+            ex.deny("locked_out", f"{lock.scope} locked out")
+            return self._error(ex, policy, 429, "too many failed attempts; try again later")
+        record = await self.users.get(user)
+        if record is not None and not record.active:
+            await self.events.attempt(ex, user, "refused", None, "deactivated")
+            ex.deny("refused", "user deactivated")
+            return self._error(ex, policy, 403, "account deactivated")
+        ex.notes["login"] = LoginContext(user, group)
+        return None
+
+    async def _refuse_stray_password(self, ex: Exchange, policy: Policy) -> web.StreamResponse | None:
+        """A password anywhere else could swap the identity behind a vault without 2FA."""
+        field = policy.login.password_field
+        if ex.request.method not in BODY_METHODS and field not in ex.query:
+            return None
+        try:
+            check_query(ex.query, LoginRule(username_field="\0", password_field=field))
+        except AmbiguousCredentials:
+            ex.deny("refused", "password field outside the login path")
+            return self._error(ex, policy, 400, "credentials outside the login form")
+        if ex.request.method not in BODY_METHODS:
+            return None
+        body = await ex.read_body(MAX_LOGIN_BODY)
+        if body and carries_field(body, ex.request.headers.get("Content-Type", ""), field):
+            ex.deny("refused", "password field outside the login path")
+            return self._error(ex, policy, 400, "credentials outside the login form")
+        return None
+
+    def _error(self, ex: Exchange, policy: Policy, status: int, detail: str) -> web.StreamResponse:
+        return error_response(ex.request, status, ex.request_id, policy.property, detail=detail)
+
+    # -- the PMS's answer ----------------------------------------------------------------
+
+    async def response(self, ex: Exchange, answer: UpstreamAnswer) -> web.StreamResponse | None:
+        context: LoginContext | None = ex.notes.get("login")
+        if context is None:
+            return None
+        policy = self.policy()
+        if not await login_succeeded(answer, policy.login, ex.public_origin):
+            lock = await self.lockouts.record_failure(context.user, ex.client_ip)
+            await self.events.attempt(ex, context.user, "failure", None, "password refused by the PMS")
+            if lock is not None:
+                await self.events.lockout(ex, context.user, lock.scope)
+            ex.deny("login_failed", "password refused by the PMS")
+            location = answer.headers.get("Location")
+            if location is not None and not _same_site(location, ex.public_origin):
+                answer.headers["Location"] = policy.login.path  # never bounce a login off-site
+            return None
+        updates, passed = CookiePolicy(policy.login).take_vaulted(answer.headers.getall("Set-Cookie", []))
+        vault = {name: value for name, value in updates.items() if value is not None}
+        device_id = cookie_value(ex.request.headers.get("Cookie"), DEVICE_COOKIE) or new_token()
+        pending = PendingLogin(
+            user=context.user,
+            group=context.group,
+            ip=ex.client_ip,
+            device_id=device_id,
+            user_agent=ex.request.headers.get("User-Agent", ""),
+            created=self.clock(),
+            vault=vault,
+            status=answer.status,
+            location=answer.headers.get("Location"),
+            set_cookies=passed,
+            json=policy.login.format == "json",
+            stage="verify",
+        )
+        await self.users.ensure(context.user)
+        if await self.remembered.valid(ex.request, context.user, device_id, policy.sessions_for(context.group)):
+            pending.login_type = "remembered_device"
+            ex.deny("allowed", "remembered device")
+            return await self.completer.complete(ex.request, pending, ex.client_ip)
+        stage = await self._first_stage(context, ex.client_ip, policy)
+        if stage is None:
+            await self.completer.abandon(pending)
+            await self.events.attempt(ex, context.user, "refused", None, "enrollment not allowed from this network")
+            ex.deny("refused", "no second factor and enrollment not allowed here")
+            return self._error(ex, policy, 403, "second factor enrollment is only possible from the hotel network")
+        pending.stage = stage
+        token = await self.pending.create(pending, ttl=policy.second_factor.pending_login_timeout)
+        ex.deny("challenged", "second factor required")
+        return self._challenge(ex, policy, token, device_id)
+
+    async def _first_stage(self, context: LoginContext, ip: str, policy: Policy) -> str | None:
+        if await self.users.has_second_factor(context.user):
+            return "verify"
+        mode = policy.enrollment_for(context.group)
+        if mode == "invite":
+            return "invite"
+        if mode == "open":
+            return "enroll"
+        address = ipaddress.ip_address(ip)
+        if any(address in net for net in policy.expand_networks(policy.second_factor.enrollment_networks)):
+            return "enroll"
+        return None
+
+    def _challenge(self, ex: Exchange, policy: Policy, token: str, device_id: str) -> web.StreamResponse:
+        secure = ex.scheme == "https"
+        if policy.login.format == "json" or wants_json(ex.request):
+            response: web.StreamResponse = web.json_response(
+                {"status": "second_factor_required", "next": CHALLENGE_PATH}, status=200
+            )
+        else:
+            response = see_other(CHALLENGE_PATH)
+        ttl = int(policy.second_factor.pending_login_timeout)
+        response.headers.add(
+            "Set-Cookie",
+            set_cookie(PENDING_COOKIE, token, secure=secure, max_age=ttl, path="/_gateway/", same_site="Strict"),
+        )
+        response.headers.add(
+            "Set-Cookie", set_cookie(DEVICE_COOKIE, device_id, secure=secure, max_age=DEVICE_COOKIE_MAX_AGE)
+        )
+        response.headers["X-Request-Id"] = ex.request_id
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+
+def _same_site(location: str, public_origin: str) -> bool:
+    target = urlsplit(urljoin(public_origin + "/", location))
+    return f"{target.scheme}://{target.netloc}" == public_origin
+
+
+async def login_succeeded(answer: UpstreamAnswer, rule: LoginRule, public_origin: str) -> bool:
+    """Apply the policy's success rule to the PMS's answer to a login request."""
+    success = rule.success
+    if answer.status not in success.status:
+        return False
+    location = answer.headers.get("Location")
+    if location is not None:
+        if not _same_site(location, public_origin):
+            return False  # a redirect off-site is never a successful login to this PMS
+        target = urlsplit(urljoin(public_origin + rule.path, location))
+        if success.redirect_not_to and re.search(success.redirect_not_to, target.path):
+            return False
+        if success.redirect_to and not re.search(success.redirect_to, target.path):
+            return False
+    elif success.redirect_to:
+        return False
+    if success.cookie_set:
+        names = {c.split("=", 1)[0].strip() for c in answer.headers.getall("Set-Cookie", [])}
+        if success.cookie_set not in names:
+            return False
+    if success.failure_text:
+        body = await answer.read_body(MAX_FAILURE_BODY)
+        if success.failure_text.encode() in body:
+            return False
+    return True

@@ -1,0 +1,121 @@
+"""Cookies on both sides of the gateway.
+
+The browser holds only gateway cookies (and whatever PMS cookies the policy lets through,
+such as a CSRF token its scripts read). The PMS's session cookies live in the session's
+vault: injected on the way up, taken out of every answer on the way down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from gateway.policy.schema import LoginRule
+
+SESSION_COOKIE = "gw_session"
+DEVICE_COOKIE = "gw_device"
+PENDING_COOKIE = "gw_pending"
+REMEMBER_COOKIE = "gw_remember"
+NOTICE_COOKIE = "gw_notice"
+GATEWAY_COOKIES = frozenset({SESSION_COOKIE, DEVICE_COOKIE, PENDING_COOKIE, REMEMBER_COOKIE, NOTICE_COOKIE})
+DEVICE_COOKIE_MAX_AGE = 400 * 86400  # the longest browsers keep a cookie
+
+
+def set_cookie(
+    name: str,
+    value: str,
+    *,
+    secure: bool,
+    max_age: int | None = None,
+    path: str = "/",
+    same_site: str = "Lax",
+    http_only: bool = True,
+) -> str:
+    parts = [f"{name}={value}", f"Path={path}", f"SameSite={same_site}"]
+    if max_age is not None:
+        parts.append(f"Max-Age={max_age}")
+    if http_only:
+        parts.append("HttpOnly")
+    if secure:
+        parts.append("Secure")
+    return "; ".join(parts)
+
+
+def clear_cookie(name: str, *, secure: bool, path: str = "/") -> str:
+    return set_cookie(name, "", secure=secure, max_age=0, path=path)
+
+
+def parse_cookie_header(header: str | None) -> list[tuple[str, str]]:
+    pairs = []
+    for item in (header or "").split(";"):
+        name, sep, value = item.strip().partition("=")
+        if sep and name:
+            pairs.append((name, value))
+    return pairs
+
+
+def cookie_value(header: str | None, name: str) -> str | None:
+    for key, value in parse_cookie_header(header):
+        if key == name:
+            return value
+    return None
+
+
+class CookiePolicy:
+    """Which upstream cookies are vaulted, per the login rule."""
+
+    def __init__(self, rule: LoginRule) -> None:
+        self.session_names = frozenset(rule.upstream_session_cookies)
+        self.allow_list = None if rule.vault_all_cookies_except is None else frozenset(rule.vault_all_cookies_except)
+
+    def is_vaulted(self, name: str) -> bool:
+        if self.allow_list is not None:
+            return name not in self.allow_list
+        return name in self.session_names
+
+    def upstream_cookie_header(self, browser_header: str | None, vault: dict[str, str]) -> str | None:
+        """The browser's cookies minus gateway and vaulted names, plus the vault's cookies."""
+        pairs = [
+            (k, v)
+            for k, v in parse_cookie_header(browser_header)
+            if k not in GATEWAY_COOKIES and not self.is_vaulted(k)
+        ]
+        pairs.extend(vault.items())
+        return "; ".join(f"{k}={v}" for k, v in pairs) or None
+
+    def take_vaulted(self, set_cookies: Iterable[str]) -> tuple[dict[str, str | None], list[str]]:
+        """Split Set-Cookie values into vault updates (None = deleted) and those for the browser."""
+        updates: dict[str, str | None] = {}
+        passed: list[str] = []
+        for header in set_cookies:
+            pair, _, attributes = header.partition(";")
+            name, _, value = pair.strip().partition("=")
+            if name in GATEWAY_COOKIES:
+                continue  # the PMS may not set cookies in the gateway's names
+            if not self.is_vaulted(name):
+                passed.append(header)
+                continue
+            updates[name] = None if _is_deletion(value, attributes) else value
+        return updates, passed
+
+
+def _is_deletion(value: str, attributes: str) -> bool:
+    if value in ("", '""', "deleted"):
+        return True
+    for attribute in attributes.split(";"):
+        key, _, raw = attribute.strip().partition("=")
+        if key.lower() == "max-age" and raw.strip().lstrip("-").isdigit() and int(raw) <= 0:
+            return True
+        if key.lower() == "expires" and "1970" in raw:
+            return True
+    return False
+
+
+def apply_vault_updates(vault: dict[str, str], updates: dict[str, str | None]) -> bool:
+    changed = False
+    for name, value in updates.items():
+        if value is None:
+            changed |= vault.pop(name, None) is not None
+        elif vault.get(name) != value:
+            vault[name] = value
+            changed = True
+    return changed

@@ -1,0 +1,245 @@
+"""The session guard: every request needs a live device session, except public paths.
+
+For a request with a session it checks idle and absolute expiry, the group's networks and
+access rules, injects the PMS's cookies from the vault and records activity. Answers of
+the PMS are filtered: vaulted cookies never reach the browser, and their new values go
+into the vault of the session the answer belongs to, and no other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import ipaddress
+import re
+from datetime import datetime, timezone
+from urllib.parse import quote
+
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.pages.render import see_other, choose_language, render_page, translator, wants_json
+from gateway.policy.schema import Policy
+from gateway.proxy.errors import error_response
+from gateway.proxy.exchange import Addon, Exchange, UpstreamAnswer
+from gateway.proxy.server import PolicyGetter
+from gateway.proxy.websocket import is_websocket_upgrade
+from gateway.sessions.cookies import (
+    NOTICE_COOKIE,
+    SESSION_COOKIE,
+    CookiePolicy,
+    apply_vault_updates,
+    clear_cookie,
+    cookie_value,
+    set_cookie,
+)
+from gateway.sessions.manager import SessionManager
+from gateway.sessions.model import EndedSession, token_hash
+from gateway.sessions.revocation import SESSION_ENDED_CHANNEL, USER_REVOKED_CHANNEL
+
+log = structlog.get_logger("gateway.sessions")
+NOTICE_REASONS = frozenset({"idle", "expired", "logout", "deactivated", "replaced", "revoked", "required", "relogin"})
+SWEEP_INTERVAL = 30.0
+
+
+class CompiledGroupRules:
+    """Per-group networks and access rules, compiled once per policy version."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.networks = {name: policy.expand_networks(g.networks) for name, g in policy.groups.items()}
+        self.access = {
+            name: [
+                (re.compile(rule.allow or rule.deny or ""), rule.allow is not None, rule.methods)
+                for rule in g.access
+            ]
+            for name, g in policy.groups.items()
+        }
+
+    def network_allowed(self, group: str | None, ip: str) -> bool:
+        networks = self.networks.get(group or "", [])
+        if not networks:
+            return True
+        address = ipaddress.ip_address(ip)
+        return any(address in net for net in networks)
+
+    def access_allowed(self, group: str | None, method: str, path: str) -> bool:
+        for pattern, allow, methods in self.access.get(group or "", []):
+            if methods and method not in methods:
+                continue
+            if pattern.search(path):
+                return allow
+        return True
+
+
+class SessionGuard(Addon):
+    def __init__(self, policy: PolicyGetter, sessions: SessionManager) -> None:
+        self.policy = policy
+        self.sessions = sessions
+        self._compiled: tuple[int, CompiledGroupRules, CookiePolicy] | None = None
+        self._websockets: dict[str, set[web.WebSocketResponse]] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._subscriptions: list = []
+
+    def _rules(self) -> tuple[CompiledGroupRules, CookiePolicy]:
+        policy = self.policy()
+        if self._compiled is None or self._compiled[0] != id(policy):
+            self._compiled = (id(policy), CompiledGroupRules(policy), CookiePolicy(policy.login))
+        return self._compiled[1], self._compiled[2]
+
+    # -- lifecycle: revocations from elsewhere, and expiry without requests -------------------
+
+    async def startup(self) -> None:
+        store = self.sessions.store
+        self._subscriptions.append(await store.subscribe(SESSION_ENDED_CHANNEL, self._on_session_ended))
+        self._subscriptions.append(await store.subscribe(USER_REVOKED_CHANNEL, self._on_user_revoked))
+        self._tasks.append(asyncio.create_task(self._sweep_forever()))
+
+    async def shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for subscription in self._subscriptions:
+            await subscription.close()
+        await self.sessions.drain()
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            try:
+                await self.sessions.sweep()
+            except Exception:
+                log.exception("session sweep failed")
+
+    async def _on_session_ended(self, message: bytes) -> None:
+        for ws in self._websockets.pop(message.decode(), set()):
+            await ws.close(code=4401, message=b"session ended")
+
+    async def _on_user_revoked(self, message: bytes) -> None:
+        await self.sessions.finish_revoked()
+
+    # -- requests ------------------------------------------------------------------------
+
+    async def request(self, ex: Exchange) -> web.StreamResponse | None:
+        policy = self.policy()
+        groups, cookies = self._rules()
+        headers = ex.request.headers
+        session_id = cookie_value(headers.get("Cookie"), SESSION_COOKIE)
+        session = await self.sessions.get(session_id) if session_id else None
+        ended: EndedSession | None = None
+        if session is not None and (reason := self.sessions.expiry_reason(session)) is not None:
+            await self.sessions.end(session, reason)
+            session = None
+        if session is None:
+            self._set_upstream_cookies(ex, cookies, {})
+            if policy.is_public_path(ex.path.path):
+                return None
+            if session_id:
+                ended = await self.sessions.ended(session_id)
+            return self._session_required(ex, policy, ended)
+
+        ex.user, ex.session_hash, ex.device_id = session.user, session.id_hash, session.device_id
+        ex.notes["session"] = session
+        if not groups.network_allowed(session.group, ex.client_ip):
+            ex.deny("denied", "client network not allowed for group")
+            return error_response(ex.request, 403, ex.request_id, policy.property, detail="network not allowed")
+        if not groups.access_allowed(session.group, ex.request.method, ex.path.path):
+            ex.deny("denied", "access rule")
+            return error_response(ex.request, 403, ex.request_id, policy.property, detail="access rule")
+        self._set_upstream_cookies(ex, cookies, session.vault)
+        await self.sessions.touch(session, ex.path.path)
+        if ex.path.path in policy.login.logout_paths:
+            ex.notes["logout"] = True
+        if is_websocket_upgrade(ex.request):
+            ex.notes["on_websocket"] = self._register_websocket
+        return None
+
+    def _register_websocket(self, id_hash: str, ws: web.WebSocketResponse) -> None:
+        self._websockets.setdefault(id_hash, set()).add(ws)
+
+    @staticmethod
+    def _set_upstream_cookies(ex: Exchange, cookies: CookiePolicy, vault: dict[str, str]) -> None:
+        header = cookies.upstream_cookie_header(ex.request.headers.get("Cookie"), vault)
+        if header is None:
+            ex.upstream_headers.popall("Cookie", None)
+        else:
+            ex.upstream_headers["Cookie"] = header
+
+    def _session_required(self, ex: Exchange, policy: Policy, ended: EndedSession | None) -> web.StreamResponse:
+        reason = ended.reason if ended else "required"
+        ex.deny("challenged" if reason == "required" else "denied", f"no session ({reason})")
+        secure = ex.scheme == "https"
+        request = ex.request
+        if is_websocket_upgrade(request) or wants_json(request):
+            body = {"error": "session_required", "reason": reason, "login": policy.login.path}
+            if ended and ended.reason == "replaced":
+                body.update(at=_iso(ended.at), from_ip=ended.by_ip)
+            response = web.json_response(body, status=401, headers={"X-Request-Id": ex.request_id})
+        elif ended is not None and ended.reason == "replaced":
+            t = translator(choose_language(request.headers.get("Accept-Language")))
+            response = render_page(
+                request,
+                "signed_out.html",
+                status=401,
+                property_name=policy.property,
+                message=t("signed_out_replaced", at=_iso(ended.at), ip=ended.by_ip or "?"),
+                login_url=policy.login.path,
+                request_id=ex.request_id,
+            )
+        elif request.method in ("GET", "HEAD"):
+            target = ex.path.encoded + ("?" + ex.query if ex.query else "")
+            response = see_other(f"{policy.login.path}?next={quote(target, safe='')}")
+            response.headers["X-Request-Id"] = ex.request_id
+            response.headers.add("Set-Cookie", set_cookie(NOTICE_COOKIE, reason, secure=secure, max_age=120))
+        else:
+            response = error_response(request, 401, ex.request_id, policy.property, detail="session required")
+        if ended is not None:
+            response.headers.add("Set-Cookie", clear_cookie(SESSION_COOKIE, secure=secure))
+        return response
+
+    # -- answers -------------------------------------------------------------------------
+
+    async def response(self, ex: Exchange, answer: UpstreamAnswer) -> web.StreamResponse | None:
+        _, cookies = self._rules()
+        set_cookies = answer.headers.getall("Set-Cookie", [])
+        session = ex.notes.get("session")
+        if set_cookies:
+            updates, passed = cookies.take_vaulted(set_cookies)
+            _replace_all(answer.headers, "Set-Cookie", passed)
+            if session is not None and updates and apply_vault_updates(session.vault, updates):
+                await self.sessions.save(session)
+        if session is not None and ex.notes.get("logout"):
+            # The PMS just ended its session on this very request.
+            await self.sessions.end(session, "logout", upstream_logout=False)
+            answer.headers.add("Set-Cookie", clear_cookie(SESSION_COOKIE, secure=ex.scheme == "https"))
+        notice = cookie_value(ex.request.headers.get("Cookie"), NOTICE_COOKIE)
+        if notice and session is None and ex.path.path == self.policy().login.path and ex.request.method == "GET":
+            await self._inject_notice(ex, answer, notice)
+        return None
+
+    async def _inject_notice(self, ex: Exchange, answer: UpstreamAnswer, reason: str) -> None:
+        """Tell the user, on the PMS's own login page, why they have to sign in again."""
+        answer.headers.add("Set-Cookie", clear_cookie(NOTICE_COOKIE, secure=ex.scheme == "https"))
+        if reason not in NOTICE_REASONS or "text/html" not in answer.headers.get("Content-Type", ""):
+            return
+        if answer.headers.get("Content-Encoding", "identity") != "identity":
+            return
+        body = await answer.read_body(4 * 1024 * 1024)
+        t = translator(choose_language(ex.request.headers.get("Accept-Language")))
+        banner = (
+            '<div role="status" id="gateway-notice" style="background:#fff8e1;border-left:4px solid #e0a800;'
+            'padding:.5em .75em;margin:.5em;font:16px sans-serif">'
+            f"{html.escape(t('notice_' + reason))}</div>"
+        ).encode()
+        match = re.search(rb"<body[^>]*>", body, re.IGNORECASE)
+        at = match.end() if match else 0
+        answer.replace_body(body[:at] + banner + body[at:])
+
+
+def _replace_all(headers: CIMultiDict[str], name: str, values: list[str]) -> None:
+    headers.popall(name, None)
+    for value in values:
+        headers.add(name, value)
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

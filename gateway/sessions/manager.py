@@ -1,0 +1,200 @@
+"""Device sessions in the ephemeral store: creation under the one-device rule, expiry, ending.
+
+Records are encrypted in the store (they hold the PMS's session cookies) under the
+operator's key, bound to the session's hash. A session that ends leaves a short-lived
+marker saying why, so the browser that held it can be told ("signed in elsewhere at
+14:02 from 203.0.113.9") instead of silently landing on a login form. Ending a session
+always ends the PMS session behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+import structlog
+
+from gateway.policy.schema import Policy
+from gateway.sessions.model import DeviceSession, EndedSession, new_token, token_hash
+from gateway.sessions.revocation import ENDED_MARKER_TTL, SESSION_ENDED_CHANNEL, end_user_sessions
+from gateway.sessions.sealed import Cipher, SealedRecords, unseal
+from gateway.store.base import EphemeralStore
+
+log = structlog.get_logger("gateway.sessions")
+
+TOUCH_GRANULARITY = 5.0  # seconds: activity is written at most this often per session
+
+UpstreamLogout = Callable[[dict[str, str]], Awaitable[None]]
+
+
+class TooManyDevices(Exception):
+    """`on_new_device: refuse` and the user is already signed in on max_devices devices."""
+
+
+class SessionManager:
+    def __init__(
+        self,
+        store: EphemeralStore,
+        cipher: Cipher,
+        policy: Callable[[], Policy],
+        upstream_logout: UpstreamLogout | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.cipher = cipher
+        self.records = SealedRecords(store, cipher, "sess:")
+        self.policy = policy
+        self.upstream_logout = upstream_logout
+        self.clock = clock
+        self._background: set[asyncio.Task] = set()
+
+    # -- storage -------------------------------------------------------------------------
+
+    async def save(self, session: DeviceSession) -> None:
+        rules = self.policy().sessions_for(session.group)
+        ttl = max(1.0, session.created + rules.max_lifetime - self.clock())
+        await self.records.put(session.id_hash, session.to_json(), ttl=ttl)
+
+    async def load(self, id_hash: str) -> DeviceSession | None:
+        data = await self.records.get(id_hash)
+        return DeviceSession.from_json(data) if data is not None else None
+
+    async def get(self, session_id: str) -> DeviceSession | None:
+        return await self.load(token_hash(session_id))
+
+    async def ended(self, session_id: str) -> EndedSession | None:
+        data = await self.store.get("ended:" + token_hash(session_id))
+        return EndedSession.from_json(data) if data else None
+
+    async def sessions_of(self, user: str) -> list[DeviceSession]:
+        sessions = []
+        for id_hash in await self.store.set_members("user-sess:" + user):
+            session = await self.load(id_hash)
+            if session is None:
+                await self.store.set_remove("user-sess:" + user, id_hash)
+            else:
+                sessions.append(session)
+        return sorted(sessions, key=lambda s: s.created)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        user: str,
+        group: str | None,
+        device_id: str,
+        ip: str,
+        user_agent: str,
+        login_type: str,
+        vault: dict[str, str],
+    ) -> tuple[str, DeviceSession]:
+        """A fresh session (never a reused id: no fixation), applying the device rule."""
+        rules = self.policy().sessions_for(group)
+        existing = await self.sessions_of(user)
+        same_device = [s for s in existing if s.device_id == device_id]
+        others = [s for s in existing if s.device_id != device_id]
+        excess = len(others) + 1 - rules.max_devices
+        if excess > 0 and rules.on_new_device == "refuse":
+            raise TooManyDevices(f"{user} is signed in on {len(others)} other device(s)")
+        for old in same_device:
+            await self.end(old, "relogin")
+        for old in others[: max(0, excess)]:
+            await self.end(old, "replaced", by_ip=ip)
+        now = self.clock()
+        session_id = new_token()
+        session = DeviceSession(
+            id_hash=token_hash(session_id),
+            user=user,
+            group=group,
+            device_id=device_id,
+            created=now,
+            last_active=now,
+            ip=ip,
+            user_agent=user_agent[:300],
+            login_type=login_type,
+            vault=dict(vault),
+        )
+        await self.save(session)
+        await self.store.set_add("user-sess:" + user, session.id_hash, ttl=rules.max_lifetime)
+        await self.store.set_add("sess-all", session.id_hash)
+        log.info("session started", user=user, session_hash=session.id_hash[:16], login_type=login_type)
+        return session_id, session
+
+    def expiry_reason(self, session: DeviceSession) -> str | None:
+        rules = self.policy().sessions_for(session.group)
+        now = self.clock()
+        if now - session.created >= rules.max_lifetime:
+            return "expired"
+        if now - session.last_active >= rules.idle_timeout:
+            return "idle"
+        return None
+
+    async def touch(self, session: DeviceSession, path: str) -> None:
+        """Record activity, unless `path` is polling that must not keep a session alive."""
+        rules = self.policy().sessions_for(session.group)
+        if any(p.search(path) for p in rules.idle_ignore_patterns):
+            return
+        now = self.clock()
+        if now - session.last_active >= TOUCH_GRANULARITY:
+            session.last_active = now
+            await self.save(session)
+
+    async def end(
+        self, session: DeviceSession, reason: str, *, by_ip: str | None = None, upstream_logout: bool = True
+    ) -> bool:
+        """End a session once (whoever gets there first across workers does the work)."""
+        if not await self.store.set_if_absent("ending:" + session.id_hash, b"1", ttl=60):
+            return False
+        await self.store.delete("sess:" + session.id_hash)
+        await self.store.set_remove("user-sess:" + session.user, session.id_hash)
+        await self.store.set_remove("sess-all", session.id_hash)
+        marker = EndedSession(reason=reason, at=self.clock(), by_ip=by_ip)
+        await self.store.set("ended:" + session.id_hash, marker.to_json(), ttl=ENDED_MARKER_TTL)
+        await self.store.publish(SESSION_ENDED_CHANNEL, session.id_hash.encode())
+        log.info("session ended", user=session.user, session_hash=session.id_hash[:16], reason=reason)
+        if upstream_logout and session.vault and self.upstream_logout is not None:
+            self._spawn(self.upstream_logout(session.vault))
+        return True
+
+    async def end_user(self, user: str, reason: str) -> int:
+        ended = await end_user_sessions(self.store, user, reason)
+        await self.finish_revoked()
+        return ended
+
+    async def finish_revoked(self) -> int:
+        """End the PMS sessions behind sessions revoked from elsewhere (see revocation.py)."""
+        finished = 0
+        for id_hash in await self.store.set_members("revoked-all"):
+            sealed = await self.store.take("revoked-sess:" + id_hash)
+            await self.store.set_remove("revoked-all", id_hash)
+            # Sealed under its original key name ("sess:<hash>"): moving it changes nothing.
+            data = unseal(self.cipher, "sess:" + id_hash, sealed) if sealed is not None else None
+            session = DeviceSession.from_json(data) if data is not None else None
+            if session is not None and session.vault and self.upstream_logout is not None:
+                self._spawn(self.upstream_logout(session.vault))
+                finished += 1
+        return finished
+
+    async def sweep(self) -> int:
+        """End sessions that expired without another request (their PMS sessions too)."""
+        ended = await self.finish_revoked()
+        for id_hash in await self.store.set_members("sess-all"):
+            session = await self.load(id_hash)
+            if session is None:
+                await self.store.set_remove("sess-all", id_hash)
+                continue
+            reason = self.expiry_reason(session)
+            if reason is not None:
+                ended += await self.end(session, reason)
+        return ended
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for pending upstream logouts (shutdown and tests)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)

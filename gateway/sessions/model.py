@@ -1,0 +1,55 @@
+"""A device session: who is signed in, on which browser, since when, with which PMS cookies."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import asdict, dataclass, field
+
+
+def new_token() -> str:
+    """256 random bits, URL-safe: session ids, pending-login tokens, device ids."""
+    return secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    """Tokens are stored and audited only as this hash, so a store dump grants nothing."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass
+class DeviceSession:
+    id_hash: str
+    user: str
+    group: str | None
+    device_id: str
+    created: float
+    last_active: float
+    ip: str
+    user_agent: str
+    login_type: str
+    vault: dict[str, str] = field(default_factory=dict)  # upstream cookies, name -> value
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> DeviceSession:
+        return cls(**json.loads(data))
+
+
+@dataclass
+class EndedSession:
+    """Why a session ended, kept a day so its browser can be told on its next request."""
+
+    reason: str  # logout | idle | expired | replaced | deactivated | revoked
+    at: float
+    by_ip: str | None = None  # for `replaced`: where the newer login came from
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> EndedSession:
+        return cls(**json.loads(data))

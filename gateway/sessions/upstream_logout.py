@@ -1,0 +1,55 @@
+"""Ending the PMS session behind a gateway session.
+
+Whenever a gateway session ends (logout, idle or absolute expiry, replaced by another
+device, user deactivated, pending login abandoned) no live PMS session may be left
+behind: the gateway requests the PMS's logout path with the vaulted cookies, as the
+browser would have.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import aiohttp
+import structlog
+
+from gateway.config import Config
+from gateway.proxy.exchange import Addon
+from gateway.proxy.server import PolicyGetter
+
+log = structlog.get_logger("gateway.sessions")
+
+
+class UpstreamLogout(Addon):
+    def __init__(self, config: Config, policy: PolicyGetter) -> None:
+        self.base = config.upstream.url
+        self.policy = policy
+        public = urlsplit(config.public_urls[0])
+        self.public_host = public.netloc
+        self.upstream_host = urlsplit(config.upstream.url).netloc
+        self.client: aiohttp.ClientSession | None = None
+
+    async def startup(self) -> None:
+        self.client = aiohttp.ClientSession(
+            cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=15),
+            auto_decompress=False,
+        )
+
+    async def shutdown(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+
+    async def __call__(self, vault: dict[str, str]) -> None:
+        policy = self.policy()
+        if not policy.login.logout_paths or self.client is None:
+            return
+        path = policy.login.logout_paths[0]
+        host = self.upstream_host if policy.upstream.host_header == "upstream" else self.public_host
+        headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in vault.items()), "Host": host}
+        try:
+            async with self.client.get(self.base + path, headers=headers, allow_redirects=False) as response:
+                await response.read()
+                log.info("upstream session ended", status=response.status)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("could not end the upstream session", error=type(exc).__name__)

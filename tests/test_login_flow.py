@@ -1,0 +1,255 @@
+"""Login through the gateway at the HTTP level: interception, TOTP, device sessions, vault."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.policy import load_policy
+from tests.login_env import Browser, login_env, store_url_for
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def env(request, tmp_path):
+    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    async with login_env(tmp_path, store_url_for(request.param, redis_url)) as environment:
+        yield environment
+
+
+@pytest.fixture
+async def browser(env):
+    b = Browser(env)
+    yield b
+    await b.close()
+
+
+async def new_browser(env) -> Browser:
+    return Browser(env)
+
+
+async def wait_until(predicate, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def enrolled(env, browser: Browser, user: str = "alice") -> None:
+    status, headers, _ = await browser.password(user)
+    assert headers["Location"] == "/_gateway/2fa"
+    await browser.enroll(user)
+
+
+async def test_enrollment_then_login_reaches_reservations_without_pms_cookie(env, browser):
+    status, headers, _ = await browser.request("GET", "/reservations")
+    assert status == 303 and headers["Location"].startswith("/login?next=")
+    await enrolled(env, browser)
+    status, _, page = await browser.request("GET", "/reservations")
+    assert status == 200 and "Reservations" in page
+    assert all("PMSSESSID" not in c for c in browser.set_cookies)
+    assert browser.cookie("PMSSESSID") is None and browser.cookie("gw_session")
+    assert await env.pms_users_alive() == ["alice"]
+
+
+async def test_wrong_password_passes_through_and_counts(env, browser):
+    status, headers, page = await browser.password("alice", "wrong")
+    assert status == 200 and "Invalid username or password" in page
+    from gateway.risk.lockout import Lockouts
+
+    assert await Lockouts(env.services.store, env.policy).failures("alice") == 1
+    assert all("PMSSESSID" not in c for c in browser.set_cookies)
+
+
+async def test_uppercase_and_spaces_are_the_same_user(env, browser):
+    await enrolled(env, browser, "alice")
+    other = Browser(env)
+    try:
+        status, headers, _ = await other.password("%20ALICE%20", "alice-demo-pw")
+        assert headers["Location"] == "/_gateway/2fa"
+        _, page = await other.challenge_form()
+        assert "Signing in as alice." in page and 'name="code"' in page  # verify, not enrollment
+    finally:
+        await other.close()
+    assert [u.name for u in await env.services.users.list()] == ["alice"]
+
+
+async def test_replayed_and_earlier_totp_codes_are_refused(env, browser):
+    await enrolled(env, browser)
+    await browser.request("POST", "/_gateway/logout", data={})  # no csrf: refused, still signed in
+    status, _, _ = await browser.login("alice")
+    assert status in (302, 303)
+    used = env.code("alice")
+    second = Browser(env)
+    try:
+        await second.password("alice")
+        status, _, page = await second.submit(action="verify", code=used)
+        assert status == 401 and "already used" in page
+        status, _, page = await second.submit(action="verify", code=env.code("alice", -1))
+        assert status == 401
+        env.clock.advance(30)
+        status, _, _ = await second.submit(action="verify", code=env.code("alice"))
+        assert status in (302, 303)
+    finally:
+        await second.close()
+
+
+async def test_five_wrong_codes_end_pending_login_lock_user_and_end_pms_session(env, browser):
+    await enrolled(env, browser)
+    await browser.request("GET", "/logout")
+    await wait_until(lambda: _none_alive(env))
+    await browser.password("alice")
+    for attempt in range(4):
+        status, _, page = await browser.submit(action="verify", code="000000")
+        assert status == 401 and f"{4 - attempt} attempt(s) left" in page
+    csrf, _ = await browser.challenge_form()
+    status, _, page = await browser.request("POST", "/_gateway/2fa", data={"csrf": csrf, "code": "000000"})
+    assert status == 401 and "Too many wrong codes" in page
+    status, _, _ = await browser.request("GET", "/_gateway/2fa")
+    assert status == 303  # the pending login is gone
+    await wait_until(lambda: _none_alive(env))  # the PMS session behind it was ended
+    status, _, page = await browser.password("alice")
+    assert status == 429  # five wrong codes locked the account
+
+
+async def _none_alive(env) -> bool:
+    return await env.pms_users_alive() == []
+
+
+async def test_second_device_replaces_first_which_is_told_why(env, browser):
+    await enrolled(env, browser)
+    phone = Browser(env)
+    try:
+        status, _, _ = await phone.login("alice")
+        assert status in (302, 303)
+        status, _, page = await browser.request("GET", "/reservations")
+        assert status == 401 and "signed in on another device" in page and "127.0.0.1" in page
+        status, _, body = await browser.request("GET", "/api/refresh", headers={"Accept": "application/json"})
+        assert status == 401
+        status, _, page = await phone.request("GET", "/reservations")
+        assert status == 200
+        await wait_until(lambda: _alive_count(env, 1))
+    finally:
+        await phone.close()
+
+
+async def _alive_count(env, count: int) -> bool:
+    return len(await env.pms_sessions()) == count
+
+
+async def test_idle_expiry_and_polling_does_not_keep_session_alive(env, browser):
+    await enrolled(env, browser)
+    for _ in range(6):  # 24 minutes of auto-refresh polling only
+        env.clock.advance(4 * 60)
+        status, _, _ = await browser.request("GET", "/api/refresh", headers={"Accept": "application/json"})
+        assert status == 200
+    env.clock.advance(2 * 60)  # 26 minutes since the last real activity
+    status, headers, _ = await browser.request("GET", "/reservations")
+    assert status == 303 and headers["Location"].startswith("/login")
+    status, _, page = await browser.request("GET", headers["Location"])
+    assert "signed out after a period of inactivity" in page
+    await wait_until(lambda: _none_alive(env))
+
+
+async def test_activity_keeps_session_alive_until_absolute_lifetime(env, browser):
+    await enrolled(env, browser)
+    for _ in range(30):  # 12.5 hours of activity every 25 minutes minus one
+        env.clock.advance(24 * 60)
+        status, _, _ = await browser.request("GET", "/reservations")
+        if status != 200:
+            break
+    assert status == 303
+    assert await env.sessions.sessions_of("alice") == []
+    await wait_until(lambda: _none_alive(env))
+
+
+async def test_sweep_ends_idle_sessions_without_requests(env, browser):
+    await enrolled(env, browser)
+    env.clock.advance(26 * 60)
+    assert await env.sessions.sweep() == 1
+    await wait_until(lambda: _none_alive(env))
+
+
+async def test_logout_paths_end_both_sessions(env, browser):
+    await enrolled(env, browser)
+    status, headers, _ = await browser.request("GET", "/logout")
+    assert status in (302, 303)
+    await wait_until(lambda: _none_alive(env))
+    status, _, _ = await browser.request("GET", "/reservations")
+    assert status == 303
+    await browser.login("alice")
+    status, _, page = await browser.request("GET", "/_gateway/logout")
+    csrf = page.split('name="csrf" value="')[1].split('"')[0]
+    status, headers, _ = await browser.request("POST", "/_gateway/logout", data={"csrf": csrf})
+    assert status == 303
+    await wait_until(lambda: _none_alive(env))
+
+
+async def test_deactivation_ends_sessions_at_once(env, browser):
+    await enrolled(env, browser)
+    await env.services.users.set_active("alice", False)
+    await env.sessions.end_user("alice", "deactivated")
+    status, headers, _ = await browser.request("GET", "/reservations")
+    assert status == 303
+    await wait_until(lambda: _none_alive(env))
+    status, _, page = await browser.password("alice")
+    assert status == 403
+
+
+async def test_csrf_and_cross_origin_posts_refused(env, browser):
+    await enrolled(env, browser)
+    status, _, _ = await browser.request(
+        "POST", "/reservations/1003/confirm", data={"csrf_token": "x"}, headers={"Origin": "https://evil.example"}
+    )
+    assert status == 403
+    status, _, _ = await browser.request(
+        "POST", "/reservations/1003/confirm", data={"csrf_token": "x"}, headers={"Origin": "null"}
+    )
+    assert status == 403
+    await browser.password("bob")
+    status, _, _ = await browser.request("POST", "/_gateway/2fa", data={"action": "invite", "invite_code": "x"})
+    assert status == 403  # gateway form without its CSRF token
+
+
+async def test_open_redirect_targets_refused(env, browser):
+    status, _, _ = await browser.password("alice", extra="&next=https://evil.example/")
+    assert status == 400
+    status, _, _ = await browser.password("alice", extra="&next=//evil.example/")
+    assert status == 400
+    status, headers, _ = await browser.password("alice", extra="&next=/reservations/1003")
+    assert headers["Location"] == "/_gateway/2fa"
+
+
+async def test_session_fixation_impossible(env, browser):
+    browser.client.cookie_jar.update_cookies({"gw_session": "attacker-chosen"})
+    await enrolled(env, browser)
+    issued = [c.split(";")[0].split("=", 1)[1] for c in browser.set_cookies if c.startswith("gw_session=")]
+    assert issued and all(value not in ("", "attacker-chosen") for value in issued[-1:])
+    assert await env.sessions.get("attacker-chosen") is None
+    assert await env.sessions.get(issued[-1]) is not None
+
+
+async def test_duplicate_or_misplaced_credentials_refused(env, browser):
+    status, _, _ = await browser.password("alice", extra="&username=bob")
+    assert status == 400
+    status, _, _ = await browser.password("alice", extra="&username[]=bob")
+    assert status == 400
+    status, _, _ = await browser.request("POST", "/login?password=x", data={"username": "alice"})
+    assert status == 400
+    await enrolled(env, browser)
+    status, _, _ = await browser.request("POST", "/reservations/1003/confirm", data={"username": "bob", "password": "bob-demo-pw"})
+    assert status == 400  # a password anywhere but the login form could swap the vault's identity
+
+
+async def test_vaulted_cookie_updates_stay_with_their_session(env, browser):
+    await enrolled(env, browser, "alice")
+    other = Browser(env)
+    try:
+        status, _, _ = await other.password("bob")
+        await other.enroll("bob")
+        _, _, alice_page = await browser.request("GET", "/reservations")
+        _, _, bob_page = await other.request("GET", "/reservations")
+        assert "alice" in alice_page.lower() and "bob" in bob_page.lower()
+    finally:
+        await other.close()
+    assert sorted(await env.pms_users_alive()) == ["alice", "bob"]
