@@ -155,6 +155,7 @@ async def test_one_user_for_every_spelling(directory: UserDirectory) -> None:
     assert [u.name for u in await directory.list()] == ["alice", "carol"]
 
 
+@both
 async def test_activation(directory: UserDirectory, clock: Clock) -> None:
     await directory.ensure("alice")
     off = await directory.set_active("Alice", False)
@@ -186,6 +187,27 @@ async def test_remove_factors(directory: UserDirectory, database: Database) -> N
     assert not await directory.has_second_factor("ghost")
     with pytest.raises(UnknownUserError):
         await directory.remove_factors("ghost")
+
+
+@both
+async def test_rotation_reencrypts_every_secret(directory: UserDirectory, keyring: KeyRing,
+                                                tmp_path: Path, clock: Clock) -> None:
+    from gateway.auth.totp import code_at, time_step
+    from gateway.auth.users import reencrypt_totp_secrets
+
+    secrets = {name: directory.new_totp_secret() for name in ("alice", "bob")}
+    for name, secret in secrets.items():
+        assert await directory.enroll_totp(name, secret, code_at(secret, time_step(clock())))
+    old_id = keyring.current_id
+    new_id = keyring.rotate(tmp_path / "secret.key")
+    assert await reencrypt_totp_secrets(directory.database, keyring) == 2
+    assert await reencrypt_totp_secrets(directory.database, keyring) == 0  # already current
+    fresh = KeyRing.load(tmp_path / "secret.key", None)
+    assert fresh.key_ids == [new_id, old_id]
+    restarted = UserDirectory(directory.database, fresh, directory.policy, MemoryStore(), clock=clock)
+    clock.advance(60)
+    for name, secret in secrets.items():
+        assert (await restarted.verify_totp(name, code_at(secret, time_step(clock())))).ok
 
 
 # -- recovery codes ----------------------------------------------------------------------
