@@ -71,7 +71,13 @@ def store_url_for(kind: str, redis_url: str | None) -> str:
 
 
 @contextlib.asynccontextmanager
-async def login_env(tmp_path, store_url: str = "memory://", policy: Policy | None = None, pms_url: str | None = None) -> AsyncIterator[LoginEnv]:
+async def login_env(
+    tmp_path,
+    store_url: str = "memory://",
+    policy: Policy | None = None,
+    pms_url: str | None = None,
+) -> AsyncIterator[LoginEnv]:
+    """`tmp_path` holds the key file and database: two envs on one tmp_path are two workers."""
     async with contextlib.AsyncExitStack() as stack:
         if pms_url is None:
             pms_url = await stack.enter_async_context(serve_app(create_app(DemoSettings())))

@@ -272,7 +272,8 @@ class Policy(Section):
         return [re.compile(p) for p in self.login.public_paths]
 
     def is_public_path(self, path: str) -> bool:
-        return any(p.search(path) for p in self.public_path_patterns)
+        """Reachable without a session: the login form's own path and the listed paths."""
+        return path == self.login.path or any(p.search(path) for p in self.public_path_patterns)
 
     @cached_property
     def _group_sessions(self) -> dict[str | None, SessionPolicy]:
