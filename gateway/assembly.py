@@ -77,7 +77,7 @@ async def build_addons(
     sessions = SessionManager(store, keyring, policy, upstream_logout=upstream_logout, clock=clock)
     lockouts = Lockouts(store, policy)
     events = LoginEvents()
-    pending = PendingLogins(store, keyring)
+    pending = PendingLogins(store, keyring, lambda: policy().second_factor.pending_login_timeout, clock=clock)
     remembered = RememberedDevices(keyring.derive("remember-device"), clock=clock)
     completer = LoginCompleter(policy, sessions, lockouts, events, remembered)
     addons: list[Addon] = [

@@ -253,3 +253,18 @@ async def test_vaulted_cookie_updates_stay_with_their_session(env, browser):
     finally:
         await other.close()
     assert sorted(await env.pms_users_alive()) == ["alice", "bob"]
+
+
+async def test_abandoned_pending_login_ends_the_pms_session(env, browser):
+    from gateway.auth.challenge import ChallengePages
+
+    status, headers, _ = await browser.password("alice")
+    assert headers["Location"] == "/_gateway/2fa"
+    assert await env.pms_users_alive() == ["alice"]  # the PMS accepted the password
+    pages = next(a for a in env.addons if isinstance(a, ChallengePages))
+    assert await pages.sweep() == 0
+    env.clock.advance(301)
+    assert await pages.sweep() == 1
+    await wait_until(lambda: _none_alive(env))
+    status, _, _ = await browser.request("GET", "/_gateway/2fa")
+    assert status == 303

@@ -8,6 +8,7 @@ codes end the pending login and count against the user.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
@@ -129,6 +130,29 @@ class ChallengePages(Addon):
         self.form_key = form_key
         self.clock = clock
 
+    async def startup(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def shutdown(self) -> None:
+        self._sweeper.cancel()
+
+    async def sweep(self) -> int:
+        """End the PMS sessions of logins abandoned between password and second factor."""
+        abandoned = await self.pending.take_abandoned()
+        for pending in abandoned:
+            await self.events.attempt(pending.ip, pending.user, "second_factor_failed", None, "abandoned",
+                                      device_id=pending.device_id, user_agent=pending.user_agent)
+            await self.completer.abandon(pending)
+        return len(abandoned)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(30)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("pending login sweep failed")
+
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get(CHALLENGE, self.show),
@@ -176,9 +200,7 @@ class ChallengePages(Addon):
         return response
 
     async def _save(self, token: str, pending: PendingLogin) -> None:
-        policy = self.policy()
-        remaining = pending.created + policy.second_factor.pending_login_timeout - self.clock()
-        await self.pending.save(token, pending, ttl=max(1.0, remaining))
+        await self.pending.save(token, pending)
 
     # -- handlers ----------------------------------------------------------------------
 

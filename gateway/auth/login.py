@@ -179,7 +179,7 @@ class LoginInterceptor(Addon):
             ex.deny("refused", "no second factor and enrollment not allowed here")
             return self._error(ex, policy, 403, "second factor enrollment is only possible from the hotel network")
         pending.stage = stage
-        token = await self.pending.create(pending, ttl=policy.second_factor.pending_login_timeout)
+        token = await self.pending.create(pending)
         ex.deny("challenged", "second factor required")
         return self._challenge(ex, policy, token, device_id)
 

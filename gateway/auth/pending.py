@@ -8,6 +8,8 @@ about the PMS session reaches it until the second factor is passed.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from gateway.sessions.model import new_token, token_hash
@@ -36,23 +38,58 @@ class PendingLogin:
     remember: bool = False
 
 
-class PendingLogins:
-    def __init__(self, store: EphemeralStore, cipher: Cipher) -> None:
-        self.records = SealedRecords(store, cipher, "pending:")
+# Records outlive their deadline by this much so the sweeper can still read the vault of
+# an abandoned login and end the PMS session behind it.
+SWEEP_GRACE = 3600.0
 
-    async def create(self, pending: PendingLogin, ttl: float) -> str:
+
+class PendingLogins:
+    """Pending logins by token; expiry is judged by `clock`, not only by store TTLs."""
+
+    def __init__(
+        self, store: EphemeralStore, cipher: Cipher, timeout: Callable[[], float], clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
+        self.records = SealedRecords(store, cipher, "pending:")
+        self.timeout = timeout
+        self.clock = clock
+
+    def _expired(self, pending: PendingLogin) -> bool:
+        return self.clock() >= pending.created + self.timeout()
+
+    async def create(self, pending: PendingLogin) -> str:
         token = new_token()
-        await self.records.put(token_hash(token), json.dumps(asdict(pending)).encode(), ttl=ttl)
+        await self.save(token, pending)
+        await self.store.set_add("pending-all", token_hash(token))
         return token
 
     async def get(self, token: str) -> PendingLogin | None:
         data = await self.records.get(token_hash(token))
-        return PendingLogin(**json.loads(data)) if data is not None else None
+        pending = PendingLogin(**json.loads(data)) if data is not None else None
+        return None if pending is None or self._expired(pending) else pending
 
-    async def save(self, token: str, pending: PendingLogin, ttl: float) -> None:
+    async def save(self, token: str, pending: PendingLogin) -> None:
+        ttl = max(1.0, pending.created + self.timeout() - self.clock()) + SWEEP_GRACE
         await self.records.put(token_hash(token), json.dumps(asdict(pending)).encode(), ttl=ttl)
 
     async def take(self, token: str) -> PendingLogin | None:
         """Remove and return: a pending login completes or is abandoned exactly once."""
-        data = await self.records.take(token_hash(token))
-        return PendingLogin(**json.loads(data)) if data is not None else None
+        id_hash = token_hash(token)
+        data = await self.records.take(id_hash)
+        await self.store.set_remove("pending-all", id_hash)
+        pending = PendingLogin(**json.loads(data)) if data is not None else None
+        return None if pending is None or self._expired(pending) else pending
+
+    async def take_abandoned(self) -> list[PendingLogin]:
+        """Pending logins past their deadline, removed so exactly one caller handles each."""
+        abandoned = []
+        for id_hash in await self.store.set_members("pending-all"):
+            data = await self.records.get(id_hash)
+            if data is None:
+                await self.store.set_remove("pending-all", id_hash)
+                continue
+            pending = PendingLogin(**json.loads(data))
+            if self._expired(pending) and await self.records.take(id_hash) is not None:
+                await self.store.set_remove("pending-all", id_hash)
+                abandoned.append(pending)
+        return abandoned
