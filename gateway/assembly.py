@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.access.origin_check import OriginCheck
+from gateway.auth.account import AccountPage
 from gateway.auth.challenge import ChallengePages, LoginCompleter
 from gateway.auth.events import LoginEvents
 from gateway.auth.keys import KeyRing
@@ -88,6 +89,7 @@ async def build_addons(
         ChallengePages(
             policy, users, pending, completer, lockouts, events, keyring.derive("gateway-forms"), clock=clock
         ),
+        AccountPage(policy, users, sessions, keyring.derive("gateway-forms")),
         DeactivationWatcher(users, sessions),
         BodyUrlRewriter(policy, config.upstream.url),
     ]

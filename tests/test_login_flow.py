@@ -268,3 +268,33 @@ async def test_abandoned_pending_login_ends_the_pms_session(env, browser):
     await wait_until(lambda: _none_alive(env))
     status, _, _ = await browser.request("GET", "/_gateway/2fa")
     assert status == 303
+
+
+async def test_new_recovery_codes_need_a_current_code(env, browser):
+    import re
+
+    await enrolled(env, browser)
+    status, _, page = await browser.request("GET", "/_gateway/account")
+    assert status == 200 and "Recovery codes left: 10." in page
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    status, _, page = await browser.request("POST", "/_gateway/account", data={"csrf": csrf, "code": "123456"})
+    assert status == 401 and "recovery-codes" not in page
+    env.clock.advance(30)
+    status, _, page = await browser.request("POST", "/_gateway/account", data={"csrf": csrf, "code": env.code("alice")})
+    assert status == 200 and len(re.findall(r"<li>([^<]+)</li>", page)) == 10
+
+
+async def test_recovery_code_login_tells_how_many_remain(env, browser):
+    codes = None
+    status, headers, _ = await browser.password("alice")
+    codes = await browser.enroll("alice")
+    await browser.request("GET", "/logout")
+    await browser.password("alice")
+    status, _, page = await browser.submit(action="recovery", recovery_code=codes[0])
+    assert status == 200 and "You have 9 recovery code(s) left" in page
+    status, _, _ = await browser.request("GET", "/reservations")
+    assert status == 200
+    await browser.request("GET", "/logout")
+    await browser.password("alice")
+    status, _, page = await browser.submit(action="recovery", recovery_code=codes[0])
+    assert status == 401  # each code works once
