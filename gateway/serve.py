@@ -8,7 +8,9 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from gateway.assembly import build_addons
+from collections.abc import Awaitable, Callable
+
+from gateway.assembly import Services, build_addons, open_services
 from gateway.config import Config, load_config
 from gateway.logs import configure_logging
 from gateway.policy.reload import PolicyHolder
@@ -17,16 +19,19 @@ from gateway.runtime import install_fast_loop, start_gateway, wait_for_shutdown_
 log = structlog.get_logger("gateway.serve")
 
 
-async def run_gateway(config: Config, ready: asyncio.Event | None = None) -> None:
+async def run_gateway(
+    config: Config, on_ready: Callable[[Services], Awaitable[None]] | None = None
+) -> None:
     policy = PolicyHolder(config.policy_paths)
     warn_if_upstream_exposed(config)
-    addons, cleanups = await build_addons(config, policy)
+    services = await open_services(config, policy)
+    addons, cleanups = await build_addons(config, policy, services)
     running = await start_gateway(config, policy, addons, reuse_port=config.listen.workers > 1)
     running.cleanups.extend(cleanups)
     policy.start_watching()
     log.info("gateway listening", url=config.public_urls[0], port=running.port, upstream=config.upstream.url)
-    if ready is not None:
-        ready.set()
+    if on_ready is not None:
+        await on_ready(services)
     try:
         await wait_for_shutdown_signal()
     finally:
@@ -57,8 +62,23 @@ def demo_config(port: int, pms_port: int, data_dir: Path) -> Config:
     )
 
 
+async def print_demo_accounts(services: Services, port: int) -> None:
+    """The URL, the staff accounts and, for users without a second factor, an invite code."""
+    from gateway.demo import DEMO_USERS
+
+    print(f"\n  Demo PMS behind the gateway: http://127.0.0.1:{port}/\n")
+    print("  Staff accounts (user / password / one-time enrollment code for the 2FA step):")
+    for name, password, role in DEMO_USERS:
+        invite = "already enrolled"
+        if not await services.users.has_second_factor(name):
+            invite = await services.users.create_invite(name)
+        print(f"    {name:<8} / {password:<16} / {invite}   ({role})")
+    print("\n  Scan the QR code with any authenticator app (or enter the key shown).")
+    print("  New code for a user: pms-gateway users invite NAME -c <config>.  Stop with Ctrl+C.\n", flush=True)
+
+
 def serve_demo(port: int, pms_port: int, data_dir: Path) -> None:
-    from gateway.demo import DEMO_USERS, DemoSettings, create_app
+    from gateway.demo import DemoSettings, create_app
 
     data_dir.mkdir(parents=True, exist_ok=True)
     config = demo_config(port, pms_port, data_dir)
@@ -69,16 +89,8 @@ def serve_demo(port: int, pms_port: int, data_dir: Path) -> None:
         pms = web.AppRunner(create_app(DemoSettings(public_url=f"http://127.0.0.1:{port}")), access_log=None)
         await pms.setup()
         await web.TCPSite(pms, "127.0.0.1", pms_port).start()
-        ready = asyncio.Event()
-        task = asyncio.create_task(run_gateway(config, ready))
-        await ready.wait()
-        print(f"\n  Demo PMS behind the gateway: http://127.0.0.1:{port}/\n")
-        print("  Staff accounts (user / password):")
-        for name, password, role in DEMO_USERS:
-            print(f"    {name:<8} / {password:<16} ({role})")
-        print("\n  Stop with Ctrl+C.\n", flush=True)
         try:
-            await task
+            await run_gateway(config, lambda services: print_demo_accounts(services, port))
         finally:
             await pms.cleanup()
 
