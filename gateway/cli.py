@@ -113,6 +113,46 @@ def demo(
     serve_demo(port=port, pms_port=pms_port, data_dir=data_dir)
 
 
+egress_app = typer.Typer(no_args_is_help=True, help="The egress proxy that redacts the PMS's SMS/e-mail API calls.")
+app.add_typer(egress_app, name="egress")
+
+
+@egress_app.command("run")
+def egress_run(config: ConfigOption = None) -> None:
+    """Run the egress proxy alone (e.g. on another host), with config.yaml's `egress:` section."""
+    from gateway.redact.egress import main as egress_main
+
+    args = ["--config", str(config)] if config else []
+    raise typer.Exit(egress_main(args))
+
+
+@egress_app.command("ca")
+def egress_ca(config: ConfigOption = None) -> None:
+    """Print the egress CA certificate the PMS host must trust (regular proxy mode)."""
+    from gateway.config import load_config
+    from gateway.redact.egress import export_ca
+
+    try:
+        settings = load_config(config)
+    except ConfigError as exc:
+        _fail(exc)
+    path = export_ca(settings.egress.confdir)
+    typer.echo(f"# {path}", err=True)
+    typer.echo(path.read_text(), nl=False)
+
+
+@app.command("redact")
+def redact(
+    format: Annotated[str, typer.Option("--format", help="text | json | form | email")] = "text",
+    policy: Annotated[Path | None, typer.Option("--policy", help="Policy file (default: the built-in default).")] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="List findings (detector, span, action) on stderr.")] = False,
+) -> None:
+    """Redact one message read on stdin and write it to stdout, as the relay and egress proxy would."""
+    from gateway.redact.command import redact_command
+
+    raise typer.Exit(redact_command(format, policy, explain, sys.stdin.buffer, sys.stdout.buffer, sys.stderr))
+
+
 def main() -> None:  # pragma: no cover - console script entry
     app()
 

@@ -14,6 +14,7 @@ from gateway.assembly import Services, build_addons, open_services
 from gateway.config import Config, load_config
 from gateway.logs import configure_logging
 from gateway.policy.reload import PolicyHolder
+from gateway.redact.listeners import start_outbound
 from gateway.runtime import install_fast_loop, start_gateway, wait_for_shutdown_signal, warn_if_upstream_exposed
 
 log = structlog.get_logger("gateway.serve")
@@ -28,6 +29,9 @@ async def run_gateway(
     addons, cleanups = await build_addons(config, policy, services)
     running = await start_gateway(config, policy, addons, reuse_port=config.listen.workers > 1)
     running.cleanups.extend(cleanups)
+    running.cleanups.extend(
+        await start_outbound(config, policy, services.keyring.derive("redaction-pseudonyms"))
+    )
     policy.start_watching()
     log.info("gateway listening", url=config.public_urls[0], port=running.port, upstream=config.upstream.url)
     if on_ready is not None:

@@ -1,0 +1,64 @@
+"""Starting the outbound listeners a configuration enables, beside the inbound proxy.
+
+The SMTP relay shares the gateway's event loop (aiosmtpd is plain asyncio). The egress
+proxy is mitmproxy, which must own its event loop, so it runs as a supervised child
+process (restarted with backoff, stopped with the gateway).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from gateway.config import Config
+from gateway.policy.schema import Policy
+from gateway.redact.engine import Redactor
+from gateway.redact.outbound_audit import LogAudit, OutboundAudit
+
+log = structlog.get_logger("gateway.redact")
+
+
+class CurrentRedactor:
+    """The Redactor for the policy in force, rebuilt only when the policy changes."""
+
+    def __init__(self, policy: Callable[[], Policy], hash_key: bytes) -> None:
+        self.policy = policy
+        self.hash_key = hash_key
+        self._cached: tuple[int, Redactor] | None = None
+
+    def __call__(self) -> Redactor:
+        notifications = self.policy().notifications
+        if self._cached is None or self._cached[0] != id(notifications):
+            self._cached = (id(notifications), Redactor(notifications, hash_key=self.hash_key))
+        return self._cached[1]
+
+
+async def start_outbound(
+    config: Config,
+    policy: Callable[[], Policy],
+    hash_key: bytes,
+    audit: OutboundAudit | None = None,
+    on_blocked=None,
+) -> list[Callable[[], Awaitable[None]]]:
+    """Start what is enabled; returns the coroutines that stop it again."""
+    stops: list[Callable[[], Awaitable[None]]] = []
+    audit = audit or LogAudit()
+    if config.smtp_relay.enabled:
+        from gateway.redact.smtp_relay import start_smtp_relay
+
+        server = await start_smtp_relay(config.smtp_relay, CurrentRedactor(policy, hash_key), audit, on_blocked)
+
+        async def stop_relay() -> None:
+            server.close()
+            await server.wait_closed()
+
+        stops.append(stop_relay)
+    if config.egress.enabled:
+        from gateway.redact.egress import EgressSupervisor
+
+        supervisor = EgressSupervisor(config.egress, config.policy_paths, hash_key=hash_key)
+        await supervisor.start()
+        log.info("egress proxy supervised", mode=config.egress.mode, port=config.egress.port)
+        stops.append(supervisor.stop)
+    return stops
