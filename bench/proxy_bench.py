@@ -46,8 +46,14 @@ START_MARK = "<!-- proxy-bench:start -->"
 END_MARK = "<!-- proxy-bench:end -->"
 
 PAGES = {"/page2k": 2 * 1024, "/page100k": 100 * 1024}
-TARGETS = ("direct", "gateway", "nginx")
-ON_PATH = {"direct": ("upstream",), "gateway": ("gateway", "upstream"), "nginx": ("nginx", "upstream")}
+TARGETS = ("direct", "gateway", "nginx", "bare")
+ON_PATH = {
+    "direct": ("upstream",),
+    "gateway": ("gateway", "upstream"),
+    "nginx": ("nginx", "upstream"),
+    "bare": ("bare", "upstream"),
+}
+BARE_PAGES = ("/page2k",)  # the bare aiohttp proxy is a reference point for the 2 KB target only
 SERVER_CORE = 1  # upstream, gateway and nginx
 LOADGEN_CORE = 0  # wrk and the Python load generators
 
@@ -110,6 +116,41 @@ def role_upstream(port: int) -> None:
         await stop.wait()
         srv.close()
         await server.shutdown(1)
+
+    asyncio.run(main())
+
+
+def role_bare(port: int, upstream: str) -> None:
+    """The smallest aiohttp+uvloop reverse proxy: one pooled client session, the body read
+    whole, no header work. The floor any aiohttp-based proxy starts from."""
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+
+    fast_loop()
+
+    async def main() -> None:
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=100), auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+        )
+
+        async def handler(request: web.BaseRequest) -> web.Response:
+            async with session.get(upstream + request.raw_path, headers={"Host": request.host}) as response:
+                body = await response.read()
+                content_type = {"Content-Type": response.headers.get("Content-Type", "application/octet-stream")}
+                return web.Response(body=body, status=response.status, headers=content_type)
+
+        server = web.Server(handler, access_log=None, keepalive_timeout=75)
+        loop = asyncio.get_running_loop()
+        srv = await loop.create_server(server, "127.0.0.1", port, backlog=1024, reuse_address=True)
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        srv.close()
+        await server.shutdown(1)
+        await session.close()
 
     asyncio.run(main())
 
@@ -616,6 +657,14 @@ class Bench:
         self.pgids["gateway"] = proc.pid
         self.addons = self.finish_addon_probe(probe)
 
+        port = free_port()
+        proc = self.procs.start(
+            "bare", pin(SERVER_CORE) + self.helper("--role", "bare", "--port", str(port), "--url", self.urls["direct"])
+        )
+        self.urls["bare"] = f"http://127.0.0.1:{port}"
+        wait_ready(self.urls["bare"] + "/page2k", proc, self.procs, "bare")
+        self.pgids["bare"] = proc.pid
+
         if self.use_nginx:
             port = free_port()
             conf = nginx_config(self.workdir, port, upstream_port)
@@ -993,18 +1042,19 @@ class Report:
             )
         lines += [
             "",
-            "Ratios of req/s (and of CPU per request, proxy process only, in brackets):",
+            "Ratios of req/s, then of the proxy process's CPU per request (\"bare\" is the smallest "
+            "aiohttp+uvloop proxy, a reference for what aiohttp itself costs):",
             "",
-            "| page | gateway/direct | gateway/nginx | nginx/direct | gateway CPU / nginx CPU |",
-            "| --- | ---: | ---: | ---: | ---: |",
+            "| page | gateway/direct | gateway/nginx | nginx/direct | gateway/bare | CPU gateway/nginx | CPU gateway/bare |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for page in PAGES:
-            d, g, n = (self.rps(t, page) for t in ("direct", "gateway", "nginx"))
+            d, g, n, b = (self.rps(t, page) for t in ("direct", "gateway", "nginx", "bare"))
             gw_cpu = self.cpu_of("gateway", page, "gateway")
-            ng_cpu = self.cpu_of("nginx", page, "nginx")
             lines.append(
                 f"| {page} | {fmt_ratio(ratio(g, d))} | {fmt_ratio(ratio(g, n))} | {fmt_ratio(ratio(n, d))} | "
-                f"{fmt_ratio(ratio(gw_cpu, ng_cpu))} |"
+                f"{fmt_ratio(ratio(g, b))} | {fmt_ratio(ratio(gw_cpu, self.cpu_of('nginx', page, 'nginx')))} | "
+                f"{fmt_ratio(ratio(gw_cpu, self.cpu_of('bare', page, 'bare')))} |"
             )
         if self.fixed:
             lines += [
@@ -1075,14 +1125,31 @@ class Report:
             f"the kernel{alone}; other jobs took {cpu['other_pct']:.0f}% of a core.",
             "",
         ]
+        bare_cpu = self.cpu_of("bare", "/page2k", "bare")
         if gw_cpu:
-            parts = [f"The gateway costs {gw_cpu:.0f} µs of CPU per 2 KB request"]
+            parts = [f"Per 2 KB request the gateway costs {gw_cpu:.0f} µs of CPU"]
+            if bare_cpu:
+                parts.append(f"the bare aiohttp proxy {bare_cpu:.0f} µs")
             if ng_cpu:
-                parts.append(f"nginx {ng_cpu:.0f} µs ({gw_cpu / ng_cpu:.1f}x less)")
+                parts.append(f"nginx {ng_cpu:.0f} µs")
             if up_cpu:
-                parts.append(f"the bare aiohttp upstream {up_cpu:.0f} µs to serve it")
-            lines += [", ".join(parts) + ". "
-                      "With the upstream on the same core, req/s is bounded by 1 s / (proxy + upstream CPU per request).", ""]
+                parts.append(f"and the upstream {up_cpu:.0f} µs to serve it directly")
+            text = ", ".join(parts) + ". With the upstream on the same core, req/s is about 1 s / (proxy + upstream CPU per request)"
+            if bare_cpu and gw_cpu > bare_cpu:
+                text += (
+                    f": aiohttp's own client+server round trip is {bare_cpu / gw_cpu:.0%} of the gateway's cost, "
+                    f"the gateway's extra work (addons, header hygiene, canonical path, streaming relay) the other "
+                    f"{1 - bare_cpu / gw_cpu:.0%}"
+                )
+            if ng_cpu:
+                budget = (ng_cpu + (self.cpu_of("nginx", "/page2k", "upstream") or 0)) / TARGET_RPS_VS_NGINX
+                upstream_behind = self.cpu_of("gateway", "/page2k", "upstream") or up_cpu or 0
+                text += (
+                    f". Reaching {TARGET_RPS_VS_NGINX}x nginx's req/s leaves {budget:.0f} µs per request for gateway "
+                    f"and upstream together, so at most ~{budget - upstream_behind:.0f} µs for the gateway "
+                    f"(the upstream costs {upstream_behind:.0f} µs per request behind it)"
+                )
+            lines += [text + ".", ""]
         lines += [
             f"Own time by package (share of busy samples): {shares}. "
             f"aiohttp (server and client side) {pkg.get('aiohttp', 0.0):.0%}, the gateway's own code "
@@ -1178,7 +1245,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write every figure as JSON to this file")
     parser.add_argument("--keep-profile", type=Path, help="copy py-spy's raw (collapsed) stacks to this file")
     # helper roles, started by the benchmark itself
-    parser.add_argument("--role", choices=("upstream", "closed", "open", "addons"), help=argparse.SUPPRESS)
+    parser.add_argument("--role", choices=("upstream", "bare", "closed", "open", "addons"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
@@ -1195,6 +1262,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def run_role(args: argparse.Namespace) -> int:
     if args.role == "upstream":
         role_upstream(args.port)
+    elif args.role == "bare":
+        role_bare(args.port, args.url)
     elif args.role == "closed":
         role_closed(args.url, args.connections, args.seconds, args.warmup)
     elif args.role == "open":
@@ -1256,7 +1325,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for page in PAGES:
             for target in TARGETS:
-                if target not in bench.urls:
+                if target not in bench.urls or (target == "bare" and page not in BARE_PAGES):
                     continue
                 row = measure(f"closed loop: {target} {page}",
                               lambda: bench.closed_loop(target, page, args.duration, warmup))
