@@ -21,6 +21,11 @@ from gateway.auth.commands import keys_app, users_app  # noqa: E402  (sub-apps, 
 
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
+from gateway.audit.cli import audit_app, ips_app, logins_command  # noqa: E402  (lazy inside)
+
+app.add_typer(audit_app, name="audit")
+app.add_typer(ips_app, name="ips")
+app.command("logins")(logins_command)
 
 ConfigOption = Annotated[
     Path | None,

@@ -27,6 +27,7 @@ import structlog
 from gateway.audit.entry import AuditEntry
 from gateway.audit.spool import Spool
 from gateway.audit.store import AuditStore, ChainHead
+from gateway.policy.schema import Policy
 
 log = structlog.get_logger("gateway.audit.writer")
 
@@ -279,3 +280,18 @@ class AuditWriter:
         self.written += count
         if head is not None and head.instance_id == self.instance_id:
             self.head = head
+
+
+def settings_from_policy(policy: Callable[[], Policy]) -> Callable[[], WriterSettings]:
+    """Writer settings following policy reloads, rebuilt only when the policy changes
+    (the writer asks on every request)."""
+    cache: list[object] = [None, WriterSettings()]
+
+    def current() -> WriterSettings:
+        now = policy()
+        if now is not cache[0]:
+            audit = now.audit
+            cache[:] = [now, WriterSettings(audit.batch_size, audit.flush_interval, audit.queue_size)]
+        return cache[1]  # type: ignore[return-value]
+
+    return current

@@ -1,0 +1,112 @@
+"""Known IPs: the addresses each user has signed in from, so a new one can raise an alert.
+
+IPv4 addresses are kept as they are; IPv6 addresses are grouped by `known_ips.ipv6_prefix`
+(a /64 is one household or office: privacy extensions rotate the rest hourly). An entry
+counts as known until `known_ips.keep_for` after its last successful sign-in. Forgetting
+one is an operator action that needs the policy's `known_ips.forget_permission` and is
+recorded in the audit trail.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.audit.sql import insert_or_ignore
+from gateway.db import Database, known_ips, users
+from gateway.policy.schema import Policy
+from gateway.risk.geoip import GeoInfo, parse_address
+
+
+class PermissionDenied(PermissionError):
+    """The operator's groups lack the permission the policy asks for."""
+
+
+@dataclass(frozen=True, slots=True)
+class KnownIp:
+    user: str
+    ip_prefix: str
+    first_seen: datetime
+    last_seen: datetime
+    country: str | None
+    city: str | None
+
+
+def ip_prefix(ip: str, ipv6_prefix: int) -> str:
+    """What a known-IP entry stores for `ip`: the IPv4 address or the IPv6 network."""
+    address = parse_address(ip)
+    if address is None:
+        return ip[:64]
+    if isinstance(address, ipaddress.IPv4Address):
+        return str(address)
+    return str(ipaddress.ip_network(f"{address}/{ipv6_prefix}", strict=False))
+
+
+async def status(conn: AsyncConnection, user_id: int, prefix: str, now: datetime, keep_for: float) -> tuple[bool, bool]:
+    """(this prefix is known for the user, the user has any known prefix)."""
+    fresh = now - timedelta(seconds=keep_for)
+    rows = (
+        await conn.execute(
+            select(known_ips.c.ip_prefix).where(known_ips.c.user_id == user_id, known_ips.c.last_seen >= fresh)
+        )
+    ).scalars().all()
+    return prefix in rows, bool(rows)
+
+
+async def remember(
+    conn: AsyncConnection, user_id: int, prefix: str, geo: GeoInfo, now: datetime, *, was_known: bool
+) -> None:
+    """Record a successful sign-in from `prefix`; a stale entry starts over (first_seen)."""
+    values = {"last_seen": now, "country": geo.country, "city": geo.city}
+    if not was_known:
+        values["first_seen"] = now
+    await conn.execute(
+        insert_or_ignore(conn.dialect.name, known_ips, ["user_id", "ip_prefix"]),
+        [{"user_id": user_id, "ip_prefix": prefix, "first_seen": now, **values}],
+    )
+    await conn.execute(
+        update(known_ips).where(known_ips.c.user_id == user_id, known_ips.c.ip_prefix == prefix).values(**values)
+    )
+
+
+async def list_known(database: Database, user: str | None = None) -> list[KnownIp]:
+    statement = (
+        select(users.c.name, known_ips)
+        .join(users, users.c.id == known_ips.c.user_id)
+        .order_by(users.c.name, known_ips.c.last_seen.desc())
+    )
+    if user is not None:
+        statement = statement.where(users.c.name == user)
+    async with database.connect() as conn:
+        rows = await conn.execute(statement)
+        return [KnownIp(r.name, r.ip_prefix, r.first_seen, r.last_seen, r.country, r.city) for r in rows]
+
+
+def require_permission(policy: Policy, operator: str, group_of: Callable[[str], str | None]) -> str:
+    """The operator's group, if it holds `known_ips.forget_permission`; else PermissionDenied."""
+    needed = policy.known_ips.forget_permission
+    group = group_of(operator)
+    if group is None or needed not in policy.groups[group].permissions:
+        raise PermissionDenied(
+            f"{operator!r} (group {group or 'none'}) lacks the {needed!r} permission; "
+            f"grant it under groups.<name>.permissions"
+        )
+    return group
+
+
+async def forget(database: Database, user: str, ip: str, policy: Policy) -> list[str]:
+    """Delete the user's entry for `ip` (or its IPv6 network); returns the prefixes removed."""
+    prefix = ip_prefix(ip, policy.known_ips.ipv6_prefix) if "/" not in ip else str(ipaddress.ip_network(ip, strict=False))
+    async with database.begin() as conn:
+        user_id = (await conn.execute(select(users.c.id).where(users.c.name == user))).scalar()
+        if user_id is None:
+            return []
+        result = await conn.execute(
+            delete(known_ips).where(known_ips.c.user_id == user_id, known_ips.c.ip_prefix == prefix)
+        )
+    return [prefix] if result.rowcount else []

@@ -1,0 +1,142 @@
+"""Login history: the contract between the login code and everything that follows a login.
+
+The login code calls `await history.record(LoginAttempt(...))` after every attempt, with
+the outcome; this module writes `login_history`, keeps the user's known IPs current
+(successful logins only) and raises the alerts the policy asks for (new address, lockout,
+every login). It answers with a `LoginRecord` saying whether the address was new and
+where it is, for the login code to show or act on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+import structlog
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.audit import known_ips
+from gateway.audit.sql import insert_or_ignore
+from gateway.db import Database, login_history, users
+from gateway.notify.alerter import Alerter
+from gateway.policy.schema import Policy
+from gateway.risk.geoip import UNKNOWN, GeoInfo, GeoLocator
+
+log = structlog.get_logger("gateway.audit.logins")
+
+Outcome = Literal["success", "failure", "locked_out", "refused", "second_factor_failed"]
+
+
+@dataclass
+class LoginAttempt:
+    username: str  # normalised
+    ip: str
+    outcome: Outcome
+    login_type: str | None  # "password+totp" | "password+security_key" | "recovery_code" | "remembered_device" | "support_access"
+    device_id: str | None = None
+    reason: str | None = None
+    user_agent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoginRecord:
+    id: int
+    username: str
+    ip: str
+    outcome: str
+    at: datetime
+    new_ip: bool  # no known-IP entry for this address (or its IPv6 network) before this attempt
+    first_login: bool  # the user had no known address at all
+    country: str | None
+    city: str | None
+    asn: int | None
+    alerted: bool  # an alert was queued for this attempt
+
+
+class LoginHistory:
+    def __init__(
+        self,
+        database: Database,
+        geo: GeoLocator | None,
+        policy: Callable[[], Policy],
+        alerter: Alerter | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.database = database
+        self.geo = geo
+        self.policy = policy
+        self.alerter = alerter
+        self.clock = clock
+
+    async def record(self, attempt: LoginAttempt) -> LoginRecord:
+        policy = self.policy()
+        geo: GeoInfo = self.geo.lookup(attempt.ip) if self.geo is not None else UNKNOWN
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        prefix = known_ips.ip_prefix(attempt.ip, policy.known_ips.ipv6_prefix)
+        success = attempt.outcome == "success"
+        known = had_any = False
+        async with self.database.begin() as conn:
+            user_id = await _user_id(conn, attempt.username, create=success, now=now)
+            if user_id is not None:
+                known, had_any = await known_ips.status(conn, user_id, prefix, now, policy.known_ips.keep_for)
+                if success:
+                    await known_ips.remember(conn, user_id, prefix, geo, now, was_known=known)
+            result = await conn.execute(
+                insert(login_history).values(
+                    user_id=user_id, username=attempt.username[:255], at=now, ip=attempt.ip[:64],
+                    country=geo.country, city=geo.city, asn=geo.asn, outcome=attempt.outcome,
+                    login_type=(attempt.login_type or "none")[:32], device_id=(attempt.device_id or None),
+                    new_ip=not known, reason=(attempt.reason or None) and attempt.reason[:255],
+                )
+            )
+            row_id = int(result.inserted_primary_key[0])
+        alerted = await self._alert(attempt, geo, new_ip=not known, first_login=not had_any, policy=policy)
+        return LoginRecord(
+            id=row_id, username=attempt.username, ip=attempt.ip, outcome=attempt.outcome, at=now,
+            new_ip=not known, first_login=not had_any, country=geo.country, city=geo.city, asn=geo.asn,
+            alerted=alerted,
+        )
+
+    async def _alert(self, attempt: LoginAttempt, geo: GeoInfo, *, new_ip: bool, first_login: bool,
+                     policy: Policy) -> bool:
+        if self.alerter is None:
+            return False
+        try:
+            if attempt.outcome == "locked_out":
+                return await self.alerter.lockout(attempt.username, attempt.ip, attempt.reason, geo)
+            if attempt.outcome != "success":
+                return False
+            if new_ip and (not first_login or policy.alerts.new_ip_on_first_login):
+                if await self.alerter.new_ip_login(attempt.username, attempt.ip, geo, attempt.login_type):
+                    return True
+            return await self.alerter.login(attempt.username, attempt.ip, geo, attempt.login_type)
+        except Exception:
+            log.exception("login alert failed", user=attempt.username)
+            return False
+
+
+async def _user_id(conn: AsyncConnection, name: str, *, create: bool, now: datetime) -> int | None:
+    """The user's id; created on a first successful login (failures never create users,
+    or anyone could fill the table)."""
+    statement = select(users.c.id).where(users.c.name == name)
+    user_id = (await conn.execute(statement)).scalar()
+    if user_id is None and create:
+        await conn.execute(
+            insert_or_ignore(conn.dialect.name, users, ["name"]),
+            [{"name": name, "active": True, "created_at": now, "updated_at": now}],
+        )
+        user_id = (await conn.execute(statement)).scalar()
+    return None if user_id is None else int(user_id)
+
+
+async def recent_logins(database: Database, user: str | None = None, limit: int = 100) -> list[dict[str, object]]:
+    """Newest first, for `pms-gateway logins`."""
+    statement = select(login_history).order_by(login_history.c.at.desc(), login_history.c.id.desc()).limit(limit)
+    if user is not None:
+        statement = statement.where(login_history.c.username == user)
+    async with database.connect() as conn:
+        return [dict(row._mapping) for row in await conn.execute(statement)]

@@ -1,0 +1,101 @@
+"""Putting the audit trail, login history and alerts together for one gateway process.
+
+`build_audit` is what `gateway.assembly` calls: it returns the addon (which owns the
+writer's lifetime), the `LoginHistory` the login code reports to, and the `Alerter` other
+features (lockouts, the notification relay) raise alerts through. One of each per
+process, so throttling and the chain head are shared.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.audit.addon import AuditAddon
+from gateway.audit.capture import EntryPreparer
+from gateway.audit.heads import HeadExporter, heads_path
+from gateway.audit.keys import AuditKeys, key_path, load_or_create_keys
+from gateway.audit.logins import LoginHistory
+from gateway.audit.outbound import OutboundAuditSink
+from gateway.audit.retention import RetentionTask
+from gateway.audit.spool import Spool, spool_dir
+from gateway.audit.store import AuditStore
+from gateway.audit.writer import AuditWriter, settings_from_policy
+from gateway.config import Config
+from gateway.db import Database
+from gateway.notify.alerter import Alerter
+from gateway.notify.email import EmailSender
+from gateway.notify.webhook import WebhookSender
+from gateway.policy.reload import PolicyHolder
+from gateway.risk.geoip import GeoLocator
+
+
+def instance_id_of(config: Config) -> str:
+    """This instance's chain name: `instance_id`, else the host name."""
+    return config.instance_id or socket.gethostname()
+
+
+def build_alerter(config: Config, policy: PolicyHolder) -> Alerter:
+    return Alerter(
+        policy,
+        EmailSender(config.smtp, lambda: policy().alerts.email_to),
+        WebhookSender(config.alerts_webhook),
+        instance_id=instance_id_of(config),
+    )
+
+
+def build_login_history(
+    config: Config,
+    policy: PolicyHolder,
+    database: Database,
+    *,
+    geo: GeoLocator | None = None,
+    alerter: Alerter | None = None,
+) -> LoginHistory:
+    """The login history the login code records attempts to (see `gateway.audit.logins`)."""
+    return LoginHistory(database, geo or GeoLocator(config.geoip), policy, alerter or build_alerter(config, policy))
+
+
+@dataclass
+class AuditServices:
+    keys: AuditKeys
+    geo: GeoLocator
+    alerter: Alerter
+    store: AuditStore
+    writer: AuditWriter
+    addon: AuditAddon
+    login_history: LoginHistory
+    outbound: OutboundAuditSink
+
+    async def close(self) -> None:
+        """After the gateway stopped (the addon has drained the writer)."""
+        await self.alerter.close()
+        self.geo.close()
+
+
+async def build_audit(
+    config: Config,
+    policy: PolicyHolder,
+    database: Database,
+    *,
+    geo: GeoLocator | None = None,
+    alerter: Alerter | None = None,
+    data_dir: Path | None = None,
+) -> AuditServices:
+    data_dir = data_dir or config.data_dir
+    keys = load_or_create_keys(key_path(data_dir))
+    geo = geo or GeoLocator(config.geoip)
+    alerter = alerter or build_alerter(config, policy)
+    instance = instance_id_of(config)
+    store = AuditStore(database, keys)
+    writer = AuditWriter(
+        store, Spool(spool_dir(data_dir), instance), instance, EntryPreparer(policy, geo), settings_from_policy(policy)
+    )
+    exporter = HeadExporter(
+        database, instance, heads_path(data_dir), lambda: policy().audit.head_export_interval, alerter.publish
+    )
+    retention = RetentionTask(database, keys, policy, writer.put)
+    addon = AuditAddon(writer, policy, exporter, [retention])
+    history = LoginHistory(database, geo, policy, alerter)
+    return AuditServices(keys, geo, alerter, store, writer, addon, history, OutboundAuditSink(writer))

@@ -1,0 +1,189 @@
+"""The alerter: decides which events alert, throttles, and sends in the background.
+
+Callers (login history, lockouts, the notification relay) `await` a method that only
+checks the policy and the throttle and queues the alert: sending happens in a background
+task, so a slow or dead mail server never delays a login. Alerts are best effort: a
+delivery failure is retried a few times and logged; the login history and the audit trail
+remain the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from gateway.notify.email import EmailSender
+from gateway.notify.events import Alert, AlertKind
+from gateway.notify.throttle import AlertThrottle
+from gateway.notify.webhook import WebhookSender
+from gateway.policy.schema import Policy
+from gateway.risk.geoip import UNKNOWN, GeoInfo
+
+log = structlog.get_logger("gateway.notify")
+
+QUEUE_SIZE = 1000
+ATTEMPTS = (0.0, 2.0, 10.0)  # delays before each delivery attempt
+CLOSE_TIMEOUT = 10.0
+
+
+def _where(ip: str, geo: GeoInfo) -> str:
+    place = geo.place
+    return f"{ip} ({place})" if place else ip
+
+
+class Alerter:
+    def __init__(
+        self,
+        policy: Callable[[], Policy],
+        email: EmailSender | None = None,
+        webhook: WebhookSender | None = None,
+        instance_id: str = "gateway",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy
+        self.email = email
+        self.webhook = webhook
+        self.instance_id = instance_id
+        self.throttle = AlertThrottle(clock)
+        self._queue: asyncio.Queue[Alert | dict[str, Any]] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.sent = 0
+
+    # -- events ----------------------------------------------------------------------------
+    async def new_ip_login(self, user: str, ip: str, geo: GeoInfo = UNKNOWN, login_type: str | None = None) -> bool:
+        lines = [f"User: {user}", f"Address: {_where(ip, geo)}"]
+        if geo.asn is not None:
+            lines.append(f"Network: AS{geo.asn}" + (f" {geo.asn_org}" if geo.asn_org else ""))
+        if login_type:
+            lines.append(f"Sign-in method: {login_type}")
+        lines += ["", f"{user} signed in from an address not seen for this account before.",
+                  "If this was not them, revoke their sessions and reset their password and second factor."]
+        place = f" in {geo.place}" if geo.place else ""
+        return await self.submit(Alert(
+            "new_ip_login", f"New sign-in address for {user}: {ip}{place}", tuple(lines), user, ip,
+            {"country": geo.country, "city": geo.city, "asn": geo.asn, "login_type": login_type},
+        ))
+
+    async def login(self, user: str, ip: str, geo: GeoInfo = UNKNOWN, login_type: str | None = None) -> bool:
+        lines = [f"User: {user}", f"Address: {_where(ip, geo)}"]
+        if login_type:
+            lines.append(f"Sign-in method: {login_type}")
+        return await self.submit(Alert(
+            "every_login", f"Sign-in by {user} from {ip}", tuple(lines), user, ip,
+            {"country": geo.country, "city": geo.city, "asn": geo.asn, "login_type": login_type},
+        ))
+
+    async def lockout(self, user: str | None, ip: str, scope: str | None = None, geo: GeoInfo = UNKNOWN) -> bool:
+        who = user or "(no user)"
+        lines = [f"User: {who}", f"Address: {_where(ip, geo)}"]
+        if scope:
+            lines.append(f"Locked: {scope}")
+        lines += ["", "Too many failed sign-ins: further attempts are refused for a while."]
+        return await self.submit(Alert(
+            "lockout", f"Sign-in lockout for {who} from {ip}", tuple(lines), user, ip, {"scope": scope},
+        ))
+
+    async def blocked_notification(self, record: Any) -> bool:
+        """`record`: the relay's OutboundRecord. Only the channel, the next hop, the reason
+        and per-detector counts are reported, never the message or its recipient."""
+        channel = str(getattr(record, "channel", "?"))
+        detectors = dict(getattr(record, "detectors", {}) or {})
+        reason = getattr(record, "reason", None)
+        lines = [f"Channel: {channel}", f"Next hop: {getattr(record, 'destination', '?')}"]
+        if reason:
+            lines.append(f"Reason: {reason}")
+        if detectors:
+            lines.append("Found: " + ", ".join(f"{name} x{count}" for name, count in sorted(detectors.items())))
+        lines += ["", "An outbound notification still contained guest data after redaction and was not sent."]
+        return await self.submit(Alert(
+            "blocked_notification", f"Outbound {channel} notification blocked", tuple(lines), None, None,
+            {"channel": channel, "reason": reason, "detectors": detectors},
+        ))
+
+    # -- queueing --------------------------------------------------------------------------
+    async def submit(self, alert: Alert) -> bool:
+        """Queue `alert` if the policy asks for its kind and the throttle lets it; True if queued."""
+        rules = self.policy().alerts
+        kind: AlertKind = alert.kind
+        if kind not in rules.on:
+            return False
+        if not self.throttle.admit(alert.dedupe_key, rules.min_interval, rules.max_per_hour):
+            log.info("alert not sent (duplicate or hourly cap)", kind=kind, user=alert.user, ip=alert.ip)
+            return False
+        return self._enqueue(alert)
+
+    async def publish(self, payload: dict[str, Any]) -> None:
+        """Send a structured event to the webhook only (exported audit chain heads)."""
+        if self.webhook is not None and self.webhook.configured:
+            self._enqueue(payload)
+
+    def _enqueue(self, item: Alert | dict[str, Any]) -> bool:
+        if self._queue is None:
+            self._queue = asyncio.Queue(QUEUE_SIZE)
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="alerts")
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            log.warning("alert queue full; alert dropped", kind=getattr(item, "kind", None))
+            return False
+        return True
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        while True:
+            item = await self._queue.get()
+            try:
+                await self._deliver(item)
+            finally:
+                self._queue.task_done()
+
+    async def _deliver(self, item: Alert | dict[str, Any]) -> None:
+        if isinstance(item, dict):
+            await self._attempt("webhook", lambda: self.webhook.post(item))  # type: ignore[union-attr]
+            return
+        suppressed = self.throttle.take_suppressed()
+        body = item.body(self.instance_id, suppressed)
+        delivered = False
+        if self.email is not None and self.email.configured:
+            delivered |= await self._attempt("e-mail", lambda: self.email.send(item.subject, body))  # type: ignore[union-attr]
+        if self.webhook is not None and self.webhook.configured:
+            payload = item.payload(self.instance_id) | {"suppressed": suppressed}
+            delivered |= await self._attempt("webhook", lambda: self.webhook.post(payload))  # type: ignore[union-attr]
+        if delivered:
+            self.sent += 1
+        else:
+            log.warning("alert (no channel delivered it)", kind=item.kind, summary=item.subject)
+
+    async def _attempt(self, channel: str, send: Callable[[], Any]) -> bool:
+        for attempt, delay in enumerate(ATTEMPTS, 1):
+            await asyncio.sleep(delay)
+            try:
+                result = await send()
+            except Exception as exc:
+                log.warning("alert delivery failed", channel=channel, attempt=attempt, error=f"{type(exc).__name__}: {exc}")
+                continue
+            return result is not False
+        return False
+
+    async def drain(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Wait until queued alerts are delivered (or given up)."""
+        if self._queue is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._queue.join()
+
+    async def close(self) -> None:
+        await self.drain()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+            self._queue = None
+        if self.webhook is not None:
+            await self.webhook.close()
