@@ -33,10 +33,14 @@ def json_pms() -> web.Application:
         user = sessions.get(request.cookies.get("SPASESSION", ""))
         return web.json_response({"user": user}, status=200 if user else 401)
 
+    async def logout(request: web.Request) -> web.Response:
+        sessions.pop(request.cookies.get("SPASESSION", ""), None)
+        return web.json_response({})
+
     app = web.Application()
     app.router.add_post("/api/login", login)
     app.router.add_get("/api/me", me)
-    app.router.add_get("/api/logout", lambda r: web.json_response({}))
+    app.router.add_get("/api/logout", logout)
     return app
 
 

@@ -43,7 +43,7 @@ async def test_one_gib_each_way_with_flat_memory(tmp_path):
                 for _ in range(SIZE // len(block)):
                     yield block
 
-            async with session.post(url + "/upload", data=body()) as response:
+            async with session.post(url + "/upload", data=body(), headers={"Origin": url}) as response:
                 assert response.status == 200, await response.text()
                 result = await response.json()
             assert result["bytes"] == SIZE
