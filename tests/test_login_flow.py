@@ -298,3 +298,95 @@ async def test_recovery_code_login_tells_how_many_remain(env, browser):
     await browser.password("alice")
     status, _, page = await browser.submit(action="recovery", recovery_code=codes[0])
     assert status == 401  # each code works once
+
+
+def _policy_with(**sessions):
+    policy = load_policy("policies/default.yaml")
+    return policy.model_copy(update={"sessions": policy.sessions.model_copy(update=sessions)})
+
+
+async def test_remember_device_skips_second_factor_only_where_allowed(tmp_path):
+    async with login_env(tmp_path, policy=_policy_with(remember_device=30 * 86400)) as env:
+        browser = Browser(env)
+        try:
+            await browser.password("alice")
+            await browser.enroll("alice")
+            await browser.request("GET", "/logout")
+            await browser.password("alice")
+            env.clock.advance(30)
+            status, _, _ = await browser.submit(action="verify", code=env.code("alice"), remember="on")
+            assert status in (302, 303) and browser.cookie("gw_remember")
+            await browser.request("GET", "/logout")
+            status, headers, _ = await browser.password("alice")
+            assert status in (302, 303) and headers["Location"] == "/reservations"  # no 2FA step
+            stranger = Browser(env)  # the remember cookie alone, without the device cookie, is useless
+            stranger.client.cookie_jar.update_cookies({"gw_remember": browser.cookie("gw_remember")})
+            status, headers, _ = await stranger.password("alice")
+            assert headers["Location"] == "/_gateway/2fa"
+            await stranger.close()
+        finally:
+            await browser.close()
+    async with login_env(tmp_path / "strict") as env:  # default policy: remember_device false
+        browser = Browser(env)
+        try:
+            await browser.password("alice")
+            await browser.enroll("alice")
+            await browser.request("GET", "/logout")
+            await browser.password("alice")
+            _, page = await browser.challenge_form()
+            assert 'name="remember"' not in page
+        finally:
+            await browser.close()
+
+
+async def test_refuse_new_device_keeps_the_first(tmp_path):
+    async with login_env(tmp_path, policy=_policy_with(on_new_device="refuse")) as env:
+        first, second = Browser(env), Browser(env)
+        try:
+            await first.password("alice")
+            await first.enroll("alice")
+            status, _, page = await second.login("alice")
+            assert status == 409 and "already signed in on another device" in page
+            status, _, _ = await first.request("GET", "/reservations")
+            assert status == 200
+            await wait_until(lambda: _alive_count(env, 1))  # the refused login's PMS session was ended
+        finally:
+            await first.close()
+            await second.close()
+
+
+async def test_open_websocket_is_closed_when_the_session_ends(env, browser):
+    await enrolled(env, browser)
+    ws = await browser.client.ws_connect(env.url.replace("http", "ws") + "/ws/echo", headers={"Origin": env.url})
+    await ws.send_str("hello")
+    assert (await ws.receive()).data == "hello"
+    await env.sessions.end_user("alice", "deactivated")
+    message = await asyncio.wait_for(ws.receive(), 5)
+    assert message.type.name in ("CLOSE", "CLOSED", "CLOSING")
+    await ws.close()
+
+
+async def test_websocket_without_session_is_refused(env, browser):
+    import aiohttp
+
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await browser.client.ws_connect(env.url.replace("http", "ws") + "/ws/echo")
+    assert info.value.status == 401
+
+
+async def test_vault_all_cookies_except_an_allow_list(tmp_path):
+    policy = load_policy("policies/default.yaml")
+    policy = policy.model_copy(
+        update={"login": policy.login.model_copy(update={"vault_all_cookies_except": ["pms_csrf", "PMSPRELOGIN"]})}
+    )
+    async with login_env(tmp_path, policy=policy) as env:
+        browser = Browser(env)
+        try:
+            await browser.password("alice")
+            await browser.enroll("alice")
+            names = {c.split("=", 1)[0] for c in browser.set_cookies}
+            assert "pms_csrf" in names and "PMSSESSID" not in names
+            status, _, _ = await browser.request("GET", "/reservations")
+            assert status == 200
+        finally:
+            await browser.close()
