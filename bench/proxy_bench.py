@@ -699,6 +699,20 @@ class Bench:
                 return json.loads(output[-1])
         return f"unknown (addon probe failed: {output[-1] if output else code})"
 
+    def wait_quiet(self, limit: float) -> None:
+        """Wait (bounded) until other jobs use less than DISTURBED_PCT of a core for 2 s."""
+        deadline = time.monotonic() + limit
+        while True:
+            before = CpuSnapshot.take(self.pgids)
+            time.sleep(2)
+            other = CpuUse.between(before, CpuSnapshot.take(self.pgids)).other_pct
+            if other < DISTURBED_PCT:
+                return
+            if time.monotonic() >= deadline:
+                self.notes.append(f"the machine was still busy ({other:.0f}% of a core) after waiting {limit:g} s")
+                return
+            self.log(f"other jobs use {other:.0f}% of a core: waiting for a quiet machine")
+
     def check_pages(self) -> list[str]:
         """Every target answers 200 with the full page before anything is measured."""
         problems = []
@@ -799,10 +813,11 @@ class Bench:
         gateway_pid = self.pgids["gateway"]
         try:
             time.sleep(1)
-            # py-spy reads the gateway's memory without stopping it (--nonblocking), from core 0
+            # py-spy runs on core 0; it stops the gateway for each sample (consistent stacks;
+            # --nonblocking reads them while they change and mixes up callers)
             cmd = pin(LOADGEN_CORE) + [
                 py_spy, "record", "--pid", str(gateway_pid), "--duration", str(seconds),
-                "--rate", "250", "--format", "raw", "--function", "--nonblocking", "-o", str(raw),
+                "--rate", "200", "--format", "raw", "--function", "--threads", "-o", str(raw),
             ]
             before_times, before = process_times(gateway_pid), CpuSnapshot.take(pgids)
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
@@ -882,6 +897,7 @@ def summarise_profile(raw: str) -> dict:
     own: Counter = Counter()
     inclusive: Counter = Counter()
     packages: Counter = Counter()
+    other_threads: Counter = Counter()
     total = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
@@ -889,6 +905,11 @@ def summarise_profile(raw: str) -> dict:
             continue
         n = int(count)
         frames = [f for f in stack.split(";") if f]
+        if frames and frames[0].startswith("thread ("):  # --threads: keep the event loop's thread
+            thread = frames.pop(0)
+            if not thread.endswith("MainThread"):
+                other_threads[(frames[-1] if frames else thread).split(" (")[0]] += n
+                continue
         if not frames:
             continue
         total += n
@@ -908,6 +929,7 @@ def summarise_profile(raw: str) -> dict:
     ]
     return {
         "samples": total,
+        "other_threads": other_threads.most_common(5),
         "own": [(f"{func} ({file})", n / total) for (func, file), n in own.most_common(15)] if total else [],
         "packages": [(name, n / total) for name, n in packages.most_common()] if total else [],
         "gateway_inclusive": [(f"{func} ({file})", n / total) for (func, file), n in gateway_inclusive[:8]] if total else [],
@@ -1119,7 +1141,7 @@ class Report:
         alone = f" and served {p['rps']:,.0f} req/s" if p.get("rps") else ""
         lines = [
             f"py-spy {self.machine.get('py-spy')} sampled the gateway for {cpu['seconds']:.0f} s under load on "
-            f"/page2k ({placement}; `py-spy record --rate 250 --function --nonblocking --format raw`, "
+            f"/page2k ({placement}; `py-spy record --rate 200 --function --threads --format raw`, main thread, "
             f"{p['samples']:,} samples of busy stacks). Meanwhile the gateway used "
             f"{cpu['gateway_user_pct']:.0f}% of a core in user space and {cpu['gateway_kernel_pct']:.0f}% in "
             f"the kernel{alone}; other jobs took {cpu['other_pct']:.0f}% of a core.",
@@ -1167,6 +1189,10 @@ class Report:
             "| ---: | --- |",
         ]
         lines += [f"| {share:.1%} | `{name}` |" for name, share in p["own"]]
+        if p.get("other_threads"):
+            busy = sum(n for _, n in p["other_threads"])
+            names = ", ".join(f"`{name}` {n}" for name, n in p["other_threads"])
+            lines += ["", f"Other threads of the gateway had {busy} busy samples (not counted above): {names}."]
         if p["gateway_inclusive"]:
             lines += [
                 "",
@@ -1242,6 +1268,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
                         help="closed-loop load generator: wrk when installed (auto), or the Python one")
     parser.add_argument("--no-nginx", action="store_true", help="skip nginx even when installed")
+    parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                        help="before measuring, wait up to this long for other jobs to leave the machine idle")
     parser.add_argument("--json", type=Path, help="also write every figure as JSON to this file")
     parser.add_argument("--keep-profile", type=Path, help="copy py-spy's raw (collapsed) stacks to this file")
     # helper roles, started by the benchmark itself
@@ -1305,6 +1333,8 @@ def main(argv: list[str] | None = None) -> int:
             policies=[str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in bench.policies],
             addons=bench.addons,
         )
+        if args.wait_quiet > 0:
+            bench.wait_quiet(args.wait_quiet)
         report.problems = bench.check_pages()
         if report.problems:
             for problem in report.problems:
