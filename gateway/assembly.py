@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.access.origin_check import OriginCheck
+from gateway.admin.metrics import Metrics
+from gateway.audit.services import build_audit, build_login_history  # noqa: F401  (re-exported)
 from gateway.auth.account import AccountPage
 from gateway.auth.challenge import ChallengePages, LoginCompleter
 from gateway.auth.events import LoginEvents
@@ -77,7 +79,8 @@ async def build_addons(
     upstream_logout = UpstreamLogout(config, policy)
     sessions = SessionManager(store, keyring, policy, upstream_logout=upstream_logout, clock=clock)
     lockouts = Lockouts(store, policy)
-    events = LoginEvents()
+    audit = await build_audit(config, policy, services.database)
+    events = LoginEvents(audit.login_history, audit.alerter)
     pending = PendingLogins(store, keyring, lambda: policy().second_factor.pending_login_timeout, clock=clock)
     remembered = RememberedDevices(keyring.derive("remember-device"), clock=clock)
     completer = LoginCompleter(policy, sessions, lockouts, events, remembered)
@@ -92,5 +95,6 @@ async def build_addons(
         AccountPage(policy, users, sessions, keyring.derive("gateway-forms")),
         DeactivationWatcher(users, sessions),
         BodyUrlRewriter(policy, config.upstream.url),
+        audit.addon,  # last: sees every decision
     ]
-    return addons, [services.close]
+    return addons, [audit.close, services.close]
