@@ -23,6 +23,9 @@ from gateway.redact.outcome import Finding, Outcome
 from gateway.redact.policy import ActionSpec, ChannelRule, NotificationsPolicy
 
 
+_MAX_PASSES = 4
+
+
 class Redactor:
     """Applies one `NotificationsPolicy` to texts, e-mails and HTTP bodies.
 
@@ -56,6 +59,25 @@ class Redactor:
         return list(dict.fromkeys(names))
 
     def _rewrite_text(self, location: str, text: str,
+                      names: Sequence[str]) -> tuple[str, list[Finding]]:
+        """Rewrite until nothing more changes, so that redacting twice equals once.
+
+        A replacement can form something new with its neighbours (the visible last four
+        digits of a masked card and the digits after it); a further pass catches that.
+        Findings of further passes index the text as the previous pass left it.
+        """
+        current, findings = self._rewrite_once(location, text, names)
+        for _ in range(_MAX_PASSES - 1):
+            if not findings or current == text:
+                break
+            text = current
+            current, more = self._rewrite_once(location, text, names)
+            if current == text:
+                break
+            findings += more
+        return current, findings
+
+    def _rewrite_once(self, location: str, text: str,
                       names: Sequence[str]) -> tuple[str, list[Finding]]:
         pieces: list[str] = []
         findings: list[Finding] = []

@@ -15,7 +15,7 @@ import phonenumbers
 from gateway.redact.detectors.base import Candidate
 
 _EMAIL = re.compile(
-    r"(?<![\w.+%-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,63})"
+    r"[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,63})"
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])"
 )
 
