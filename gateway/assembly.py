@@ -21,6 +21,8 @@ from gateway.auth.keys import KeyRing
 from gateway.auth.login import LoginInterceptor
 from gateway.auth.pending import PendingLogins
 from gateway.auth.remember import RememberedDevices
+from gateway.auth.security_key_pages import SecurityKeyPages
+from gateway.auth.security_keys import SecurityKeys
 from gateway.auth.users import UserDirectory
 from gateway.config import Config
 from gateway.db import Database, open_database
@@ -89,12 +91,17 @@ async def build_addons(
         OriginCheck(policy),
         LoginInterceptor(policy, users, pending, lockouts, events, remembered, completer, clock=clock),
         SessionGuard(policy, sessions),
-        ChallengePages(
+        challenge := ChallengePages(
             policy, users, pending, completer, lockouts, events, keyring.derive("gateway-forms"), clock=clock
         ),
         AccountPage(policy, users, sessions, keyring.derive("gateway-forms")),
+        SecurityKeyPages(
+            policy, SecurityKeys(users, store, policy, keyring.derive("webauthn-user-handle"), clock=clock),
+            challenge, sessions, events, store,
+        ),
         DeactivationWatcher(users, sessions),
         BodyUrlRewriter(policy, config.upstream.url),
+        Metrics(),
         audit.addon,  # last: sees every decision
     ]
     return addons, [audit.close, services.close]

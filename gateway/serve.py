@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import socket
 from pathlib import Path
 
 import structlog
@@ -10,6 +12,8 @@ from aiohttp import web
 
 from collections.abc import Awaitable, Callable
 
+from gateway.admin.listener import start_admin
+from gateway.admin.metrics import Metrics
 from gateway.assembly import Services, build_addons, open_services
 from gateway.config import Config, load_config
 from gateway.logs import configure_logging
@@ -21,17 +25,27 @@ log = structlog.get_logger("gateway.serve")
 
 
 async def run_gateway(
-    config: Config, on_ready: Callable[[Services], Awaitable[None]] | None = None
+    config: Config,
+    on_ready: Callable[[Services], Awaitable[None]] | None = None,
+    *,
+    primary: bool = True,
 ) -> None:
+    """One gateway process. Only the primary runs the outbound and admin listeners."""
     policy = PolicyHolder(config.policy_paths)
-    warn_if_upstream_exposed(config)
+    if primary:
+        warn_if_upstream_exposed(config)
     services = await open_services(config, policy)
     addons, cleanups = await build_addons(config, policy, services)
     running = await start_gateway(config, policy, addons, reuse_port=config.listen.workers > 1)
     running.cleanups.extend(cleanups)
-    running.cleanups.extend(
-        await start_outbound(config, policy, services.keyring.derive("redaction-pseudonyms"))
-    )
+    if primary:
+        running.cleanups.extend(
+            await start_outbound(config, policy, services.keyring.derive("redaction-pseudonyms"))
+        )
+        if config.admin.enabled:
+            metrics = next(a for a in addons if isinstance(a, Metrics))
+            admin = await start_admin(config.admin.host, config.admin.port, services, metrics)
+            running.cleanups.append(admin.cleanup)
     policy.start_watching()
     log.info("gateway listening", url=config.public_urls[0], port=running.port, upstream=config.upstream.url)
     if on_ready is not None:
@@ -46,8 +60,32 @@ async def run_gateway(
 
 def serve(config: Config) -> None:
     configure_logging(config.log.format, config.log.level)
+    workers = config.listen.workers
+    if workers > 1 and config.store_url.startswith("memory"):
+        raise SystemExit(
+            "listen.workers > 1 needs a store all workers share: set store_url to redis://HOST:6379/0"
+        )
+    context = multiprocessing.get_context("spawn")
+    children = [context.Process(target=_worker, args=(config, index), daemon=True) for index in range(1, workers)]
+    for child in children:
+        child.start()
     install_fast_loop()
-    asyncio.run(run_gateway(config))
+    try:
+        asyncio.run(run_gateway(config))
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.join(10)
+
+
+def _worker(config: Config, index: int) -> None:
+    """A further process on the same port (SO_REUSEPORT): inbound proxy only."""
+    configure_logging(config.log.format, config.log.level)
+    install_fast_loop()
+    base = config.instance_id or socket.gethostname()
+    worker_config = config.model_copy(update={"instance_id": f"{base}-w{index}"})
+    asyncio.run(run_gateway(worker_config, primary=False))
 
 
 def demo_config(port: int, pms_port: int, data_dir: Path) -> Config:

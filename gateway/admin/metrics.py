@@ -1,0 +1,33 @@
+"""Prometheus metrics of the data plane: what was decided, how fast, how the PMS answered."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from gateway.proxy.exchange import Addon, Exchange
+
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics(Addon):
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "gateway_requests", "Requests handled, by decision and status class",
+            ["decision", "status"], registry=self.registry,
+        )
+        self.duration = Histogram(
+            "gateway_request_duration_seconds", "Time from request to answer", buckets=_BUCKETS, registry=self.registry
+        )
+        self.upstream = Histogram(
+            "gateway_upstream_duration_seconds", "Time the PMS took to answer", buckets=_BUCKETS, registry=self.registry
+        )
+
+    async def done(self, ex: Exchange) -> None:
+        status_class = f"{ex.status // 100}xx" if ex.status else "none"
+        self.requests.labels(ex.decision, status_class).inc()
+        self.duration.observe(time.perf_counter() - ex.started)
+        if ex.upstream_seconds is not None:
+            self.upstream.observe(ex.upstream_seconds)
