@@ -80,8 +80,8 @@ class _ChainWalk:
         self.wanted = wanted
         self.mac_at: dict[int, str] = {}
 
-    def report(self, kind: Kind, seq: int | None, message: str) -> None:
-        if len(self.findings) < MAX_FINDINGS:
+    def report(self, kind: Kind, seq: int | None, message: str, *, always: bool = False) -> None:
+        if always or len(self.findings) < MAX_FINDINGS:
             self.findings.append(Finding(self.summary.instance_id, kind, seq, message))
         else:
             self.summary.unreported += 1
@@ -215,17 +215,18 @@ async def _verify_chain(
     if head is not None and int(head.seq) >= start:
         if int(head.seq) > end:
             walk.report("tail_missing", end + 1, f"the database's chain head is at seq {head.seq} but the trail "
-                        f"ends at seq {end}: the newest records were removed")
+                        f"ends at seq {end}: the newest records were removed", always=True)
         elif not macs_equal(walk.mac_at.get(int(head.seq), ""), head.mac):
-            walk.report("head_mismatch", int(head.seq), "the database's chain head does not match the record")
+            walk.report("head_mismatch", int(head.seq), "the database's chain head does not match the record",
+                        always=True)
     for exported_head in sorted(exported, key=lambda e: e.seq):
         summary.heads_checked += 1
         if exported_head.seq > end:
             walk.report("tail_missing", end + 1, f"a head exported at {exported_head.exported_at or '?'} is at "
                         f"seq {exported_head.seq} but the trail ends at seq {end}: "
-                        f"{exported_head.seq - end} newest record(s) were removed")
+                        f"{exported_head.seq - end} newest record(s) were removed", always=True)
             break
         if not macs_equal(walk.mac_at.get(exported_head.seq, ""), exported_head.mac):
             walk.report("head_mismatch", exported_head.seq, f"the record differs from the head exported at "
-                        f"{exported_head.exported_at or '?'}")
+                        f"{exported_head.exported_at or '?'}", always=True)
     return summary, walk.findings
