@@ -175,6 +175,7 @@ class ChallengePages(Addon):
             error=error,
             remember_allowed=policy.sessions_for(pending.group).remember_device is not False,
             attempts_left=policy.second_factor.max_attempts - pending.attempts,
+            security_key="security_key" in policy.second_factor.methods,
         )
         if pending.stage == "enroll" and pending.enroll_secret:
             uri = self.users.provisioning_uri(pending.user, pending.enroll_secret)
@@ -254,7 +255,8 @@ class ChallengePages(Addon):
             settled = await self.pending.take(token)
             if settled is None:
                 return self._expired(request)
-            settled.login_type = "password+totp"
+            if settled.login_type != "password+security_key":  # enrolled with a security key
+                settled.login_type = "password+totp"
             return await self.completer.complete(request, settled, ip)
         return self._render(request, token, pending)
 

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 import pyotp
 from sqlalchemy import Row, Select, delete, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 
 from gateway.auth import invites as _invites
 from gateway.auth import recovery as _recovery
@@ -33,7 +34,7 @@ from gateway.db.engine import _SQLITE_BEGIN
 from gateway.policy.schema import Policy
 from gateway.store import EphemeralStore
 
-__all__ = ["Invite", "TotpResult", "UnknownUserError", "UserDirectory", "UserRecord",
+__all__ = ["Invite", "SecurityKey", "TotpResult", "UnknownUserError", "UserDirectory", "UserRecord",
            "reencrypt_totp_secrets", "totp_associated_data"]
 
 MAX_NAME_LENGTH = 255  # users.name
@@ -60,6 +61,20 @@ class UserRecord:
     @property
     def has_second_factor(self) -> bool:
         return self.has_totp or self.has_security_key
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityKey:
+    """A registered WebAuthn credential (public key only: the private key never leaves it)."""
+
+    id: int
+    credential_id: bytes
+    public_key: bytes
+    sign_count: int
+    transports: tuple[str, ...]
+    label: str | None
+    created_at: datetime
+    last_used_at: datetime | None
 
 
 def totp_associated_data(user_id: int, name: str) -> bytes:
@@ -310,6 +325,72 @@ class UserDirectory:
         if claimed.rowcount != 1:
             return TotpResult(False, "replayed", offset)
         return TotpResult(True, "ok", offset)
+
+    # -- security keys (WebAuthn) -----------------------------------------------------
+    async def security_keys(self, name: str) -> list[SecurityKey]:
+        """The user's registered security keys, oldest first ([] for an unknown user)."""
+        name = self.normalise(name)
+        async with self.database.connect() as conn:
+            rows = (await conn.execute(
+                select(webauthn_credentials)
+                .join(users, users.c.id == webauthn_credentials.c.user_id)
+                .where(users.c.name == name)
+                .order_by(webauthn_credentials.c.id)
+            )).all()
+        return [SecurityKey(
+            id=row.id, credential_id=bytes(row.credential_id), public_key=bytes(row.public_key),
+            sign_count=int(row.sign_count), transports=tuple(t for t in (row.transports or "").split(",") if t),
+            label=row.label, created_at=row.created_at, last_used_at=row.last_used_at,
+        ) for row in rows]
+
+    async def add_security_key(
+        self, name: str, *, credential_id: bytes, public_key: bytes, sign_count: int,
+        transports: tuple[str, ...] | list[str] = (), label: str | None = None,
+    ) -> SecurityKey | None:
+        """Save a verified credential for the user. None when the user is deactivated or the
+        credential is already registered (to anyone). Whether the user proved a current
+        second factor (or is enrolling their first) is the caller's check."""
+        user = await self.ensure(name)
+        if not user.active:
+            return None
+        stamp = self._now()
+        try:
+            async with self.database.begin() as conn:
+                await conn.execute(webauthn_credentials.insert().values(
+                    user_id=user.id, credential_id=credential_id, public_key=public_key,
+                    sign_count=sign_count, transports=",".join(transports)[:255],
+                    label=(label or None) and label[:255], created_at=stamp,
+                ))
+        except IntegrityError:
+            return None
+        return next((k for k in await self.security_keys(name) if k.credential_id == credential_id), None)
+
+    async def remove_security_key(self, name: str, key_id: int) -> bool:
+        """Delete one of the user's keys by its row id; False when it is not theirs."""
+        user = await self.get(name)
+        if user is None:
+            return False
+        async with self.database.begin() as conn:
+            removed = await conn.execute(delete(webauthn_credentials).where(
+                webauthn_credentials.c.id == key_id, webauthn_credentials.c.user_id == user.id))
+        return removed.rowcount == 1
+
+    async def update_sign_count(self, name: str, credential_id: bytes, expected: int, new: int) -> bool:
+        """Record a successful use: the signature counter moves from `expected` to `new`.
+        Compare-and-set, so of two workers accepting the same counter value only one
+        wins (False for the other, and for a key that is not the user's)."""
+        user = await self.get(name)
+        if user is None:
+            return False
+        async with self.database.begin() as conn:
+            claimed = await conn.execute(
+                update(webauthn_credentials)
+                .where(webauthn_credentials.c.user_id == user.id,
+                       webauthn_credentials.c.credential_id == credential_id,
+                       webauthn_credentials.c.sign_count == expected)
+                .values(sign_count=new, last_used_at=self._now())
+            )
+        return claimed.rowcount == 1
 
     async def remove_factors(self, name: str) -> int:
         """Reset 2FA: delete the user's authenticator, security keys and recovery codes,
