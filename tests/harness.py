@@ -42,7 +42,7 @@ async def serve_app(app: web.Application, port: int | None = None) -> AsyncItera
 
 def gateway_config(upstream_url: str, port: int, **overrides: str) -> Config:
     environ = {
-        "PMS_GATEWAY_PUBLIC_URLS": f"[http://127.0.0.1:{port}, http://gateway.test:{port}]",
+        "PMS_GATEWAY_PUBLIC_URLS": f"[http://127.0.0.1:{port}, http://gateway.test:{port}, http://localhost:{port}]",
         "PMS_GATEWAY_LISTEN__PORT": str(port),
         "PMS_GATEWAY_UPSTREAM__URL": upstream_url,
         "PMS_GATEWAY_POLICY_PATHS": "[]",
