@@ -271,3 +271,27 @@ def test_body_not_in_the_declared_format_is_still_redacted_as_text(fmt: str) -> 
     )
     assert outcome.data == b"Dear guest, card **** **** **** 1111"
 
+
+
+def test_html_context_and_values_across_nodes() -> None:
+    html = (
+        "<table><tr><th>Passport number</th><td>533401872</td></tr>"
+        "<tr><th>Card</th><td><b>4111</b> 1111 1111 1111</td></tr></table>"
+        "<p>Passport</p><p>Room 123456789</p>"
+    )
+    raw = booking_mail("See HTML\n", to="desk@example.cz", html=html).as_bytes()
+    result = html_of(Redactor(NotificationsPolicy()).redact_email(raw).data)
+    assert "<td>[PASSPORT]</td>" in result
+    assert "<td><b>****</b> **** **** 1111</td>" in result
+    assert "Room 123456789" in result  # a line break ends the context, as a full stop does
+    assert tag_structure(result) == tag_structure(html)
+
+
+def test_html_keeps_untouched_text_and_entities_byte_for_byte() -> None:
+    html = "<p>Caf&eacute; &amp; bar, r&#233;servation, card 4111&nbsp;1111 1111 1111.</p>"
+    msg = booking_mail("x\n", to="desk@example.cz", html=html)
+    raw = msg.as_bytes()
+    result = html_of(Redactor(NotificationsPolicy()).redact_email(raw).data)
+    assert result.strip() == (
+        "<p>Caf&eacute; &amp; bar, r&#233;servation, card ****&nbsp;**** **** 1111.</p>"
+    )

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 
 from gateway.redact.detectors import Candidate, DetectorSet
-from gateway.redact.formats.base import Rewrite, Rewritten
+from gateway.redact.formats.base import Edit, Plan, Rewrite, Rewritten
 from gateway.redact.formats.bodies import BodyDocument, parse_body
 from gateway.redact.formats.mime import MailDocument
 from gateway.redact.names import names_in_text
@@ -79,28 +79,44 @@ class Redactor:
 
     def _rewrite_once(self, location: str, text: str,
                       names: Sequence[str]) -> tuple[str, list[Finding]]:
+        edits = self._plan(location, text, names)
+        if not edits:
+            return text, []
         pieces: list[str] = []
-        findings: list[Finding] = []
         position = 0
+        for edit in edits:
+            pieces.append(text[position : edit.start])
+            pieces.append(edit.replacement)
+            position = edit.end
+        pieces.append(text[position:])
+        return "".join(pieces), [edit.finding for edit in edits]
+
+    def _plan(self, location: str, text: str, names: Sequence[str]) -> list[Edit]:
+        """What one pass would replace, and with what."""
+        edits = []
         for candidate in self._detectors.find(text, names):
             value = text[candidate.start : candidate.end]
             operator = self._operators.spec(candidate.detector).operator
-            findings.append(
-                Finding(candidate.detector, candidate.start, candidate.end, operator, location)
-            )
-            pieces.append(text[position : candidate.start])
-            pieces.append(self._operators.replace(candidate.detector, value))
-            position = candidate.end
-        if not findings:
-            return text, findings
-        pieces.append(text[position:])
-        return "".join(pieces), findings
+            finding = Finding(candidate.detector, candidate.start, candidate.end, operator, location)
+            replacement = self._operators.replace(candidate.detector, value)
+            edits.append(Edit(candidate.start, candidate.end, replacement, finding))
+        return edits
 
-    def _rewriter(self, names: Sequence[str]) -> Rewrite:
+    def rewriter(self, names: Sequence[str]) -> Rewrite:
+        """The text rewrite for one message whose guest names are `names`."""
+
         def rewrite(location: str, text: str) -> tuple[str, list[Finding]]:
             return self._rewrite_text(location, text, names)
 
         return rewrite
+
+    def planner(self, names: Sequence[str]) -> Plan:
+        """Like `rewriter`, but returns the edits (for text spread over HTML nodes)."""
+
+        def plan(location: str, text: str) -> list[Edit]:
+            return self._plan(location, text, names)
+
+        return plan
 
     # -- whole messages --------------------------------------------------------------
 
@@ -109,12 +125,12 @@ class Redactor:
         try:
             document = MailDocument(raw)
             names = self.known_names((t for _, t in document.texts()), document.names())
+            rewrite, plan = self.rewriter(names), self.planner(names)
             result = document.rewrite(
-                self._rewriter(names), self._display_name_action(), self.policy.attachments
+                rewrite, plan, self._display_name_action(), self.policy.attachments
             )
             return self._conclude(
-                result,
-                lambda data: MailDocument(data).rewrite(self._rewriter(names), None, "keep"),
+                result, lambda data: MailDocument(data).rewrite(rewrite, plan, None, "keep")
             )
         except Exception as exc:  # noqa: BLE001 - fail closed: never pass what we cannot read
             return _unreadable(exc)
@@ -126,11 +142,11 @@ class Redactor:
         try:
             document = parse_body(body, content_type, channel)
             names = self.known_names((t for _, t in document.texts()), document.names())
-            result = document.rewrite(self._rewriter(names), self.policy.attachments)
+            result = document.rewrite(self.rewriter(names), self.policy.attachments)
 
             def rescan(data: bytes) -> Rewritten:
                 again: BodyDocument = parse_body(data, content_type, channel)
-                return again.rewrite(self._rewriter(names), "keep")
+                return again.rewrite(self.rewriter(names), "keep")
 
             return self._conclude(result, rescan)
         except Exception as exc:  # noqa: BLE001 - fail closed, as above

@@ -21,7 +21,7 @@ from email.utils import formataddr, getaddresses
 from io import BytesIO
 from typing import Literal
 
-from gateway.redact.formats.base import Rewrite, Rewritten, drops_field
+from gateway.redact.formats.base import Plan, Rewrite, Rewritten, drops_field
 from gateway.redact.formats.html import rewrite_html, visible_text
 from gateway.redact.names import decode_words, display_names
 from gateway.redact.outcome import Finding
@@ -112,7 +112,7 @@ class MailDocument:
             text, _ = _decode(item.part)
             yield item.location, visible_text(text) if item.html else text
 
-    def rewrite(self, rewrite: Rewrite, display_name_action: str | None,
+    def rewrite(self, rewrite: Rewrite, plan: Plan, display_name_action: str | None,
                 attachments: AttachmentRule) -> Rewritten:
         """Redact headers, text parts and attachments; re-serialise only if changed."""
         findings: list[Finding] = []
@@ -120,7 +120,7 @@ class MailDocument:
         changed |= self._rewrite_recipients(display_name_action, findings)
         changed |= self._apply_attachment_rule(self.message, "part:0", attachments, findings)
         for item in self._text_parts():
-            changed |= self._rewrite_part(item, rewrite, findings)
+            changed |= self._rewrite_part(item, rewrite, plan, findings)
         if not changed:
             return Rewritten(self.raw, findings)
         return Rewritten(self._serialise(), findings)
@@ -208,10 +208,11 @@ class MailDocument:
             part.set_payload(kept)
         return changed
 
-    def _rewrite_part(self, item: _TextPart, rewrite: Rewrite, findings: list[Finding]) -> bool:
+    def _rewrite_part(self, item: _TextPart, rewrite: Rewrite, plan: Plan,
+                      findings: list[Finding]) -> bool:
         text, charset = _decode(item.part)
         if item.html:
-            new, found = rewrite_html(text, item.location, rewrite)
+            new, found = rewrite_html(text, item.location, rewrite, plan)
         else:
             new, found = rewrite(item.location, text)
         findings.extend(found)
