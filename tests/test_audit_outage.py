@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -21,8 +20,8 @@ from gateway.audit.keys import key_path, load_keys
 from gateway.audit.verify import verify_trail
 from gateway.db import audit_records, open_database
 from gateway.policy.schema import AuditPolicy, Policy
-from tests.harness import free_port, run_gateway, serve_app
-from tests.test_audit_support import TcpCut, audit_stack, gateway_overrides
+from tests.harness import run_gateway, serve_app
+from tests.test_audit_support import GatewayProcess, TcpCut, audit_stack, gateway_environ, gateway_overrides
 from tests.upstream_app import create_upstream
 
 pytestmark = pytest.mark.slow
@@ -131,41 +130,6 @@ async def test_postgres_cut_mid_load(upstream, postgres_database_url: str, tmp_p
     assert report.ok, report.findings
 
 
-class GatewayProcess:
-    """`pms-gateway run` in a subprocess, configured by environment variables."""
-
-    def __init__(self, environ: dict[str, str], stderr: Path) -> None:
-        self.environ, self.stderr_path = environ, stderr
-        self.port = int(environ["PMS_GATEWAY_LISTEN__PORT"])
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        handle = open(self.stderr_path, "ab")
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.cli", "run", env={**os.environ, **self.environ},
-            stdout=handle, stderr=handle, cwd=Path(__file__).parent.parent,
-        )
-        handle.close()
-        async with aiohttp.ClientSession() as session:
-            for _ in range(200):
-                try:
-                    async with session.get(self.url + "/_gateway/health") as r:
-                        if r.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                if self.process.returncode is not None:
-                    raise AssertionError(self.stderr_path.read_text()[-3000:])
-                await asyncio.sleep(0.05)
-        raise AssertionError("gateway did not start: " + self.stderr_path.read_text()[-3000:])
-
-    async def terminate(self) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.process.wait(), 60)
-
-
 async def test_sigterm_mid_load_with_the_database_away_and_back(
     upstream, postgres_database_url: str, tmp_path: Path
 ) -> None:
@@ -174,19 +138,7 @@ async def test_sigterm_mid_load_with_the_database_away_and_back(
     policy_file.write_text("audit:\n  flush_interval: 0.5\n  batch_size: 200\n"
                            "login:\n  public_paths: ['^/load/', '^/more/']\n")
     async with TcpCut(target.host or "127.0.0.1", target.port or 5432) as cut:
-        port = free_port()
-        environ = {
-            "PMS_GATEWAY_PUBLIC_URLS": f"[http://127.0.0.1:{port}]",
-            "PMS_GATEWAY_LISTEN__PORT": str(port),
-            "PMS_GATEWAY_UPSTREAM__URL": upstream,
-            "PMS_GATEWAY_DATA_DIR": str(tmp_path / "data"),
-            "PMS_GATEWAY_DATABASE_URL": cut.url_for(postgres_database_url),
-            "PMS_GATEWAY_POLICY_PATHS": f"[{policy_file}]",
-            "PMS_GATEWAY_INSTANCE_ID": "gw-proc",
-            "PMS_GATEWAY_TRUSTED_PROXIES": "[127.0.0.1/32]",
-            "PMS_GATEWAY_ADMIN__ENABLED": "false",
-            "PMS_GATEWAY_LOG__FORMAT": "json",
-        }
+        environ = gateway_environ(upstream, tmp_path / "data", policy_file, cut.url_for(postgres_database_url))
         gateway = GatewayProcess(environ, tmp_path / "gateway.log")
         # 1. SIGTERM while the database is cut: answered records wait in the spool.
         await gateway.start()

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
@@ -135,3 +139,59 @@ def gateway_overrides(stack: AuditStack) -> dict[str, str]:
     """run_gateway overrides matching the stack's config (same data dir and instance)."""
     return {"data_dir": str(stack.config.data_dir), "instance_id": "gw-test",
             "trusted_proxies": "[127.0.0.1/32]"}
+
+
+class GatewayProcess:
+    """`pms-gateway run` in a subprocess, configured by environment variables."""
+
+    def __init__(self, environ: dict[str, str], stderr: Path) -> None:
+        self.environ, self.stderr_path = environ, stderr
+        self.port = int(environ["PMS_GATEWAY_LISTEN__PORT"])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        handle = open(self.stderr_path, "ab")
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", "run", env={**os.environ, **self.environ},
+            stdout=handle, stderr=handle, cwd=Path(__file__).parent.parent,
+        )
+        handle.close()
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):
+                try:
+                    async with session.get(self.url + "/_gateway/health") as r:
+                        if r.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                if self.process.returncode is not None:
+                    raise AssertionError(self.stderr_path.read_text()[-3000:])
+                await asyncio.sleep(0.05)
+        raise AssertionError("gateway did not start: " + self.stderr_path.read_text()[-3000:])
+
+    async def terminate(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.process.wait(), 60)
+
+
+def gateway_environ(upstream: str, data_dir: Path, policy_file: Path, database_url: str | None = None,
+                    **extra: str) -> dict[str, str]:
+    """Environment for `pms-gateway run` on a free port (config by PMS_GATEWAY_* only)."""
+    port = free_port()
+    environ = {
+        "PMS_GATEWAY_PUBLIC_URLS": f"[http://127.0.0.1:{port}]",
+        "PMS_GATEWAY_LISTEN__PORT": str(port),
+        "PMS_GATEWAY_UPSTREAM__URL": upstream,
+        "PMS_GATEWAY_DATA_DIR": str(data_dir),
+        "PMS_GATEWAY_POLICY_PATHS": f"[{policy_file}]",
+        "PMS_GATEWAY_INSTANCE_ID": "gw-proc",
+        "PMS_GATEWAY_TRUSTED_PROXIES": "[127.0.0.1/32]",
+        "PMS_GATEWAY_ADMIN__ENABLED": "false",
+        "PMS_GATEWAY_LOG__FORMAT": "json",
+    }
+    if database_url is not None:
+        environ["PMS_GATEWAY_DATABASE_URL"] = database_url
+    environ.update(extra)
+    return environ

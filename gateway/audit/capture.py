@@ -24,7 +24,7 @@ from gateway.risk.geoip import GeoLocator
 MAX_QUERY_CHARS = 2000
 MAX_IDENTIFIER_CHARS = 200
 SECRET_PARAMETER = re.compile(
-    r"pass|pwd|secret|token|otp|code|cookie|session|auth|key|sig|pin|cvv|cvc|card|iban", re.I
+    r"pass|pwd|secret|token|otp|code|cookie|sess|sid|auth|key|sig|pin|cvv|cvc|card|iban", re.I
 )
 """Query parameters whose values are never kept, even with `query_values: keep`."""
 REDACTED = "[redacted]"
