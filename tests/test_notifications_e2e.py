@@ -148,11 +148,6 @@ async def test_smarthost_down_pms_sees_failure_then_retry_delivers(world):
     assert [r.action for r in world["audit"].records] == ["deferred", "forwarded"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: in the HTML part the passport number sits in a <td> and its context "
-    "words in the preceding <th>; text nodes are scanned one by one, so the context is missed",
-)
 async def test_html_part_passport_redacted(world):
     sink = Sink()
     controller = start_sink(world["smarthost_port"], sink)
