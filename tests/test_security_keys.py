@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from webauthn.helpers import base64url_to_bytes, bytes_to_base64url
 
+from gateway.auth.security_keys import clean_label, rp_id_for
 from gateway.policy import load_policy
 from gateway.risk.lockout import Lockouts
 from tests.login_env import Browser, login_env, store_url_for
@@ -257,8 +258,18 @@ async def test_endpoints_refuse_cross_origin_non_json_and_missing_cookies(env, b
     assert status == 415
     status, _, _ = await browser.request("GET", W + "account/keys")
     assert status in (404, 405)  # POST only
+    status, body = await call(browser, "account/keys", {"padding": "x" * 70_000})
+    assert status == 413
     status, body = await call(browser, "login/options")  # signed in, but no pending login
     assert status == 401
+
+
+def test_rp_id_is_the_host_name_without_port_and_labels_are_cleaned():
+    assert rp_id_for("localhost:8443") == "localhost"
+    assert rp_id_for("PMS.Hotel.Example") == "pms.hotel.example"
+    assert rp_id_for("[::1]:8080") == "::1"
+    assert clean_label("  Front\u200b desk\x07 key ") == "Front desk key"
+    assert clean_label("") is None and clean_label(42) is None and len(clean_label("k" * 500)) == 64
 
 
 async def test_confirm_with_an_existing_key_then_remove_rules(env, browser):

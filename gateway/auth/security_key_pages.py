@@ -116,8 +116,11 @@ class SecurityKeyPages(Addon):
             return _error("bad_request", 415)
         if request.content_length is not None and request.content_length > MAX_BODY:
             return _error("too_large", 413)
+        raw = await request.read()  # bounded by the server's client_max_size
+        if len(raw) > MAX_BODY:
+            return _error("too_large", 413)
         try:
-            data = json.loads(await request.content.read(MAX_BODY + 1) or b"{}")
+            data = json.loads(raw or b"{}")
         except (ValueError, UnicodeDecodeError):
             return _error("bad_request", 400)
         if not isinstance(data, dict):
