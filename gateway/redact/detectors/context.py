@@ -58,9 +58,14 @@ class ContextWords:
     def __init__(self, words: Iterable[str], window: int) -> None:
         ordered = sorted({fold(w.strip()) for w in words if w.strip()}, key=len, reverse=True)
         self.window = window
-        self._pattern = (
-            re.compile("(?i)" + "|".join(_word_pattern(w) for w in ordered)) if ordered else None
-        )
+        # Words with letters at both ends share one pair of boundary assertions (much
+        # faster than one pair per alternative); the rest carry their own.
+        plain = [w for w in ordered if w[0].isalnum() and w[-1].isalnum()
+                 and not (len(w) <= 3 and w.isupper())]
+        alternatives = [_word_pattern(w) for w in ordered if w not in plain]
+        if plain:
+            alternatives.insert(0, r"(?<!\w)(?:" + "|".join(map(re.escape, plain)) + r")(?!\w)")
+        self._pattern = re.compile("(?i)" + "|".join(alternatives)) if alternatives else None
 
     def any_in(self, text: str) -> bool:
         """Cheap pre-check: does the text mention any context word at all?"""

@@ -18,12 +18,19 @@ class PassportDetector:
     name = "passport"
 
     def __init__(self, patterns: Mapping[str, IdPattern], window: int) -> None:
+        # Countries usually share the default context words: one ContextWords per set,
+        # and one pattern for all the countries that share it.
+        grouped: dict[tuple[str, ...], list[str]] = {}
+        for rule in patterns.values():
+            grouped.setdefault(tuple(sorted(rule.context)), []).append(rule.pattern)
         self._rules = [
             (
-                re.compile(rf"(?<![A-Za-z0-9])(?:{rule.pattern})(?![A-Za-z0-9])"),
-                ContextWords(rule.context, window),
+                re.compile(
+                    r"(?<![A-Za-z0-9])(?:" + "|".join(f"(?:{p})" for p in pats) + r")(?![A-Za-z0-9])"
+                ),
+                ContextWords(context, window),
             )
-            for rule in patterns.values()
+            for context, pats in grouped.items()
         ]
 
     def find(self, text: str, names: Sequence[str]) -> Iterator[Candidate]:
