@@ -295,3 +295,13 @@ def test_html_keeps_untouched_text_and_entities_byte_for_byte() -> None:
     assert result.strip() == (
         "<p>Caf&eacute; &amp; bar, r&#233;servation, card ****&nbsp;**** **** 1111.</p>"
     )
+
+
+def test_forwarded_message_attachment_follows_the_rule() -> None:
+    inner = booking_mail(f"Card {CARD}\n", to="desk@example.cz")
+    msg = booking_mail("Forwarding the old booking.\n", to="desk@example.cz")
+    msg.add_attachment(inner)
+    dropped = Redactor(NotificationsPolicy(attachments="drop")).redact_email(msg.as_bytes())
+    assert b"4111" not in dropped.data and b"Forwarding" in dropped.data
+    kept = Redactor(NotificationsPolicy()).redact_email(msg.as_bytes())
+    assert b"4111 1111" not in kept.data  # kept, but its text is still redacted

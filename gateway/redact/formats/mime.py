@@ -84,7 +84,7 @@ def _is_attachment(part: Message) -> bool:
     if disposition == "attachment":
         return True
     maintype = part.get_content_maintype()
-    if maintype == "text":
+    if maintype in {"text", "multipart", "message"}:
         return False
     # Images embedded in the HTML (logos) are part of the message, not attachments.
     return not (maintype == "image" and part.get("Content-ID") is not None)
@@ -193,17 +193,14 @@ class MailDocument:
         changed = False
         for index, child in enumerate(children):
             child_location = f"{location}.{index}"
-            if child.is_multipart():
-                changed |= self._apply_attachment_rule(child, child_location, rule, findings)
-                kept.append(child)
-            elif _is_attachment(child) and rule != "keep":
+            if _is_attachment(child) and rule != "keep":
                 findings.append(Finding("attachment", 0, 0, rule, child_location))
                 if rule == "drop":
                     changed = True
                     continue
-                kept.append(child)
-            else:
-                kept.append(child)
+            elif child.is_multipart():
+                changed |= self._apply_attachment_rule(child, child_location, rule, findings)
+            kept.append(child)
         if changed:
             part.set_payload(kept)
         return changed
