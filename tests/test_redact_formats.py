@@ -143,11 +143,14 @@ def test_attachments_keep_drop_block() -> None:
     assert "invoice" not in (blocked.reason or "")
 
 
-def test_inline_logo_is_not_an_attachment() -> None:
-    msg = booking_mail("Hello\n", html='<p>Hello <img src="cid:logo"></p>')
-    msg.get_payload()[1].add_related(b"\x89PNG", maintype="image", subtype="png", cid="<logo>")
+def test_inline_logo_is_not_an_attachment_and_not_text() -> None:
+    msg = booking_mail(f"Hello {CARD}\n", html='<p>Hello <img src="cid:logo"></p>')
+    image = b"\x89PNG 4111111111111111 jana@example.cz"
+    msg.get_payload()[1].add_related(image, maintype="image", subtype="png", cid="<logo>")
     outcome = Redactor(NotificationsPolicy(attachments="block")).redact_email(msg.as_bytes())
     assert not outcome.blocked
+    (logo,) = [p for p in parsed(outcome.data).walk() if p.get_content_type() == "image/png"]
+    assert logo.get_content() == image
 
 
 def test_message_without_findings_is_returned_byte_for_byte() -> None:

@@ -127,10 +127,8 @@ class MailDocument:
 
     def _text_parts(self) -> Iterator[_TextPart]:
         for index, part in enumerate(self.message.walk()):
-            if part.is_multipart() or part.get_content_maintype() == "message":
-                continue
-            if _is_attachment(part):
-                continue
+            if part.get_content_maintype() != "text" or _is_attachment(part):
+                continue  # containers, embedded images, attachments
             subtype = part.get_content_subtype()
             yield _TextPart(f"part:{index}:text/{subtype}", part, subtype == "html")
 
