@@ -308,3 +308,12 @@ def test_forwarded_message_attachment_follows_the_rule() -> None:
     assert b"4111" not in dropped.data and b"Forwarding" in dropped.data
     kept = Redactor(NotificationsPolicy()).redact_email(msg.as_bytes())
     assert b"4111 1111" not in kept.data  # kept, but its text is still redacted
+
+
+def test_truncated_multipart_is_redacted_as_text() -> None:
+    body = f'--b\r\nContent-Disposition: form-data; name="text"\r\n\r\nCard {CARD}'.encode()
+    channel = ChannelRule(name="mp", egress_host="x.example", format="multipart")
+    outcome = Redactor(NotificationsPolicy()).redact_http_body(
+        body, "multipart/form-data; boundary=b", channel
+    )
+    assert b"4111 1111" not in outcome.data and outcome.data.endswith(b"**** 1111")

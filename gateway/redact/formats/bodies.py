@@ -206,16 +206,19 @@ class MultipartBody:
         self.selector = selector
         self.charset = _charset(params)
         self.segments = body.split(self.delimiter)
-        if len(self.segments) < 3:
-            raise UnparsableBody("multipart body without parts")
+        # Anything this parser would skip (a part without headers, content after a
+        # missing closing delimiter) must not go unscanned: then it is text.
+        if len(self.segments) < 3 or not self.segments[-1].startswith(b"--"):
+            raise UnparsableBody("multipart body without parts or closing delimiter")
+        if any(_HEADER_END.search(s) is None for s in self.segments[1:-1]):
+            raise UnparsableBody("multipart part without headers")
 
     def _parts(self) -> Iterator[tuple[int, Message, bytes, bytes, bytes]]:
         """(segment index, headers, head bytes, content, tail) for each part."""
         for index in range(1, len(self.segments) - 1):
             segment = self.segments[index]
             split = _HEADER_END.search(segment)
-            if split is None:
-                continue
+            assert split is not None  # checked in __init__
             head, content = segment[: split.end()], segment[split.end() :]
             tail = b"\r\n" if content.endswith(b"\r\n") else b"\n" if content.endswith(b"\n") else b""
             content = content[: len(content) - len(tail)]
@@ -231,7 +234,7 @@ class MultipartBody:
             name = headers.get_param("name", header="content-disposition")
             if headers.get_param("filename", header="content-disposition") is not None:
                 continue
-            charset = headers.get_content_charset() or self.charset
+            charset = _charset({"charset": headers.get_content_charset() or self.charset})
             yield index, str(name or ""), content.decode(charset, "surrogateescape"), charset, head, tail
 
     def names(self) -> list[str]:
