@@ -29,6 +29,9 @@ from gateway.db import Database, open_database
 from gateway.policy.reload import PolicyHolder
 from gateway.proxy.body_urls import BodyUrlRewriter
 from gateway.proxy.exchange import Addon
+from gateway.risk.captcha import CaptchaGate
+from gateway.risk.captcha_pages import CaptchaPages
+from gateway.risk.geoip import GeoLocator
 from gateway.risk.lockout import Lockouts
 from gateway.sessions.deactivation import DeactivationWatcher
 from gateway.sessions.guard import SessionGuard
@@ -85,16 +88,20 @@ async def build_addons(
     events = LoginEvents(audit.login_history, audit.alerter)
     pending = PendingLogins(store, keyring, lambda: policy().second_factor.pending_login_timeout, clock=clock)
     remembered = RememberedDevices(keyring.derive("remember-device"), clock=clock)
-    completer = LoginCompleter(policy, sessions, lockouts, events, remembered)
+    completer = LoginCompleter(policy, sessions, lockouts, events, remembered, users)
     addons: list[Addon] = [
         upstream_logout,
         OriginCheck(policy),
+        captcha := CaptchaGate(
+            policy, users, lockouts, store, keyring.derive("captcha"), GeoLocator(config.geoip), clock=clock
+        ),
+        CaptchaPages(captcha),
         LoginInterceptor(policy, users, pending, lockouts, events, remembered, completer, clock=clock),
         SessionGuard(policy, sessions),
         challenge := ChallengePages(
             policy, users, pending, completer, lockouts, events, keyring.derive("gateway-forms"), clock=clock
         ),
-        AccountPage(policy, users, sessions, keyring.derive("gateway-forms")),
+        AccountPage(policy, users, sessions, lockouts, keyring.derive("gateway-forms")),
         SecurityKeyPages(
             policy, SecurityKeys(users, store, policy, keyring.derive("webauthn-user-handle"), clock=clock),
             challenge, sessions, events, store,

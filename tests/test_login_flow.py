@@ -390,3 +390,15 @@ async def test_vault_all_cookies_except_an_allow_list(tmp_path):
             assert status == 200
         finally:
             await browser.close()
+
+
+async def test_deactivated_during_second_step_gets_no_session(env, browser):
+    await enrolled(env, browser)
+    await browser.request("GET", "/logout")
+    await browser.password("alice")
+    await env.services.users.set_active("alice", False)
+    env.clock.advance(30)
+    status, _, page = await browser.submit(action="verify", code=env.code("alice"))
+    assert status == 403 and "deactivated" in page
+    assert browser.cookie("gw_session") in (None, "")
+    await wait_until(lambda: _none_alive(env))

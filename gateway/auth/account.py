@@ -17,6 +17,7 @@ from gateway.access.origin_check import same_origin
 from gateway.pages.render import render_page, see_other
 from gateway.policy.schema import Policy
 from gateway.proxy.exchange import CLIENT, Addon
+from gateway.risk.lockout import Lockouts
 from gateway.sessions.cookies import SESSION_COOKIE, cookie_value
 from gateway.sessions.manager import SessionManager
 
@@ -24,10 +25,13 @@ ACCOUNT = "/_gateway/account"
 
 
 class AccountPage(Addon):
-    def __init__(self, policy: Callable[[], Policy], users, sessions: SessionManager, form_key: bytes) -> None:
+    def __init__(
+        self, policy: Callable[[], Policy], users, sessions: SessionManager, lockouts: Lockouts, form_key: bytes
+    ) -> None:
         self.policy = policy
         self.users = users
         self.sessions = sessions
+        self.lockouts = lockouts
         self.form_key = form_key
 
     def routes(self) -> list[web.RouteDef]:
@@ -70,8 +74,13 @@ class AccountPage(Addon):
         token = str(form.get("csrf", ""))
         if not same_origin(request, request[CLIENT].origin) or not hmac.compare_digest(token, self._token(session.id_hash)):
             return await self._render(request, session, status=403, error="forbidden_text")
+        ip = request[CLIENT].ip
+        if await self.lockouts.current(session.user, ip) is not None:
+            return await self._render(request, session, status=429, error="too_many_attempts")
         result = await self.users.verify_totp(session.user, str(form.get("code", "")).strip())
         if not result.ok:
+            # An open session is not a licence to guess codes: wrong ones count toward lockout.
+            await self.lockouts.record_failure(session.user, ip)
             error = "code_replayed" if result.reason == "replayed" else "code_invalid"
             return await self._render(request, session, status=401, error=error)
         codes = await self.users.generate_recovery_codes(session.user)

@@ -53,18 +53,26 @@ class LoginCompleter:
         lockouts: Lockouts,
         events: LoginEvents,
         remembered: RememberedDevices,
+        users,
     ) -> None:
         self.policy = policy
         self.sessions = sessions
         self.lockouts = lockouts
         self.events = events
         self.remembered = remembered
+        self.users = users
 
     async def complete(
         self, request: web.BaseRequest, pending: PendingLogin, ip: str, *, page: str | None = None, **page_context
     ) -> web.StreamResponse:
         policy = self.policy()
         secure = _secure(request)
+        record = await self.users.get(pending.user)
+        if record is not None and not record.active:  # deactivated while at the second step
+            await self.abandon(pending)
+            await self.events.attempt(ip, pending.user, "refused", pending.login_type, "deactivated",
+                                      device_id=pending.device_id, user_agent=pending.user_agent)
+            return _message(request, policy, 403, "notice_deactivated", link=policy.login.path)
         try:
             session_id, _ = await self.sessions.create(
                 user=pending.user,
