@@ -28,7 +28,7 @@ from gateway.risk.geoip import UNKNOWN, GeoInfo, GeoLocator
 
 log = structlog.get_logger("gateway.audit.logins")
 
-Outcome = Literal["success", "failure", "locked_out", "refused", "second_factor_failed"]
+Outcome = Literal["success", "failure", "locked_out", "refused", "second_factor_failed", "enrolled"]
 
 
 @dataclass

@@ -36,12 +36,13 @@ def instance_id_of(config: Config) -> str:
     return config.instance_id or socket.gethostname()
 
 
-def build_alerter(config: Config, policy: PolicyHolder) -> Alerter:
+def build_alerter(config: Config, policy: PolicyHolder, geo: GeoLocator | None = None) -> Alerter:
     return Alerter(
         policy,
         EmailSender(config.smtp, lambda: policy().alerts.email_to),
         WebhookSender(config.alerts_webhook),
         instance_id=instance_id_of(config),
+        geo=geo,
     )
 
 
@@ -54,7 +55,8 @@ def build_login_history(
     alerter: Alerter | None = None,
 ) -> LoginHistory:
     """The login history the login code records attempts to (see `gateway.audit.logins`)."""
-    return LoginHistory(database, geo or GeoLocator(config.geoip), policy, alerter or build_alerter(config, policy))
+    geo = geo or GeoLocator(config.geoip)
+    return LoginHistory(database, geo, policy, alerter or build_alerter(config, policy, geo))
 
 
 @dataclass
@@ -86,7 +88,7 @@ async def build_audit(
     data_dir = data_dir or config.data_dir
     keys = load_or_create_keys(key_path(data_dir))
     geo = geo or GeoLocator(config.geoip)
-    alerter = alerter or build_alerter(config, policy)
+    alerter = alerter or build_alerter(config, policy, geo)
     instance = instance_id_of(config)
     store = AuditStore(database, keys)
     writer = AuditWriter(

@@ -22,7 +22,7 @@ from gateway.notify.events import Alert, AlertKind
 from gateway.notify.throttle import AlertThrottle
 from gateway.notify.webhook import WebhookSender
 from gateway.policy.schema import Policy
-from gateway.risk.geoip import UNKNOWN, GeoInfo
+from gateway.risk.geoip import UNKNOWN, GeoInfo, GeoLocator
 
 log = structlog.get_logger("gateway.notify")
 
@@ -44,8 +44,10 @@ class Alerter:
         webhook: WebhookSender | None = None,
         instance_id: str = "gateway",
         clock: Callable[[], float] = time.monotonic,
+        geo: GeoLocator | None = None,
     ) -> None:
         self.policy = policy
+        self.geo = geo  # places addresses the caller did not
         self.email = email
         self.webhook = webhook
         self.instance_id = instance_id
@@ -55,7 +57,8 @@ class Alerter:
         self.sent = 0
 
     # -- events ----------------------------------------------------------------------------
-    async def new_ip_login(self, user: str, ip: str, geo: GeoInfo = UNKNOWN, login_type: str | None = None) -> bool:
+    async def new_ip_login(self, user: str, ip: str, geo: GeoInfo | None = None, login_type: str | None = None) -> bool:
+        geo = self._locate(ip, geo)
         lines = [f"User: {user}", f"Address: {_where(ip, geo)}"]
         if geo.asn is not None:
             lines.append(f"Network: AS{geo.asn}" + (f" {geo.asn_org}" if geo.asn_org else ""))
@@ -69,7 +72,8 @@ class Alerter:
             {"country": geo.country, "city": geo.city, "asn": geo.asn, "login_type": login_type},
         ))
 
-    async def login(self, user: str, ip: str, geo: GeoInfo = UNKNOWN, login_type: str | None = None) -> bool:
+    async def login(self, user: str, ip: str, geo: GeoInfo | None = None, login_type: str | None = None) -> bool:
+        geo = self._locate(ip, geo)
         lines = [f"User: {user}", f"Address: {_where(ip, geo)}"]
         if login_type:
             lines.append(f"Sign-in method: {login_type}")
@@ -78,7 +82,8 @@ class Alerter:
             {"country": geo.country, "city": geo.city, "asn": geo.asn, "login_type": login_type},
         ))
 
-    async def lockout(self, user: str | None, ip: str, scope: str | None = None, geo: GeoInfo = UNKNOWN) -> bool:
+    async def lockout(self, user: str | None, ip: str, scope: str | None = None, geo: GeoInfo | None = None) -> bool:
+        geo = self._locate(ip, geo)
         who = user or "(no user)"
         lines = [f"User: {who}", f"Address: {_where(ip, geo)}"]
         if scope:
@@ -104,6 +109,11 @@ class Alerter:
             "blocked_notification", f"Outbound {channel} notification blocked", tuple(lines), None, None,
             {"channel": channel, "reason": reason, "detectors": detectors},
         ))
+
+    def _locate(self, ip: str, geo: GeoInfo | None) -> GeoInfo:
+        if geo is not None:
+            return geo
+        return self.geo.lookup(ip) if self.geo is not None else UNKNOWN
 
     # -- queueing --------------------------------------------------------------------------
     async def submit(self, alert: Alert) -> bool:
@@ -177,8 +187,10 @@ class Alerter:
                 async with asyncio.timeout(timeout):
                     await self._queue.join()
 
-    async def close(self) -> None:
-        await self.drain()
+    async def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Give queued alerts `timeout` seconds to go out, then stop."""
+        if self._task is not None and not self._task.done():
+            await self.drain(timeout)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
