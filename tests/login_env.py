@@ -76,6 +76,7 @@ async def login_env(
     store_url: str = "memory://",
     policy: Policy | None = None,
     pms_url: str | None = None,
+    config_overrides: dict[str, str] | None = None,
 ) -> AsyncIterator[LoginEnv]:
     """`tmp_path` holds the key file and database: two envs on one tmp_path are two workers."""
     async with contextlib.AsyncExitStack() as stack:
@@ -84,7 +85,7 @@ async def login_env(
         port = free_port()
         config = gateway_config(
             pms_url, port, data_dir=str(tmp_path / "var"), store_url=store_url,
-            database_url=f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}",
+            database_url=f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}", **(config_overrides or {}),
         )
         holder = PolicyHolder([], policy or load_policy("policies/default.yaml"))
         clock = FakeClock()

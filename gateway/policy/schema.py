@@ -147,8 +147,27 @@ class LockoutPolicy(Section):
 class CaptchaPolicy(Section):
     when: list[
         Literal["always", "anonymous_vpn", "tor", "hosting_provider", "public_proxy", "unknown_network", "after_failures"]
-    ] = Field(["anonymous_vpn", "tor", "hosting_provider", "public_proxy", "after_failures"])
-    after_failures: int = Field(3, ge=1)
+    ] = Field(
+        ["anonymous_vpn", "tor", "hosting_provider", "public_proxy", "after_failures"],
+        description="When a login needs a captcha before the password goes to the PMS; empty = never. "
+        "VPN, Tor, hosting and proxy flags come from the GeoIP Anonymous-IP file.",
+    )
+    after_failures: int = Field(
+        3, ge=1, description="For `after_failures`: failed attempts (per user or per IP, lockout window) before it."
+    )
+    known_networks: list[str] = Field(
+        [],
+        description="For `unknown_network`: network names or CIDRs that are known; empty = every network under `networks:`.",
+    )
+    difficulty: int = Field(
+        100_000, ge=1, le=10_000_000,
+        description="Proof of work: the browser tries up to this many SHA-256 hashes (100000 is about a second).",
+    )
+    challenge_valid_for: Duration = Field(300, description="Time to solve a captcha; each challenge works once.")
+    pass_valid_for: Duration = Field(
+        600, description="A solved captcha lets this browser, from the same IP, try to sign in for this long ..."
+    )
+    pass_uses: int = Field(1, ge=1, description="... and for this many login attempts (1 = a new captcha per attempt).")
 
 
 class AccessRule(Section):
