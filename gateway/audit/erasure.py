@@ -16,6 +16,7 @@ from sqlalchemy import delete, func, select
 
 from gateway.audit.entry import AuditEntry, admin_entry
 from gateway.audit.keys import AuditKeys
+from gateway.audit.sql import write_transaction
 from gateway.audit.subjects import SubjectKeys
 from gateway.db import Database, audit_records, known_ips, login_history, users
 
@@ -41,7 +42,7 @@ async def erase(database: Database, keys: AuditKeys, kind: str, value: str) -> E
     """`kind` is "user" (a normalised user name) or "ip" (a client address)."""
     subjects = SubjectKeys(keys)
     history = addresses = records = 0
-    async with database.begin() as conn:
+    async with write_transaction(database) as conn:
         if database.dialect == "sqlite":
             await conn.exec_driver_sql("PRAGMA secure_delete = ON")
         subject_id = await subjects.erase(conn, kind, value)

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.audit.sql import insert_or_ignore
+from gateway.audit.sql import insert_or_ignore, write_transaction
 from gateway.db import Database, known_ips, users
 from gateway.policy.schema import Policy
 from gateway.risk.geoip import GeoInfo, parse_address
@@ -102,7 +102,7 @@ def require_permission(policy: Policy, operator: str, group_of: Callable[[str], 
 async def forget(database: Database, user: str, ip: str, policy: Policy) -> list[str]:
     """Delete the user's entry for `ip` (or its IPv6 network); returns the prefixes removed."""
     prefix = ip_prefix(ip, policy.known_ips.ipv6_prefix) if "/" not in ip else str(ipaddress.ip_network(ip, strict=False))
-    async with database.begin() as conn:
+    async with write_transaction(database) as conn:
         user_id = (await conn.execute(select(users.c.id).where(users.c.name == user))).scalar()
         if user_id is None:
             return []

@@ -20,7 +20,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit import known_ips
-from gateway.audit.sql import insert_or_ignore
+from gateway.audit.sql import insert_or_ignore, write_transaction
 from gateway.db import Database, login_history, users
 from gateway.notify.alerter import Alerter
 from gateway.policy.schema import Policy
@@ -79,7 +79,7 @@ class LoginHistory:
         prefix = known_ips.ip_prefix(attempt.ip, policy.known_ips.ipv6_prefix)
         success = attempt.outcome == "success"
         known = had_any = False
-        async with self.database.begin() as conn:
+        async with write_transaction(self.database) as conn:
             user_id = await _user_id(conn, attempt.username, create=success, now=now)
             if user_id is not None:
                 known, had_any = await known_ips.status(conn, user_id, prefix, now, policy.known_ips.keep_for)
