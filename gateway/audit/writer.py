@@ -145,7 +145,6 @@ class AuditWriter:
         if self._task is None:
             return
         self._closing = True
-        self._retry_at = 0.0  # one last replay attempt
         self._space.set()
         self._wake.set()
         try:
@@ -156,6 +155,7 @@ class AuditWriter:
 
     # -- the loop --------------------------------------------------------------------------
     async def _run(self) -> None:
+        tried_at_close = False
         while True:
             await self._wait_for_work()
             if self._queue:
@@ -164,8 +164,10 @@ class AuditWriter:
             if self.spool.pending and time.monotonic() >= self._retry_at:
                 progress = await self._replay()
             if self._closing and not self._queue:
-                if self.spool.pending and progress and not self.store_failing:
-                    continue  # finish the replay while the database answers
+                if self.spool.pending and (progress or not tried_at_close):
+                    # One more replay whatever the back-off says; go on while it works.
+                    tried_at_close, self._retry_at = True, 0.0
+                    continue
                 break
 
     async def _wait_for_work(self) -> None:
@@ -275,7 +277,7 @@ class AuditWriter:
     def _database_ok(self, head: ChainHead | None, count: int) -> None:
         if self.store_failing:
             log.info("audit database reachable again")
-        self.store_failing = False
+        self.store_failing = self.stuck = False
         self._retry_delay = RETRY_MIN
         self.written += count
         if head is not None and head.instance_id == self.instance_id:
