@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from gateway.access.origin_check import OriginCheck
 from gateway.admin.metrics import Metrics
-from gateway.audit.services import build_audit, build_login_history  # noqa: F401  (re-exported)
+from gateway.audit.services import AuditServices, build_audit, build_login_history  # noqa: F401  (re-exported)
 from gateway.auth.account import AccountPage
 from gateway.auth.challenge import ChallengePages, LoginCompleter
 from gateway.auth.events import LoginEvents
@@ -31,7 +31,6 @@ from gateway.proxy.body_urls import BodyUrlRewriter
 from gateway.proxy.exchange import Addon
 from gateway.risk.captcha import CaptchaGate
 from gateway.risk.captcha_pages import CaptchaPages
-from gateway.risk.geoip import GeoLocator
 from gateway.risk.lockout import Lockouts
 from gateway.sessions.deactivation import DeactivationWatcher
 from gateway.sessions.guard import SessionGuard
@@ -52,6 +51,7 @@ class Services:
     keyring: KeyRing
     users: UserDirectory
     cleanups: list = field(default_factory=list)
+    audit: AuditServices | None = None  # set by build_addons: the outbound listeners record there too
 
     async def close(self) -> None:
         for cleanup in reversed(self.cleanups):
@@ -84,7 +84,7 @@ async def build_addons(
     upstream_logout = UpstreamLogout(config, policy)
     sessions = SessionManager(store, keyring, policy, upstream_logout=upstream_logout, clock=clock)
     lockouts = Lockouts(store, policy)
-    audit = await build_audit(config, policy, services.database)
+    audit = services.audit = await build_audit(config, policy, services.database)
     events = LoginEvents(audit.login_history, audit.alerter)
     pending = PendingLogins(store, keyring, lambda: policy().second_factor.pending_login_timeout, clock=clock)
     remembered = RememberedDevices(keyring.derive("remember-device"), clock=clock)
@@ -93,7 +93,7 @@ async def build_addons(
         upstream_logout,
         OriginCheck(policy),
         captcha := CaptchaGate(
-            policy, users, lockouts, store, keyring.derive("captcha"), GeoLocator(config.geoip), clock=clock
+            policy, users, lockouts, store, keyring.derive("captcha"), audit.geo, clock=clock
         ),
         CaptchaPages(captcha),
         LoginInterceptor(policy, users, pending, lockouts, events, remembered, completer, clock=clock),

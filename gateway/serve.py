@@ -39,8 +39,15 @@ async def run_gateway(
     running = await start_gateway(config, policy, addons, reuse_port=config.listen.workers > 1)
     running.cleanups.extend(cleanups)
     if primary:
+        audit = services.audit
         running.cleanups.extend(
-            await start_outbound(config, policy, services.keyring.derive("redaction-pseudonyms"))
+            await start_outbound(
+                config,
+                policy,
+                services.keyring.derive("redaction-pseudonyms"),
+                audit=audit.outbound if audit else None,
+                on_blocked=audit.alerter.blocked_notification if audit else None,
+            )
         )
         if config.admin.enabled:
             metrics = next(a for a in addons if isinstance(a, Metrics))

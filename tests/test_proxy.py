@@ -279,3 +279,16 @@ async def test_upstream_host_mode_rewrites_origin_and_referer(upstream, client):
     assert headers["Host"] == upstream[0].removeprefix("http://")
     assert headers["Origin"] == upstream[0]
     assert headers["Referer"] == upstream[0] + "/page?a=1"
+
+
+async def test_client_leaving_mid_download_is_quiet_and_harmless(gateway, client, capsys):
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(f"GET /endless HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n\r\n".encode())
+    await writer.drain()
+    assert (await reader.read(100)).startswith(b"HTTP/1.1 200")
+    writer.transport.abort()  # a cancelled page load
+    await asyncio.sleep(0.3)
+    async with client.get(gateway.url + "/after") as response:
+        assert response.status == 200
+    captured = capsys.readouterr()
+    assert "unhandled error" not in captured.out + captured.err

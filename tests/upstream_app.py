@@ -62,6 +62,16 @@ async def chunked(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def endless(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    await response.prepare(request)
+    for _ in range(10_000):
+        await response.write(b"x" * 65536)
+        await asyncio.sleep(0.001)
+    await response.write_eof()
+    return response
+
+
 async def hop_headers(request: web.Request) -> web.Response:
     return web.Response(
         text="ok",
@@ -95,6 +105,7 @@ def create_upstream(static_dir=None) -> web.Application:
     app.router.add_get("/notmodified", not_modified)
     app.router.add_get("/chunked", chunked)
     app.router.add_get("/hop", hop_headers)
+    app.router.add_get("/endless", endless)
     app.router.add_get("/slow", slow)
     app.router.add_get("/ws", ws_echo)
     if static_dir is not None:

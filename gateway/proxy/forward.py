@@ -78,6 +78,10 @@ class Answer:
     def release(self) -> None:
         self._response.release()
 
+    def close(self) -> None:
+        """Drop the upstream connection (its answer was not read to the end)."""
+        self._response.close()
+
 
 class Forwarder:
     def __init__(self, upstream: UpstreamSettings, limits: LimitsSettings) -> None:
@@ -188,15 +192,20 @@ class Forwarder:
         response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
         if body is not None and not bodiless:
             response.content_length = len(body)
+        try:
             await response.prepare(request)
-            await response.write(body)
-            ex.bytes_out = len(body)
-        else:
-            await response.prepare(request)
-            if not bodiless:
+            if body is not None and not bodiless:
+                await response.write(body)
+                ex.bytes_out = len(body)
+            elif not bodiless:
                 async for chunk in answer.stream():
                     await response.write(chunk)
                     ex.bytes_out += len(chunk)
-        await response.write_eof()
+            await response.write_eof()
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            # The browser went away mid-answer (a cancelled page load): not an error of ours.
+            ex.reason = "client disconnected"
+            answer.close()
+            return response
         answer.release()
         return response

@@ -48,13 +48,13 @@ from gateway.policy.schema import Policy
 from gateway.proxy.exchange import Addon, Exchange
 from gateway.risk.geoip import GeoLocator, parse_address
 from gateway.risk.lockout import Lockouts
-from gateway.sessions.cookies import cookie_value
+from gateway.sessions.cookies import CAPTCHA_COOKIE, cookie_value
 from gateway.store.base import EphemeralStore
 
 log = structlog.get_logger("gateway.captcha")
 
 CAPTCHA_PATH = "/_gateway/captcha"
-PASS_COOKIE = "gw_captcha"
+PASS_COOKIE = CAPTCHA_COOKIE
 MAX_LOGIN_BODY = 64 * 1024  # as the login interceptor: larger bodies are refused there
 ALGORITHM = "SHA-256"  # iterated SHA: what browsers compute with crypto.subtle
 IMAGE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I/L look-alikes
