@@ -9,12 +9,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from sqlalchemy import select
 
 from gateway.audit.query import AuditReader, QueryFilter
 from gateway.audit.verify import verify_trail
 from gateway.db import audit_records
 from gateway.policy.schema import AuditPolicy, Policy
+from gateway.proxy.exchange import Addon, Exchange
 from tests.harness import run_gateway, serve_app
 from tests.test_audit_support import PretendUser, audit_stack, count_records, gateway_overrides
 from tests.upstream_app import create_upstream
@@ -132,3 +134,38 @@ async def test_store_failure_refuse_mode_answers_503_until_the_database_returns(
 async def _rows(stack) -> list:
     async with stack.database.connect() as conn:
         return (await conn.execute(select(audit_records).order_by(audit_records.c.seq))).all()
+
+
+class Forbid(Addon):
+    """A guard answering 403 itself for /forbidden (the gateway's own answer)."""
+
+    async def request(self, ex: Exchange) -> web.StreamResponse | None:
+        if ex.path.path == "/forbidden":
+            ex.deny("denied", "test rule")
+            return web.Response(status=403, text="no")
+        return None
+
+
+async def test_strict_durability_stores_before_answering(upstream, tmp_path: Path) -> None:
+    policy = Policy(audit=AuditPolicy(durability="strict", flush_interval=60, batch_size=1000))
+    async with audit_stack(tmp_path, policy) as stack:
+        async with run_gateway(upstream, policy, addons=[Forbid(), stack.services.addon],
+                               **gateway_overrides(stack)) as gw, aiohttp.ClientSession() as client:
+            for path, status in (("/reservations/5", 200), ("/forbidden", 403), ("/chunked", 200)):
+                async with client.get(gw.url + path) as r:
+                    assert r.status == status
+                    await r.read()
+                # stored before the answer arrived: nothing waits for the 60 s flush
+                assert (await _rows(stack))[-1].path == path
+            statuses = await asyncio.gather(*(_status(client, f"{gw.url}/item/{i}") for i in range(30)))
+            assert set(statuses) == {200}
+            assert await count_records(stack.database) == 33
+        rows = await _rows(stack)
+        assert rows[0].bytes_out > 0 and rows[1].decision == "denied"
+        assert json.loads(rows[2].extra) == {"bytes_out": "streamed"}
+
+
+async def _status(client: aiohttp.ClientSession, url: str) -> int:
+    async with client.get(url) as response:
+        await response.read()
+        return response.status

@@ -3,8 +3,10 @@
 `done` copies the exchange into an entry and queues it (no parsing, no I/O). `request`
 answers 503 while the policy says records must not pile up (`on_queue_full: refuse` and
 the queue is full) or must not be spooled (`on_store_failure: refuse` and the database is
-away), and always when nothing at all can store records. With `durability: strict`, the
-core's `commit` hook makes the record durable before the answer's last bytes are sent.
+away), and always when nothing at all can store records. With `durability: strict` the
+record is stored (database or fsync'd spool, group-committed) before the answer goes out:
+in the response phase for relayed answers, in `done` for the gateway's own answers (which
+aiohttp sends only after the handler, and so the done hooks, returned).
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+import structlog
 from aiohttp import web
 
 from gateway.audit.capture import entry_from_exchange
-from gateway.audit.writer import AuditWriter
+from gateway.audit.writer import AuditUnavailable, AuditWriter
 from gateway.policy.schema import Policy
 from gateway.proxy.errors import error_response
-from gateway.proxy.exchange import Addon, Exchange
+from gateway.proxy.exchange import Addon, Exchange, UpstreamAnswer
+
+log = structlog.get_logger("gateway.audit")
 
 _COMMITTED = "audit.committed"
 
@@ -82,19 +87,49 @@ class AuditAddon(Addon):
         response.headers["Retry-After"] = "5"
         return response
 
-    async def commit(self, ex: Exchange) -> None:
+    async def response(self, ex: Exchange, answer: UpstreamAnswer) -> web.StreamResponse | None:
+        """`durability: strict`: store the record before the upstream's body is relayed.
+
+        This addon runs last, so its response hook sees the answer exactly as it will be
+        sent: status known, size from Content-Length (a streamed body of unknown length is
+        recorded as such). If the record cannot be stored anywhere the answer is withheld.
+        """
         if self.policy().audit.durability != "strict":
-            return
+            return None
+        entry = entry_from_exchange(ex)
+        entry.status = answer.status
+        length = answer.headers.get("Content-Length")
+        if ex.request.method == "HEAD" or answer.status in (204, 304):
+            entry.bytes_out = 0
+        elif length is not None and length.isdigit():
+            entry.bytes_out = int(length)
+        else:
+            entry.extra = {"bytes_out": "streamed"}
         ex.notes[_COMMITTED] = True
-        await self.writer.put_durable(entry_from_exchange(ex))
+        try:
+            await self.writer.put_durable(entry)
+        except AuditUnavailable:
+            # The entry stays queued (never lost); it records what is now answered.
+            ex.deny("refused", "audit trail unavailable")
+            entry.status, entry.decision, entry.reason = 503, ex.decision, ex.reason
+            return error_response(ex.request, 503, ex.request_id, self.policy().property)
+        return None
 
     async def done(self, ex: Exchange) -> None:
         if ex.notes.get(_COMMITTED):
             return
         entry = entry_from_exchange(ex)
+        audit = self.policy().audit
+        if audit.durability == "strict" and ex.decision != "refused":
+            # The gateway's own answers are sent after this hook returns: store first.
+            try:
+                await self.writer.put_durable(entry)
+            except AuditUnavailable:
+                log.error("audit record not yet stored; kept queued", request_id=ex.request_id)
+            return
         if self.writer.offer(entry):
             return
-        if self.policy().audit.on_queue_full == "wait":
+        if audit.on_queue_full == "wait":
             await self.writer.put(entry)
         else:
             self.writer.force(entry)  # this request was answered: keep its record
