@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from functools import lru_cache
+from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
 from gateway.audit.entry import AuditEntry
@@ -72,17 +72,12 @@ def scrub_query(raw: str | None, *, keep_values: bool, secret_names: frozenset[s
     return text[:MAX_QUERY_CHARS] or None
 
 
-@lru_cache(maxsize=32)
-def _compiled(patterns: tuple[tuple[str, str], ...]) -> tuple[tuple[str, re.Pattern[str]], ...]:
-    return tuple((name, re.compile(pattern)) for name, pattern in patterns)
-
-
-def extract_identifiers(path: str | None, patterns: dict[str, str]) -> dict[str, str]:
+def extract_identifiers(path: str | None, patterns: tuple[tuple[str, re.Pattern[str]], ...]) -> dict[str, str]:
     """{name: first capture} for every identifier pattern matching the canonical path."""
     if not path or not patterns:
         return {}
     found: dict[str, str] = {}
-    for name, pattern in _compiled(tuple(patterns.items())):
+    for name, pattern in patterns:
         match = pattern.search(path)
         if match is None:
             continue
@@ -92,23 +87,45 @@ def extract_identifiers(path: str | None, patterns: dict[str, str]) -> dict[str,
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    """What the preparer needs from one policy, compiled once per policy (reload)."""
+
+    keep_values: bool
+    secret_names: frozenset[str]
+    identifiers: tuple[tuple[str, re.Pattern[str]], ...]
+
+    @classmethod
+    def of(cls, policy: Policy) -> _Rules:
+        return cls(
+            keep_values=policy.audit.query_values == "keep",
+            secret_names=frozenset({policy.login.password_field.lower(), policy.login.username_field.lower()}),
+            identifiers=tuple((name, re.compile(p)) for name, p in policy.audit.identifiers.items()),
+        )
+
+
 class EntryPreparer:
     """Scrubs and enriches raw entries with the policy in force when they are written."""
 
     def __init__(self, policy: Callable[[], Policy], geo: GeoLocator | None) -> None:
         self._policy = policy
         self._geo = geo
+        self._rules: tuple[Policy | None, _Rules | None] = (None, None)
+
+    def _current(self) -> _Rules:
+        policy = self._policy()
+        if self._rules[0] is not policy:
+            self._rules = (policy, _Rules.of(policy))
+        return self._rules[1]  # type: ignore[return-value]
 
     def __call__(self, entry: AuditEntry) -> AuditEntry:
         if entry.prepared:
             return entry
-        policy = self._policy()
-        secret_names = frozenset({policy.login.password_field.lower(), policy.login.username_field.lower()})
-        entry.query = scrub_query(
-            entry.query, keep_values=policy.audit.query_values == "keep", secret_names=secret_names
-        )
+        rules = self._current()
+        if entry.query:
+            entry.query = scrub_query(entry.query, keep_values=rules.keep_values, secret_names=rules.secret_names)
         if entry.channel == "http":
-            entry.identifiers = extract_identifiers(entry.path, policy.audit.identifiers)
+            entry.identifiers = extract_identifiers(entry.path, rules.identifiers)
         if self._geo is not None and entry.client_ip and entry.country is None:
             info = self._geo.lookup(entry.client_ip)
             entry.country, entry.city, entry.asn = info.country, info.city, info.asn

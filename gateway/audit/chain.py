@@ -10,7 +10,6 @@ the subject keys and erasure never breaks it.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 from collections.abc import Mapping
@@ -25,40 +24,37 @@ CHAINED_FIELDS: tuple[str, ...] = (
 )
 """Every column of audit_records except the surrogate id and the chain links themselves."""
 
-_FLOATS = frozenset({"duration_ms", "upstream_ms"})
-
-
-def _normalise(name: str, value: Any) -> Any:
-    """One spelling per value whatever the backend returns (datetimes, float vs int)."""
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat(timespec="microseconds")
-    if name in _FLOATS:
-        return f"{float(value):.3f}"
-    return value
+_AT = CHAINED_FIELDS.index("at")
+_FLOATS = tuple(CHAINED_FIELDS.index(name) for name in ("duration_ms", "upstream_ms"))
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def canonical(row: Mapping[str, Any]) -> bytes:
-    values = [_normalise(name, row.get(name)) for name in CHAINED_FIELDS]
-    return json.dumps(values, ensure_ascii=False, separators=(",", ":")).encode()
+    """The JSON array of the chained fields, one spelling per value whatever the backend
+    returns: datetimes as UTC ISO with microseconds, floats with three decimals."""
+    values = [row.get(name) for name in CHAINED_FIELDS]
+    at = values[_AT]
+    if isinstance(at, datetime):
+        values[_AT] = at.astimezone(UTC).isoformat(timespec="microseconds")
+    for index in _FLOATS:
+        if values[index] is not None:
+            values[index] = f"{float(values[index]):.3f}"
+    return _encode(values).encode()
 
 
 def record_mac(key: bytes, prev_mac: str, row: Mapping[str, Any]) -> str:
-    mac = hmac.new(key, prev_mac.encode() + b"\n", hashlib.sha256)
-    mac.update(canonical(row))
-    return mac.hexdigest()
+    return hmac.digest(key, prev_mac.encode() + b"\n" + canonical(row), "sha256").hex()
 
 
 def genesis(key: bytes, instance_id: str) -> str:
     """The `prev_mac` of an instance's first record."""
-    return hmac.new(key, b"genesis\n" + instance_id.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(key, b"genesis\n" + instance_id.encode(), "sha256").hex()
 
 
 def anchor_mac(key: bytes, instance_id: str, seq: int, prev_mac: str) -> str:
     """Seals a purge anchor: where a chain legitimately starts after retention."""
     message = json.dumps(["anchor", instance_id, seq, prev_mac], separators=(",", ":")).encode()
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+    return hmac.digest(key, message, "sha256").hex()
 
 
 def macs_equal(a: str, b: str) -> bool:

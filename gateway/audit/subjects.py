@@ -15,10 +15,10 @@ never the name itself, and the hash is cleared on erasure so the link is gone to
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
-import secrets
+import os
 import time
+from functools import lru_cache
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -48,7 +48,7 @@ class SubjectCipher:
     aead: AESGCM
 
     def encrypt(self, field: str, text: str) -> str:
-        nonce = secrets.token_bytes(12)
+        nonce = os.urandom(12)
         sealed = self.aead.encrypt(nonce, text.encode(), self._aad(field))
         return _PREFIX + base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
 
@@ -64,6 +64,11 @@ class SubjectCipher:
         return f"{self.subject_id}:{field}".encode()
 
 
+@lru_cache(maxsize=4096)
+def _lookup(key: bytes, kind: str, value: str) -> str:
+    return hmac.digest(key, f"{kind}:{value}".encode(), "sha256").hex()
+
+
 class SubjectKeys:
     def __init__(self, keys: AuditKeys) -> None:
         self._keys = keys
@@ -72,7 +77,8 @@ class SubjectKeys:
         self._by_id: dict[str, SubjectCipher | None] = {}
 
     def lookup(self, kind: str, value: str) -> str:
-        return hmac.new(self._keys.index, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
+        """Keyed hash naming the subject in subject_keys (never the name itself)."""
+        return _lookup(self._keys.index, kind, value)
 
     # -- writing ---------------------------------------------------------------------------
     async def ciphers_for(
@@ -96,7 +102,7 @@ class SubjectKeys:
             if absent:
                 rows = []
                 for lookup in absent:
-                    subject_id, key = secrets.token_hex(16), AESGCM.generate_key(256)
+                    subject_id, key = os.urandom(16).hex(), AESGCM.generate_key(256)
                     rows.append({"id": subject_id, "lookup": lookup, "wrapped_key": self._wrap(subject_id, key),
                                  "created_at": utcnow()})
                 await conn.execute(insert_or_ignore(conn.dialect.name, subject_keys, ["lookup"]), rows)
@@ -119,7 +125,7 @@ class SubjectKeys:
         return {row.lookup: SubjectCipher(row.id, AESGCM(self._unwrap(row.id, row.wrapped_key))) for row in result}
 
     def _wrap(self, subject_id: str, key: bytes) -> bytes:
-        nonce = secrets.token_bytes(12)
+        nonce = os.urandom(12)
         return nonce + self._wrapper.encrypt(nonce, key, subject_id.encode())
 
     def _unwrap(self, subject_id: str, wrapped: bytes) -> bytes:
