@@ -1152,6 +1152,12 @@ class Report:
                     f"Added by the gateway: p50 {gw.p50_ms - direct.p50_ms:+.2f} ms, "
                     f"p99 {gw.p99_ms - direct.p99_ms:+.2f} ms.",
                 ]
+                if gw.p99_ms > 10 * max(gw.p50_ms, 0.1):
+                    lines[-1] += (
+                        f" The gateway's p99 is {gw.p99_ms / max(gw.p50_ms, 0.01):.0f}x its p50: the tail is made of "
+                        "rare long waits (the event loop busy with one long piece of work, or a backlog), not "
+                        "of a slower average request."
+                    )
         if any(r.tool == "python" for r in self.throughput):
             lines += [
                 "",
@@ -1211,7 +1217,7 @@ class Report:
             if bare_cpu and gw_cpu > bare_cpu:
                 text += (
                     f": aiohttp's own client+server round trip is {bare_cpu / gw_cpu:.0%} of the gateway's cost, "
-                    f"the gateway's extra work (addons, header hygiene, canonical path, streaming relay) the other "
+                    f"the gateway's extra work (its addons: guards, audit, metrics; header hygiene, canonical path, relay) the other "
                     f"{1 - bare_cpu / gw_cpu:.0%}"
                 )
             if ng_cpu:
