@@ -30,9 +30,15 @@ _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def canonical(row: Mapping[str, Any]) -> bytes:
-    """The JSON array of the chained fields, one spelling per value whatever the backend
-    returns: datetimes as UTC ISO with microseconds, floats with three decimals."""
-    values = [row.get(name) for name in CHAINED_FIELDS]
+    """The encoding a record's MAC covers, from a stored row (or any mapping)."""
+    return canonical_values([row.get(name) for name in CHAINED_FIELDS])
+
+
+def canonical_values(values: list[Any]) -> bytes:
+    """The JSON array of the chained fields in CHAINED_FIELDS order, one spelling per value
+    whatever the backend returns: datetimes as UTC ISO with microseconds, floats with
+    three decimals. `values` is not modified."""
+    values = values.copy()
     at = values[_AT]
     if isinstance(at, datetime):
         values[_AT] = at.astimezone(UTC).isoformat(timespec="microseconds")
@@ -43,7 +49,12 @@ def canonical(row: Mapping[str, Any]) -> bytes:
 
 
 def record_mac(key: bytes, prev_mac: str, row: Mapping[str, Any]) -> str:
-    return hmac.digest(key, prev_mac.encode() + b"\n" + canonical(row), "sha256").hex()
+    return values_mac(key, prev_mac, [row.get(name) for name in CHAINED_FIELDS])
+
+
+def values_mac(key: bytes, prev_mac: str, values: list[Any]) -> str:
+    """MAC of a record given as its chained values in CHAINED_FIELDS order."""
+    return hmac.digest(key, prev_mac.encode() + b"\n" + canonical_values(values), "sha256").hex()
 
 
 def genesis(key: bytes, instance_id: str) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.audit.chain import genesis, record_mac
+from gateway.audit.chain import CHAINED_FIELDS, genesis, values_mac
 from gateway.audit.entry import AuditEntry
 from gateway.audit.keys import AuditKeys
 from gateway.audit.sql import insert_or_ignore
@@ -30,7 +30,7 @@ from gateway.db import Database, audit_chain_heads, audit_records, utcnow
 
 TAG_CHARS = 16
 SEALED_CACHE = 20_000
-_COLUMNS = tuple(c.name for c in audit_records.columns if c.name != "id")
+_COLUMNS = (*CHAINED_FIELDS, "prev_mac", "mac")
 _SQL = {
     # Through the driver: SQLAlchemy's per-row parameter processing costs more than the
     # rest of writing a record. Values are already in the backend's own types.
@@ -38,6 +38,7 @@ _SQL = {
     "postgresql": f"INSERT INTO audit_records ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join(f'${n}' for n in range(1, len(_COLUMNS) + 1))})",
 }
+_AT = CHAINED_FIELDS.index("at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +103,10 @@ class AuditStore:
             rows = []
             for entry in entries:
                 seq += 1
-                row = self._row(entry, instance_id, seq, ciphers)
-                row["prev_mac"] = mac
-                mac = row["mac"] = record_mac(self.keys.chain, mac, row)
-                rows.append(row)
+                values = self._values(entry, instance_id, seq, ciphers)
+                prev, mac = mac, values_mac(self.keys.chain, mac, values)
+                values += (prev, mac)
+                rows.append(values)
             await _insert(conn, rows)
             await conn.execute(
                 update(audit_chain_heads)
@@ -130,7 +131,8 @@ class AuditStore:
         )
         return [e for e in entries if e.request_id not in stored]
 
-    def _row(self, entry: AuditEntry, instance_id: str, seq: int, ciphers: dict[str, SubjectCipher]) -> dict[str, Any]:
+    def _values(self, entry: AuditEntry, instance_id: str, seq: int, ciphers: dict[str, SubjectCipher]) -> list[Any]:
+        """The record's stored values in CHAINED_FIELDS order, personal fields sealed."""
         subject = subject_of(entry)
         cipher = ciphers[self.subjects.lookup(*subject)] if subject is not None else None
 
@@ -150,34 +152,35 @@ class AuditStore:
         identifiers = "{}"
         if entry.identifiers:
             identifiers = seal("identifiers", json.dumps(entry.identifiers, ensure_ascii=False, sort_keys=True)) or "{}"
-        return {
-            "instance_id": instance_id,
-            "seq": seq,
-            "at": datetime.fromtimestamp(entry.at, UTC),
-            "request_id": entry.request_id,
-            "user_name": seal("user_name", entry.user),
-            "session_hash": entry.session_hash,
-            "device_id": entry.device_id,
-            "client_ip": seal("client_ip", entry.client_ip),
-            "country": entry.country,
-            "city": entry.city,
-            "asn": entry.asn,
-            "method": entry.method,
-            "path": entry.path,
-            "query": entry.query,
-            "status": entry.status,
-            "bytes_in": entry.bytes_in,
-            "bytes_out": entry.bytes_out,
-            "duration_ms": round(float(entry.duration_ms), 3),
-            "upstream_ms": None if entry.upstream_ms is None else round(float(entry.upstream_ms), 3),
-            "decision": entry.decision,
-            "reason": entry.reason,
-            "identifiers": identifiers,
-            "channel": entry.channel,
-            "extra": json.dumps(entry.extra, ensure_ascii=False, sort_keys=True) if entry.extra else "{}",
-            "subject": None if cipher is None else cipher.subject_id,
-            "tags": self.tags.tags_for(entry),
-        }
+        upstream = entry.upstream_ms
+        return [  # CHAINED_FIELDS order
+            instance_id,
+            seq,
+            datetime.fromtimestamp(entry.at, UTC),
+            entry.request_id,
+            seal("user_name", entry.user),
+            entry.session_hash,
+            entry.device_id,
+            seal("client_ip", entry.client_ip),
+            entry.country,
+            entry.city,
+            entry.asn,
+            entry.method,
+            entry.path,
+            entry.query,
+            entry.status,
+            entry.bytes_in,
+            entry.bytes_out,
+            round(float(entry.duration_ms), 3),
+            None if upstream is None else round(float(upstream), 3),
+            entry.decision,
+            entry.reason,
+            identifiers,
+            entry.channel,
+            json.dumps(entry.extra, ensure_ascii=False, sort_keys=True) if entry.extra else "{}",
+            None if cipher is None else cipher.subject_id,
+            self.tags.tags_for(entry),
+        ]
 
 
 async def lock_head(conn: AsyncConnection, instance_id: str, chain_key: bytes) -> tuple[int, str]:
@@ -205,13 +208,14 @@ async def read_heads(database: Database) -> list[ChainHead]:
         return [ChainHead(r.instance_id, int(r.seq), r.mac) for r in rows]
 
 
-async def _insert(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+async def _insert(conn: AsyncConnection, rows: list[list[Any]]) -> None:
+    """Insert rows given as values in _COLUMNS order."""
     dialect = conn.dialect.name
     if dialect not in _SQL or conn.dialect.driver not in ("aiosqlite", "asyncpg"):
-        await conn.execute(insert(audit_records), rows)
+        await conn.execute(insert(audit_records), [dict(zip(_COLUMNS, row, strict=True)) for row in rows])
         return
     if dialect == "sqlite":  # UTCDateTime's SQLite storage: naive UTC text, microseconds
         for row in rows:
-            at = row["at"]
-            row["at"] = f"{at:%Y-%m-%d %H:%M:%S}.{at.microsecond:06d}"
-    await conn.exec_driver_sql(_SQL[dialect], [tuple(row[name] for name in _COLUMNS) for row in rows])
+            at = row[_AT]
+            row[_AT] = f"{at:%Y-%m-%d %H:%M:%S}.{at.microsecond:06d}"
+    await conn.exec_driver_sql(_SQL[dialect], [tuple(row) for row in rows])
