@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import aiohttp
+import yarl
 import pytest
 from aiohttp import web
 from sqlalchemy import select
@@ -169,3 +170,19 @@ async def _status(client: aiohttp.ClientSession, url: str) -> int:
     async with client.get(url) as response:
         await response.read()
         return response.status
+
+
+async def test_gateway_pages_and_early_refusals_are_recorded(upstream, tmp_path: Path) -> None:
+    policy = Policy(audit=AuditPolicy(flush_interval=0.05))
+    async with audit_stack(tmp_path, policy) as stack:
+        async with run_gateway(upstream, policy, addons=[stack.services.addon], **gateway_overrides(stack)) as gw, \
+                aiohttp.ClientSession() as client:
+            for path in ("/_gateway/health", "/_gateway/static/gateway.css", "/_gateway/nothing",
+                         "/a%2Fb", "/reservations/8"):
+                async with client.get(yarl.URL(gw.url + path, encoded=True),
+                                      headers={"X-Forwarded-For": "203.0.113.9"}) as r:
+                    await r.read()
+        rows = await _rows(stack)
+        assert [(r.path, r.status, r.decision) for r in rows] == [
+            ("/_gateway/nothing", 404, "refused"), ("/a/b", 400, "refused"), ("/reservations/8", 200, "allowed")]
+        assert all(r.client_ip.startswith("v1.") for r in rows)

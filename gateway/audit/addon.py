@@ -22,10 +22,12 @@ from gateway.audit.writer import AuditUnavailable, AuditWriter
 from gateway.policy.schema import Policy
 from gateway.proxy.errors import error_response
 from gateway.proxy.exchange import Addon, Exchange, UpstreamAnswer
+from gateway.proxy.server import RESERVED_PREFIX
 
 log = structlog.get_logger("gateway.audit")
 
 _COMMITTED = "audit.committed"
+UNAUDITED = (RESERVED_PREFIX + "health", RESERVED_PREFIX + "static/")
 
 
 class Companion(Protocol):
@@ -118,6 +120,8 @@ class AuditAddon(Addon):
     async def done(self, ex: Exchange) -> None:
         if ex.notes.get(_COMMITTED):
             return
+        if ex.decision == "gateway" and ex.path.path.startswith(UNAUDITED):
+            return  # health probes and static assets: noise, not activity
         entry = entry_from_exchange(ex)
         audit = self.policy().audit
         if audit.durability == "strict" and ex.decision != "refused":

@@ -106,7 +106,10 @@ class Addon:
     - `request`: a guard. Return a response to answer without contacting the upstream.
     - `response`: sees the upstream's status and headers (and, on demand, body); may edit
       headers, or return a response to send instead (the login interceptor withholds).
-    - `done`: after the answer went out, whatever happened. Must not block.
+    - `done`: after the answer went out, whatever happened. Must not block. Called for
+      every request: the gateway's own pages (`routes`) and requests refused before an
+      exchange existed get a minimal Exchange (no upstream, `decision` "gateway", or
+      "refused" for an error status), so the audit trail misses nothing.
     - `routes`: the addon's own pages under /_gateway/.
     """
 

@@ -11,16 +11,18 @@ from __future__ import annotations
 import asyncio
 import secrets
 import ssl
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway.config import Config
 from gateway.policy.schema import Policy
-from gateway.proxy.canonical import AmbiguousPath, canonicalize
+from gateway.proxy.canonical import AmbiguousPath, CanonicalPath, canonicalize
 from gateway.proxy.client_ip import ClientResolver
 from gateway.proxy.errors import error_response
 from gateway.proxy.exchange import CLIENT, REQUEST_ID, Addon, Client, Exchange, overrides
@@ -31,6 +33,7 @@ from gateway.proxy.websocket import bridge_websocket, is_websocket_upgrade
 RESERVED_PREFIX = "/_gateway/"
 STATIC_DIR = Path(__file__).parent.parent / "pages" / "static"
 log = structlog.get_logger("gateway.proxy")
+_EXCHANGED = web.RequestKey("exchanged", bool)  # `handle` built an Exchange and runs its done hooks
 
 PolicyGetter = Callable[[], Policy]
 
@@ -83,16 +86,40 @@ class Gateway:
         if not self._host_allowed(request):
             return self._error(request, 421, request_id, "unknown host")
         request[CLIENT] = self._client(request)
+        started, wall_time = time.perf_counter(), time.time()
         try:
             response = await handler(request)
-        except web.HTTPException:
+        except web.HTTPException as exc:
+            await self._done_without_exchange(request, exc.status, started, wall_time)
             raise
         except Exception:
             log.exception("unhandled error", request_id=request_id, path=request.path)
-            return self._error(request, 500, request_id, None)
-        if not response.prepared:
-            response.headers.setdefault("X-Request-Id", request_id)
+            response = self._error(request, 500, request_id, None)
+        else:
+            if not response.prepared:
+                response.headers.setdefault("X-Request-Id", request_id)
+        await self._done_without_exchange(request, response.status, started, wall_time)
         return response
+
+    async def _done_without_exchange(self, request: web.Request, status: int, started: float, wall_time: float) -> None:
+        """Done hooks see every request: the gateway's own pages, and requests refused
+        before an exchange existed, get a minimal one (no upstream; decision "gateway",
+        or "refused" for an error status)."""
+        if not self._done_hooks or request.get(_EXCHANGED):
+            return
+        client = request[CLIENT]
+        raw_path, _, query = request.raw_path.partition("?")
+        ex = Exchange(
+            request=request, request_id=request[REQUEST_ID], client_ip=client.ip, scheme=client.scheme,
+            host=client.host, path=CanonicalPath(request.path, raw_path), query=query,
+            upstream_headers=CIMultiDict(), started=started, wall_time=wall_time,
+        )
+        ex.status, ex.decision = status, "gateway" if status < 400 else "refused"
+        for hook in self._done_hooks:
+            try:
+                await hook(ex)
+            except Exception:
+                log.exception("done hook failed", request_id=ex.request_id)
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -139,6 +166,7 @@ class Gateway:
             query=raw_path[2],
             upstream_headers=upstream_headers,
         )
+        request[_EXCHANGED] = True  # its done hooks run below
         if policy.upstream.host_header == "upstream":
             upstream_headers["Host"] = self.upstream_host
             self.rewriter.rewrite_referrer_headers(upstream_headers, ex.public_origin)
