@@ -41,8 +41,12 @@ async def start_outbound(
     audit: OutboundAudit | None = None,
     on_blocked=None,
 ) -> list[Callable[[], Awaitable[None]]]:
-    """Start what is enabled; returns the coroutines that stop it again."""
+    """Start what is enabled; returns the coroutines that stop it again.
+
+    `audit` is the gateway's audit trail (None: records are only logged); the egress child
+    writes to the same trail, as its own chain `<instance id>-egress`."""
     stops: list[Callable[[], Awaitable[None]]] = []
+    trail = audit is not None
     audit = audit or LogAudit()
     if config.smtp_relay.enabled:
         from gateway.redact.smtp_relay import start_smtp_relay
@@ -55,9 +59,12 @@ async def start_outbound(
 
         stops.append(stop_relay)
     if config.egress.enabled:
-        from gateway.redact.egress import EgressSupervisor
+        from gateway.redact.egress import AuditTarget, EgressSupervisor
 
-        supervisor = EgressSupervisor(config.egress, config.policy_paths, hash_key=hash_key)
+        # With the gateway's audit trail, the child records into it too, as a chain of its
+        # own; otherwise it only logs its records, like the relay's LogAudit.
+        target = AuditTarget.of(config) if trail else None
+        supervisor = EgressSupervisor(config.egress, config.policy_paths, hash_key=hash_key, audit=target)
         await supervisor.start()
         log.info("egress proxy supervised", mode=config.egress.mode, port=config.egress.port)
         stops.append(supervisor.stop)
