@@ -224,3 +224,14 @@ async def test_schema_upgrade_from_the_previous_version(tmp_path: Path, request:
             assert (await verify_trail(upgraded, store.keys)).ok
         finally:
             await upgraded.close()
+
+
+async def test_records_after_close_are_still_written(parts) -> None:
+    database, keys, store, tmp_path = parts
+    writer = make_writer(store, tmp_path)
+    await writer.start()
+    writer.offer(entry(0))
+    await writer.close()
+    await writer.put(entry(1))  # e.g. the SMTP relay finishing a message during shutdown
+    await writer.close()
+    assert await stored(database) == ["/p/0", "/p/1"]

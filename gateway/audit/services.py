@@ -71,7 +71,9 @@ class AuditServices:
     outbound: OutboundAuditSink
 
     async def close(self) -> None:
-        """After the gateway stopped (the addon has drained the writer)."""
+        """After the gateway and the outbound listeners stopped (the addon drained the
+        writer when the proxy stopped; records the relay added since are written now)."""
+        await self.writer.close()
         await self.alerter.close()
         self.geo.close()
 

@@ -11,7 +11,7 @@ reached: if the trail stops short of them, its newest records were cut off.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -170,7 +170,7 @@ async def _rows(conn: AsyncConnection, instance_id: str, start: int) -> AsyncIte
 async def verify_trail(
     database: Database,
     keys: AuditKeys,
-    exported: list[ExportedHead] = (),  # type: ignore[assignment]
+    exported: Sequence[ExportedHead] = (),
     instance: str | None = None,
 ) -> VerifyReport:
     report = VerifyReport()

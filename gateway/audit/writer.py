@@ -121,8 +121,9 @@ class AuditWriter:
         await future
 
     def _push(self, item: _Queued) -> None:
-        if self._task is None or self._task.done():
-            log.error("audit writer not running; record kept in memory only", request_id=item.entry.request_id)
+        if self._closing and (self._task is None or self._task.done()):
+            # A late record (the relay finishing a message during shutdown): write it too.
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-writer-late")
         if item.done is not None:
             self._durable += 1
         if not self._queue:
@@ -141,17 +142,19 @@ class AuditWriter:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-writer")
 
     async def close(self) -> None:
-        """Drain: write everything queued, replay the spool if the database is back."""
-        if self._task is None:
-            return
+        """Drain: write everything queued, replay the spool if the database is back.
+        Records queued after this still get written (call close again to wait for them)."""
         self._closing = True
         self._space.set()
         self._wake.set()
-        try:
-            await self._task
-        finally:
-            self._task = None
-            await asyncio.to_thread(self.spool.release)
+        while self._task is not None:
+            task = self._task
+            try:
+                await task
+            finally:
+                if self._task is task:
+                    self._task = None
+        await asyncio.to_thread(self.spool.release)
 
     # -- the loop --------------------------------------------------------------------------
     async def _run(self) -> None:
