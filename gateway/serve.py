@@ -38,9 +38,10 @@ async def run_gateway(
     addons, cleanups = await build_addons(config, policy, services)
     running = await start_gateway(config, policy, addons, reuse_port=config.listen.workers > 1)
     running.cleanups.extend(cleanups)
+    outbound_stops: list = []
     if primary:
         audit = services.audit
-        running.cleanups.extend(
+        outbound_stops = (
             await start_outbound(
                 config,
                 policy,
@@ -62,6 +63,10 @@ async def run_gateway(
     finally:
         log.info("shutting down")
         await policy.stop()
+        # Outbound listeners first: a message still in the relay must reach the audit
+        # writer before the writer drains and closes with the proxy's addons.
+        for stop in reversed(outbound_stops):
+            await stop()
         await running.stop()
 
 
