@@ -44,6 +44,7 @@ START_MARK = "<!-- audit-bench:start -->"
 END_MARK = "<!-- audit-bench:end -->"
 PAGE = b"<!doctype html><html><body><pre>\n" + b"Room 101 | Guest: Jane Example | 2026-05-01\n" * 46 + b"</pre></body></html>\n"
 SERVER_CORE, LOADGEN_CORE = 1, 0
+PAIRS = 3  # off/on runs, interleaved
 BENCH_POLICY = "login:\n  public_paths: ['^/page', '^/reservations/']\naudit:\n  flush_interval: 1s\n"
 
 
@@ -275,7 +276,7 @@ def proxy_throughput(workdir: Path, duration: int, connections: int, use_wrk: bo
 
     try:
         start("upstream", pin(SERVER_CORE) + [sys.executable, __file__, "--role", "upstream", str(upstream_port)])
-        for audit in ("off", "on", "off", "on"):  # interleaved, so drift hits both
+        for audit in ("off", "on") * PAIRS:  # interleaved, so drift hits both
             port = free_port()
             data_dir = workdir / f"data-{audit}-{len(procs)}"
             env = {**os.environ,
@@ -288,10 +289,19 @@ def proxy_throughput(workdir: Path, duration: int, connections: int, use_wrk: bo
             url = f"http://127.0.0.1:{port}/page2k"
             wait_ready(url, proc, log)
             load(url, 2, connections, use_wrk)  # warm-up
+            before = 0
+            if audit == "on":
+                time.sleep(2.5)  # the warm-up's records are written (flush_interval 1 s)
+                before = asyncio.run(count_records(data_dir))
             rps, total = load(url, duration, connections, use_wrk)
             proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
-            stored = asyncio.run(count_records(data_dir)) if audit == "on" else None
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:  # a stuck shutdown: note it, do not hang the run
+                print(f"  gateway ({audit}) did not stop within 60 s; killed", flush=True)
+                proc.kill()
+                proc.wait(timeout=10)
+            stored = asyncio.run(count_records(data_dir)) - before if audit == "on" else None
             results.setdefault(audit, []).append({"rps": rps, "requests": total, "stored": stored})
     finally:
         for proc in procs:
@@ -303,6 +313,7 @@ def proxy_throughput(workdir: Path, duration: int, connections: int, use_wrk: bo
 
 
 async def count_records(data_dir: Path) -> int:
+    """Records stored; raises if any request was recorded twice."""
     from sqlalchemy import func, select
 
     from gateway.db import audit_records, open_database
@@ -310,15 +321,22 @@ async def count_records(data_dir: Path) -> int:
     database = await open_database(f"sqlite:///{data_dir / 'gateway.db'}")
     try:
         async with database.connect() as conn:
-            return int((await conn.execute(select(func.count()).select_from(audit_records))).scalar_one())
+            total, distinct = (await conn.execute(
+                select(func.count(), func.count(audit_records.c.request_id.distinct()))
+            )).one()
     finally:
         await database.close()
+    if total != distinct:
+        raise AssertionError(f"{total - distinct} requests recorded twice")
+    return int(total)
 
 
 # -- report --------------------------------------------------------------------------------
 def report(args: argparse.Namespace, writers: dict[str, dict[str, float]], proxy: dict, use_wrk: bool) -> str:
     best = {audit: max(run["rps"] for run in runs) for audit, runs in proxy.items()}
     on_runs = proxy["on"]
+    pair_ratios = sorted(on["rps"] / off["rps"] for off, on in zip(proxy["off"], proxy["on"], strict=True))
+    median_ratio = pair_ratios[len(pair_ratios) // 2]
     lines = [
         "## Audit trail",
         "",
@@ -337,17 +355,21 @@ def report(args: argparse.Namespace, writers: dict[str, dict[str, float]], proxy
     lines += [
         "",
         f"Proxy throughput, 2 KB page, {args.connections} connections, {generator} on core {LOADGEN_CORE}, gateway "
-        f"(every addon of `pms-gateway run`, SQLite audit store) on core {SERVER_CORE}, best of two "
-        f"{args.duration} s runs each, interleaved:",
+        f"(every addon of `pms-gateway run`, SQLite audit store) on core {SERVER_CORE}, {PAIRS} interleaved "
+        f"off/on pairs of {args.duration} s runs:",
         "",
-        "| audit | req/s | ratio |",
-        "| --- | ---: | ---: |",
-        f"| off | {best['off']:,.0f} | 1.00 |",
-        f"| on | {best['on']:,.0f} | {best['on'] / best['off']:.2f} |",
+        "| audit | best req/s | ratio of bests | runs (req/s) |",
+        "| --- | ---: | ---: | --- |",
+        f"| off | {best['off']:,.0f} | 1.00 | {', '.join(f'{r['rps']:,.0f}' for r in proxy['off'])} |",
+        f"| on | {best['on']:,.0f} | {best['on'] / best['off']:.2f} | {', '.join(f'{r['rps']:,.0f}' for r in on_runs)} |",
         "",
-        "Every answered request was stored: " + ", ".join(
-            f"{run['stored']:,} records for {run['requests']:,} requests" for run in on_runs) +
-        " (the count includes the warm-up; wrk's total excludes requests cut off at the end of a run).",
+        f"Median on/off ratio of the pairs: {median_ratio:.2f} (pairs: {', '.join(f'{r:.2f}' for r in pair_ratios)}).",
+        "",
+        "Records stored during the measured runs with audit on: " + ", ".join(
+            f"{run['stored']:,} for {run['requests']:,} answers counted by the load generator" for run in on_runs) +
+        " (it does not count answers still in flight when it stops). Every answer recorded: "
+        + ("yes" if all(run["stored"] >= run["requests"] for run in on_runs) else "NO")
+        + "; none recorded twice (checked by request id).",
     ]
     return "\n".join(lines) + "\n"
 
