@@ -287,12 +287,14 @@ class Policy(Section):
         return result
 
     @cached_property
-    def public_path_patterns(self) -> list[re.Pattern[str]]:
-        return [re.compile(p) for p in self.login.public_paths]
+    def _public_paths(self) -> re.Pattern[str]:
+        # One alternation: a single C-level search per request instead of one per pattern.
+        patterns = ["^" + re.escape(self.login.path) + "$", *self.login.public_paths]
+        return re.compile("|".join(f"(?:{p})" for p in patterns))
 
     def is_public_path(self, path: str) -> bool:
         """Reachable without a session: the login form's own path and the listed paths."""
-        return path == self.login.path or any(p.search(path) for p in self.public_path_patterns)
+        return self._public_paths.search(path) is not None
 
     @cached_property
     def _group_sessions(self) -> dict[str | None, SessionPolicy]:

@@ -18,6 +18,9 @@ _SAFE = "/:@!$&'()*+,=-._~"
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _AMBIGUOUS_ESCAPES = re.compile(r"%(2[Ff]|5[Cc]|00|3[Bb])")
 _DOUBLE_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Already canonical: only characters forwarded literally, no dot segment, no empty segment.
+_PLAIN = re.compile(r"^(?:/[A-Za-z0-9\-_~!$&'()*+,=:@]+(?:\.[A-Za-z0-9\-_~!$&'()*+,=:@]+)*)*/?$")
 
 
 class AmbiguousPath(ValueError):
@@ -32,6 +35,9 @@ class CanonicalPath:
 
 def canonicalize(raw_path: str, *, case_insensitive: bool = False) -> CanonicalPath:
     """Decode once, refuse ambiguity, resolve dot segments and repeated slashes."""
+    if _PLAIN.match(raw_path):  # the common case, decided in one C-level match
+        path = raw_path.lower() if case_insensitive else raw_path
+        return CanonicalPath(path=path, encoded=path)
     if not raw_path.startswith("/"):
         raise AmbiguousPath("the path must start with /")
     if _BAD_ESCAPE.search(raw_path):
@@ -44,7 +50,7 @@ def canonicalize(raw_path: str, *, case_insensitive: bool = False) -> CanonicalP
         decoded = unquote_to_bytes(raw_path).decode("utf-8")
     except UnicodeDecodeError:
         raise AmbiguousPath("the path is not valid UTF-8") from None
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in decoded):
+    if _CONTROL.search(decoded):
         raise AmbiguousPath("control character in the path")
     if _DOUBLE_ENCODED.search(decoded):
         raise AmbiguousPath("double percent-encoding in the path")

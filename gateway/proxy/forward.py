@@ -53,6 +53,10 @@ class Answer:
 
     async def read_body(self, limit: int) -> bytes:
         if self._body is None:
+            length = self._response.content_length
+            if length is not None and length <= limit:
+                self._body = await self._response.read()  # one call instead of a chunk loop
+                return self._body
             chunks, size = [], 0
             async for chunk in self._response.content.iter_any():
                 size += len(chunk)
@@ -83,6 +87,17 @@ class Answer:
         self._response.close()
 
 
+class VerbatimRequest(aiohttp.ClientRequest):
+    """A client request that adds no headers of its own (no Accept, Accept-Encoding,
+    User-Agent): what reaches the PMS is what the browser sent. Also skips the per-request
+    sorting and copying aiohttp does for `skip_auto_headers`."""
+
+    DEFAULT_HEADERS: dict[str, str] = {}
+
+    def update_auto_headers(self, skip_auto_headers) -> None:  # type: ignore[override]
+        return None
+
+
 class Forwarder:
     def __init__(self, upstream: UpstreamSettings, limits: LimitsSettings) -> None:
         self.base = upstream.url
@@ -107,7 +122,7 @@ class Forwarder:
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            request_class=VerbatimRequest,
             timeout=aiohttp.ClientTimeout(
                 total=None,
                 connect=self._upstream.connect_timeout,
@@ -189,15 +204,15 @@ class Forwarder:
             length = headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) <= self.limits.buffer_below:
                 body = await answer.read_body(int(length))
-        response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
         if body is not None and not bodiless:
-            response.content_length = len(body)
+            # Headers and body in one write: measurably faster than a prepared stream.
+            ex.bytes_out = len(body)
+            answer.release()
+            return web.Response(body=body, status=answer.status, reason=answer.reason, headers=headers)
+        response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
         try:
             await response.prepare(request)
-            if body is not None and not bodiless:
-                await response.write(body)
-                ex.bytes_out = len(body)
-            elif not bodiless:
+            if not bodiless:
                 async for chunk in answer.stream():
                     await response.write(chunk)
                     ex.bytes_out += len(chunk)

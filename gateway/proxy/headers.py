@@ -31,11 +31,16 @@ CLIENT_FORWARDING = frozenset(
 )
 
 
-def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
-    tokens: set[str] = set()
-    for value in headers.getall("Connection", ()):
-        tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
-    return tokens
+_UPSTREAM_DROP = HOP_BY_HOP | CLIENT_FORWARDING
+
+
+def _drop_set(headers: CIMultiDictProxy[str] | CIMultiDict[str], base: frozenset[str]) -> frozenset[str]:
+    """`base`, plus the headers a `Connection` header names as hop-by-hop (rarely any)."""
+    values = headers.getall("Connection", ())
+    if not values:
+        return base
+    tokens = {t.strip().lower() for value in values for t in value.split(",") if t.strip()}
+    return base | tokens
 
 
 def upstream_request_headers(
@@ -47,7 +52,7 @@ def upstream_request_headers(
     request_id: str,
 ) -> CIMultiDict[str]:
     """Headers to send up: the browser's, minus hop-by-hop and forged forwarding headers."""
-    drop = HOP_BY_HOP | CLIENT_FORWARDING | _connection_tokens(incoming)
+    drop = _drop_set(incoming, _UPSTREAM_DROP)
     headers = CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in drop)
     headers["X-Forwarded-For"] = client_ip
     headers["X-Forwarded-Proto"] = scheme
@@ -60,7 +65,7 @@ def upstream_request_headers(
 
 def downstream_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """The upstream's response headers minus hop-by-hop ones (duplicates kept: Set-Cookie)."""
-    drop = HOP_BY_HOP | _connection_tokens(upstream)
+    drop = _drop_set(upstream, HOP_BY_HOP)
     return CIMultiDict((k, v) for k, v in upstream.items() if k.lower() not in drop)
 
 
