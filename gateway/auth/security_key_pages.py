@@ -18,8 +18,9 @@ only on the pending login or device session named by the browser's cookie.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
@@ -27,6 +28,7 @@ from aiohttp import web
 from gateway.access.origin_check import same_origin
 from gateway.auth.challenge import PREFIX, ChallengePages
 from gateway.auth.events import LoginEvents
+from gateway.auth.pending import PendingLogin
 from gateway.auth.security_keys import CeremonyError, SecurityKeys, clean_label, rp_id_for
 from gateway.auth.users import SecurityKey
 from gateway.policy.schema import Policy
@@ -70,6 +72,44 @@ _LOGIN_ERRORS = {
     "no_challenge": ("security_key_expired", False),
     "no_security_key": ("security_key_none", False),
 }
+
+
+def _at_stage(stage: str):
+    """For a 2FA page endpoint: runs the handler only for a good body and a pending login at
+    `stage`, as `handler(self, request, body, token, pending)`; otherwise answers the refusal."""
+
+    def wrap(handler: Callable[..., Awaitable[web.StreamResponse]]):
+        @functools.wraps(handler)
+        async def checked(self: SecurityKeyPages, request: web.Request) -> web.StreamResponse:
+            body = await self._body(request)
+            if isinstance(body, web.Response):
+                return body
+            found = await self._pending(request, stage)
+            if isinstance(found, web.Response):
+                return found
+            token, pending = found
+            return await handler(self, request, body, token, pending)
+
+        return checked
+
+    return wrap
+
+
+def _signed_in(handler: Callable[..., Awaitable[web.StreamResponse]]):
+    """For an account page endpoint: runs the handler only for a good body and a live device
+    session, as `handler(self, request, body, session)`; otherwise answers the refusal."""
+
+    @functools.wraps(handler)
+    async def checked(self: SecurityKeyPages, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        session = await self._session(request)
+        if session is None:
+            return _error("no_session", 401, login=self.policy().login.path)
+        return await handler(self, request, body, session)
+
+    return checked
 
 
 class SecurityKeyPages(Addon):
@@ -151,24 +191,12 @@ class SecurityKeyPages(Addon):
 
     # -- the 2FA page: verify stage --------------------------------------------------
 
-    async def login_status(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request)
-        if isinstance(body, web.Response):
-            return body
-        found = await self._pending(request, "verify")
-        if isinstance(found, web.Response):
-            return found
-        _, pending = found
+    @_at_stage("verify")
+    async def login_status(self, request: web.Request, body: dict, token: str, pending: PendingLogin) -> web.StreamResponse:
         return _json({"available": bool(await self.users.security_keys(pending.user))})
 
-    async def login_options(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request)
-        if isinstance(body, web.Response):
-            return body
-        found = await self._pending(request, "verify")
-        if isinstance(found, web.Response):
-            return found
-        token, pending = found
+    @_at_stage("verify")
+    async def login_options(self, request: web.Request, body: dict, token: str, pending: PendingLogin) -> web.StreamResponse:
         rp_id, origin = self._place(request)
         try:
             options = await self.keys.authentication_options(
@@ -177,14 +205,8 @@ class SecurityKeyPages(Addon):
             return _error(_LOGIN_ERRORS.get(exc.reason, ("security_key_invalid", False))[0], 400)
         return _json({"publicKey": options})
 
-    async def login(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request)
-        if isinstance(body, web.Response):
-            return body
-        found = await self._pending(request, "verify")
-        if isinstance(found, web.Response):
-            return found
-        token, pending = found
+    @_at_stage("verify")
+    async def login(self, request: web.Request, body: dict, token: str, pending: PendingLogin) -> web.StreamResponse:
         ip = request[CLIENT].ip
         pending.remember = body.get("remember") is True
         try:
@@ -206,28 +228,16 @@ class SecurityKeyPages(Addon):
 
     # -- the 2FA page: enroll stage (a key as the first factor) ----------------------
 
-    async def enroll_options(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request)
-        if isinstance(body, web.Response):
-            return body
-        found = await self._pending(request, "enroll")
-        if isinstance(found, web.Response):
-            return found
-        token, pending = found
+    @_at_stage("enroll")
+    async def enroll_options(self, request: web.Request, body: dict, token: str, pending: PendingLogin) -> web.StreamResponse:
         rp_id, origin = self._place(request)
         options = await self.keys.registration_options(
             pending.user, purpose="enroll", binding=token_hash(token), rp_id=rp_id, origin=origin,
             label=clean_label(body.get("label")))
         return _json({"publicKey": options})
 
-    async def enroll(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request)
-        if isinstance(body, web.Response):
-            return body
-        found = await self._pending(request, "enroll")
-        if isinstance(found, web.Response):
-            return found
-        token, pending = found
+    @_at_stage("enroll")
+    async def enroll(self, request: web.Request, body: dict, token: str, pending: PendingLogin) -> web.StreamResponse:
         try:
             await self.keys.register(pending.user, body.get("credential"), purpose="enroll",
                                      binding=token_hash(token), origin=request[CLIENT].origin)
@@ -242,15 +252,6 @@ class SecurityKeyPages(Addon):
         return _json({"status": "ok", "location": PREFIX + "2fa"})
 
     # -- the account page ------------------------------------------------------------
-
-    async def _account(self, request: web.Request):
-        body = await self._body(request)
-        if isinstance(body, web.Response):
-            return body
-        session = await self._session(request)
-        if session is None:
-            return _error("no_session", 401, login=self.policy().login.path)
-        return body, session
 
     async def _listing(self, user: str) -> dict:
         keys = await self.users.security_keys(user)
@@ -284,19 +285,13 @@ class SecurityKeyPages(Addon):
         log.warning("account change refused", user=session.user, ip=request[CLIENT].ip, reason=error)
         return _error(error, 401)
 
-    async def account_keys(self, request: web.Request) -> web.StreamResponse:
-        found = await self._account(request)
-        if isinstance(found, web.Response):
-            return found
-        _, session = found
+    @_signed_in
+    async def account_keys(self, request: web.Request, body: dict, session) -> web.StreamResponse:
         return _json(await self._listing(session.user))
 
-    async def confirm_options(self, request: web.Request) -> web.StreamResponse:
+    @_signed_in
+    async def confirm_options(self, request: web.Request, body: dict, session) -> web.StreamResponse:
         """Options for proving the user holds one of their keys before a change."""
-        found = await self._account(request)
-        if isinstance(found, web.Response):
-            return found
-        _, session = found
         rp_id, origin = self._place(request)
         try:
             options = await self.keys.authentication_options(
@@ -305,11 +300,8 @@ class SecurityKeyPages(Addon):
             return _error("security_key_none", 400)
         return _json({"publicKey": options})
 
-    async def register_options(self, request: web.Request) -> web.StreamResponse:
-        found = await self._account(request)
-        if isinstance(found, web.Response):
-            return found
-        body, session = found
+    @_signed_in
+    async def register_options(self, request: web.Request, body: dict, session) -> web.StreamResponse:
         refused = await self._proof(request, body, session)
         if refused is not None:
             return refused
@@ -319,11 +311,8 @@ class SecurityKeyPages(Addon):
             label=clean_label(body.get("label")))
         return _json({"publicKey": options})
 
-    async def register(self, request: web.Request) -> web.StreamResponse:
-        found = await self._account(request)
-        if isinstance(found, web.Response):
-            return found
-        body, session = found
+    @_signed_in
+    async def register(self, request: web.Request, body: dict, session) -> web.StreamResponse:
         try:
             key = await self.keys.register(session.user, body.get("credential"), purpose="register",
                                            binding=session.id_hash, origin=request[CLIENT].origin)
@@ -332,11 +321,8 @@ class SecurityKeyPages(Addon):
         log.info("security key added", user=session.user, ip=request[CLIENT].ip, key=key.id, label=key.label)
         return _json({"status": "ok", "key": _key_json(key), **await self._listing(session.user)})
 
-    async def remove(self, request: web.Request) -> web.StreamResponse:
-        found = await self._account(request)
-        if isinstance(found, web.Response):
-            return found
-        body, session = found
+    @_signed_in
+    async def remove(self, request: web.Request, body: dict, session) -> web.StreamResponse:
         key_id = body.get("id")
         if not isinstance(key_id, int) or isinstance(key_id, bool):
             return _error("bad_request", 400)
