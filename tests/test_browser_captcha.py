@@ -9,63 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
+from tests.browser import BROWSER_TESTS, browser, shot  # noqa: F401 (browser is a fixture)
+from tests.browser import new_page as browser_page
 from tests.login_env import login_env
 from tests.test_captcha import OVERRIDES, VPN, policy_with
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"),
-]
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-@pytest.fixture
-async def browser():
-    from playwright.async_api import async_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        await chromium.close()
+pytestmark = BROWSER_TESTS
 
 
 async def new_page(browser, *, javascript: bool = True):
-    context = await browser.new_context(
-        locale="en-GB",
-        viewport={"width": 420, "height": 860},
-        extra_http_headers={"X-Forwarded-For": VPN},
-        java_script_enabled=javascript,
-    )
-    page = await context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    return page, errors
+    return await browser_page(browser, extra_http_headers={"X-Forwarded-For": VPN}, java_script_enabled=javascript)
 
 
 def on_path(path: str):
     return lambda url: urlsplit(url).path == path
-
-
-async def shot(page, name: str) -> None:
-    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 async def sign_in(page, user: str = "alice", password: str = "alice-demo-pw") -> None:

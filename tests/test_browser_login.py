@@ -5,48 +5,12 @@ Screenshots of every step are kept in test-artifacts/browser/ for a human to loo
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pyotp
-import pytest
 
+from tests.browser import ARTIFACTS, BROWSER_TESTS, page, shot  # noqa: F401 (page is a fixture)
 from tests.login_env import login_env
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"),
-]
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-@pytest.fixture
-async def page():
-    from playwright.async_api import async_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = await browser.new_context(locale="en-GB", viewport={"width": 420, "height": 860})
-        page = await context.new_page()
-        errors: list[str] = []
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        yield page
-        await browser.close()
-        assert not [e for e in errors if "Content Security Policy" in e], errors
-
-
-async def shot(page, name: str) -> None:
-    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+pytestmark = BROWSER_TESTS
 
 
 async def test_enroll_by_invite_then_log_out_and_in_again(page, tmp_path):

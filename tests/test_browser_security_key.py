@@ -10,28 +10,17 @@ from __future__ import annotations
 import pyotp
 import pytest
 
+from tests.browser import BROWSER_TESTS, chromium, new_page, shot
 from tests.login_env import login_env
-from tests.test_browser_login import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, shot
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"),
-]
+pytestmark = BROWSER_TESTS
 
 
 @pytest.fixture
 async def page():
-    from playwright.async_api import async_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = await browser.new_context(locale="en-GB", viewport={"width": 420, "height": 860})
-        page = await context.new_page()
-        errors: list[str] = []
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        cdp = await context.new_cdp_session(page)
+    async with chromium() as browser:
+        page, errors = await new_page(browser)
+        cdp = await page.context.new_cdp_session(page)
         await cdp.send("WebAuthn.enable")
         added = await cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
             "protocol": "ctap2", "transport": "internal", "hasResidentKey": True,
@@ -39,8 +28,7 @@ async def page():
         }})
         page.authenticator = (cdp, added["authenticatorId"])
         yield page
-        await browser.close()
-        assert not [e for e in errors if "Content Security Policy" in e or "Error" in e], errors
+    assert not [e for e in errors if "Content Security Policy" in e or "Error" in e], errors
 
 
 def local(env) -> str:

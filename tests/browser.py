@@ -1,0 +1,73 @@
+"""A real Chromium (Debian's, via Playwright) for the browser tests.
+
+A browser test module marks itself with `pytestmark = BROWSER_TESTS` (skipped where
+Chromium is not installed) and imports the fixture it needs (`page`, `browser`).
+Screenshots are kept in test-artifacts/browser/ for a human to look at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+BROWSER_TESTS = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"),
+]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@contextlib.asynccontextmanager
+async def chromium() -> AsyncIterator:
+    """A launched Chromium, closed again afterwards."""
+    from playwright.async_api import async_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        await launched.close()
+
+
+async def new_page(browser, *, page_errors: bool = True, **context_options):
+    """A page in a fresh context (English, phone-sized) and the list its errors go to: the
+    console's errors, and with `page_errors` also the script errors nothing caught."""
+    context = await browser.new_context(locale="en-GB", viewport={"width": 420, "height": 860}, **context_options)
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    if page_errors:
+        page.on("pageerror", lambda e: errors.append(str(e)))
+    return page, errors
+
+
+@pytest.fixture
+async def browser():
+    async with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture
+async def page():
+    """A page whose console must not report a Content Security Policy violation."""
+    async with chromium() as launched:
+        page, errors = await new_page(launched, page_errors=False)
+        yield page
+    assert not [e for e in errors if "Content Security Policy" in e], errors
+
+
+async def shot(page, name: str) -> None:
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
