@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import pyotp
+import pytest
 
 from gateway.assembly import Services, build_addons, open_services
 from gateway.config import Config
@@ -163,3 +164,21 @@ class Browser:
         assert headers.get("Location") == "/_gateway/2fa", (status, headers)
         self.env.clock.advance(30)  # a new time step: the last code may not be reused
         return await self.submit(action="verify", code=self.env.code(user))
+
+
+# Fixtures for the HTTP-level login tests: import them into the test module.
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def env(request, tmp_path):
+    """A login environment on the in-memory store, then on Redis."""
+    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    async with login_env(tmp_path, store_url_for(request.param, redis_url)) as environment:
+        yield environment
+
+
+@pytest.fixture
+async def browser(env):
+    b = Browser(env)
+    yield b
+    await b.close()

@@ -7,21 +7,7 @@ import asyncio
 import pytest
 
 from gateway.policy import load_policy
-from tests.login_env import Browser, login_env, store_url_for
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def env(request, tmp_path):
-    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
-    async with login_env(tmp_path, store_url_for(request.param, redis_url)) as environment:
-        yield environment
-
-
-@pytest.fixture
-async def browser(env):
-    b = Browser(env)
-    yield b
-    await b.close()
+from tests.login_env import Browser, browser, env, login_env  # noqa: F401 (fixtures)
 
 
 async def new_browser(env) -> Browser:

@@ -14,7 +14,6 @@ import os
 import struct
 
 import cbor2
-import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from webauthn.helpers import base64url_to_bytes, bytes_to_base64url
@@ -22,7 +21,7 @@ from webauthn.helpers import base64url_to_bytes, bytes_to_base64url
 from gateway.auth.security_keys import clean_label, rp_id_for
 from gateway.policy import load_policy
 from gateway.risk.lockout import Lockouts
-from tests.login_env import Browser, login_env, store_url_for
+from tests.login_env import Browser, browser, env, login_env  # noqa: F401 (fixtures)
 
 W = "/_gateway/webauthn/"
 
@@ -86,20 +85,6 @@ class SoftKey:
                 "userHandle": bytes_to_base64url(handle) if handle else None,
             },
         }
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def env(request, tmp_path):
-    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
-    async with login_env(tmp_path, store_url_for(request.param, redis_url)) as environment:
-        yield environment
-
-
-@pytest.fixture
-async def browser(env):
-    b = Browser(env)
-    yield b
-    await b.close()
 
 
 async def call(browser: Browser, path: str, body: dict | None = None, **headers: str) -> tuple[int, dict]:
