@@ -116,7 +116,7 @@ def demo_config(port: int, pms_port: int, data_dir: Path) -> Config:
     )
 
 
-async def print_demo_accounts(services: Services, port: int) -> None:
+async def print_demo_accounts(services: Services, port: int, data_dir: Path) -> None:
     """The URL, the staff accounts and, for users without a second factor, an invite code."""
     from gateway.demo import DEMO_USERS
 
@@ -128,7 +128,8 @@ async def print_demo_accounts(services: Services, port: int) -> None:
             invite = await services.users.create_invite(name)
         print(f"    {name:<8} / {password:<16} / {invite}   ({role})")
     print("\n  Scan the QR code with any authenticator app (or enter the key shown).")
-    print("  New code for a user: pms-gateway users invite NAME -c <config>.  Stop with Ctrl+C.\n", flush=True)
+    print(f"  New code for a user: PMS_GATEWAY_DATA_DIR={data_dir} pms-gateway users invite NAME")
+    print("  Stop with Ctrl+C.\n", flush=True)
 
 
 def serve_demo(port: int, pms_port: int, data_dir: Path) -> None:
@@ -144,7 +145,7 @@ def serve_demo(port: int, pms_port: int, data_dir: Path) -> None:
         await pms.setup()
         await web.TCPSite(pms, "127.0.0.1", pms_port).start()
         try:
-            await run_gateway(config, lambda services: print_demo_accounts(services, port))
+            await run_gateway(config, lambda services: print_demo_accounts(services, port, data_dir))
         finally:
             await pms.cleanup()
 
