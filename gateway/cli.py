@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from gateway.cli_support import ConfigOption, fail, load_settings
 from gateway.policy import ConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Security gateway for hotel and booking systems.")
@@ -27,17 +28,6 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(ips_app, name="ips")
 app.command("logins")(logins_command)
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="Deployment settings (config.yaml). Environment variables PMS_GATEWAY_* override it."),
-]
-
-
-def _fail(error: Exception) -> None:
-    typer.echo(str(error), err=True)
-    raise typer.Exit(1)
-
-
 @policy_app.command("check")
 def policy_check(paths: Annotated[list[Path], typer.Argument(help="Policy files or folders.")]) -> None:
     """Validate policy files; exit 1 naming file, line and key of every problem."""
@@ -46,7 +36,7 @@ def policy_check(paths: Annotated[list[Path], typer.Argument(help="Policy files 
     try:
         policy = load_policy(*paths)
     except ConfigError as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(f"ok: {', '.join(map(str, paths))} ({len(policy.groups)} groups)")
 
 
@@ -84,25 +74,16 @@ def config_example_command() -> None:
 @config_app.command("check")
 def config_check(config: ConfigOption = None) -> None:
     """Validate config.yaml plus PMS_GATEWAY_* environment overrides."""
-    from gateway.config import load_config
-
-    try:
-        settings = load_config(config)
-    except ConfigError as exc:
-        _fail(exc)
+    settings = load_settings(config)
     typer.echo(f"ok: upstream {settings.upstream.url}, public {', '.join(settings.public_urls)}")
 
 
 @app.command()
 def run(config: ConfigOption = None) -> None:
     """Run every listener the configuration enables."""
-    from gateway.config import load_config
     from gateway.serve import serve
 
-    try:
-        settings = load_config(config)
-    except ConfigError as exc:
-        _fail(exc)
+    settings = load_settings(config)
     serve(settings)
 
 
@@ -134,13 +115,9 @@ def egress_run(config: ConfigOption = None) -> None:
 @egress_app.command("ca")
 def egress_ca(config: ConfigOption = None) -> None:
     """Print the egress CA certificate the PMS host must trust (regular proxy mode)."""
-    from gateway.config import load_config
     from gateway.redact.egress import export_ca
 
-    try:
-        settings = load_config(config)
-    except ConfigError as exc:
-        _fail(exc)
+    settings = load_settings(config)
     path = export_ca(settings.egress.confdir)
     typer.echo(f"# {path}", err=True)
     typer.echo(path.read_text(), nl=False)

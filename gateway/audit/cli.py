@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from gateway.cli_support import ConfigOption, Refused, load_config_and_policy, run_command
+
 if TYPE_CHECKING:
     from gateway.audit.keys import AuditKeys
     from gateway.audit.query import QueryFilter
@@ -35,10 +37,6 @@ T = TypeVar("T")
 audit_app = typer.Typer(no_args_is_help=True, help="The audit trail: verify, query, follow, export, purge, erase.")
 ips_app = typer.Typer(invoke_without_command=True, help="Known IPs of each user; forget one.")
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="Deployment settings (config.yaml). Environment variables PMS_GATEWAY_* override it."),
-]
 KeyOption = Annotated[Path | None, typer.Option("--key", help="Audit key file (default <data_dir>/audit.key).")]
 UserOption = Annotated[str | None, typer.Option("--user", "-u", help="Only this user.")]
 IpOption = Annotated[str | None, typer.Option("--ip", help="Only this client address.")]
@@ -50,20 +48,11 @@ DecisionOption = Annotated[str | None, typer.Option("--decision", help="allowed,
 InstanceOption = Annotated[str | None, typer.Option("--instance", help="Only this gateway instance's chain.")]
 
 
-class _Refused(Exception):
-    """A command-level refusal: printed as is, exit status 1."""
-
-
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     from gateway.audit.keys import AuditKeyError
     from gateway.audit.known_ips import PermissionDenied
-    from gateway.policy import ConfigError
 
-    try:
-        return asyncio.run(coro)
-    except (_Refused, ConfigError, AuditKeyError, PermissionDenied, FileNotFoundError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    return run_command(coro, AuditKeyError, PermissionDenied)
 
 
 @dataclass
@@ -94,12 +83,9 @@ class _Context:
 @asynccontextmanager
 async def _context(config_path: Path | None, key: Path | None = None) -> AsyncIterator[_Context]:
     from gateway.audit.keys import key_path
-    from gateway.config import load_config
     from gateway.db import open_database
-    from gateway.policy import load_policy
 
-    config = load_config(config_path)
-    policy = load_policy(*config.policy_paths)
+    config, policy = load_config_and_policy(config_path)
     database = await open_database(config.resolved_database_url)
     try:
         yield _Context(config, policy, database, key or key_path(config.data_dir))
@@ -136,7 +122,7 @@ def _filters(ctx: _Context, user: str | None, ip: str | None, path: str | None, 
     if identifier is not None:
         name, sep, value = identifier.partition("=")
         if not sep:
-            raise _Refused("--identifier is NAME=VALUE, e.g. reservation=123")
+            raise Refused("--identifier is NAME=VALUE, e.g. reservation=123")
         pair = (name, value)
     return QueryFilter(
         user=ctx.normalise(user) if user is not None else None, ip=ip, path=path, identifier=pair,
@@ -160,7 +146,7 @@ class _Printer:
 
     def __init__(self, fmt: str, out: Any = None) -> None:
         if fmt not in ("table", "jsonl", "csv"):
-            raise _Refused(f"unknown format {fmt!r}: table, jsonl or csv")
+            raise Refused(f"unknown format {fmt!r}: table, jsonl or csv")
         self.fmt, self.out = fmt, out or sys.stdout
         self._csv: Any = None
         if fmt == "table":

@@ -8,7 +8,6 @@ readable by the gateway.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Coroutine
@@ -18,10 +17,10 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from gateway.cli_support import ConfigOption, Refused, load_config_and_policy, run_command
+
 if TYPE_CHECKING:
     from gateway.auth.users import UserDirectory, UserRecord
-    from gateway.config import Config
-    from gateway.policy.schema import Policy
     from gateway.store import EphemeralStore
 
 __all__ = ["keys_app", "users_app"]
@@ -31,15 +30,7 @@ T = TypeVar("T")
 users_app = typer.Typer(no_args_is_help=True, help="Staff accounts: list, invite, deactivate, reset 2FA.")
 keys_app = typer.Typer(no_args_is_help=True, help="Encryption keys of secrets at rest (TOTP seeds).")
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="Deployment settings (config.yaml). Environment variables PMS_GATEWAY_* override it."),
-]
 NameArgument = Annotated[str, typer.Argument(help="Username, as typed at the PMS login.")]
-
-
-class _Refused(Exception):
-    """A command-level refusal: printed as is, exit status 1."""
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -47,26 +38,13 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
     from gateway.auth.keys import KeyFileError, UnknownKeyError
     from gateway.auth.users import UnknownUserError
-    from gateway.policy import ConfigError
 
     try:
-        return asyncio.run(coro)
-    except (_Refused, ConfigError, KeyFileError, UnknownKeyError, UnknownUserError,
-            FileNotFoundError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        return run_command(coro, KeyFileError, UnknownKeyError, UnknownUserError)
     except InvalidTag:
         typer.echo("error: a stored secret does not decrypt with this key file "
                    "(wrong key file, or the data was altered)", err=True)
         raise typer.Exit(1) from None
-
-
-def _load(config_path: Path | None) -> tuple[Config, Policy]:
-    from gateway.config import load_config
-    from gateway.policy import load_policy
-
-    config = load_config(config_path)
-    return config, load_policy(*config.policy_paths)
 
 
 @asynccontextmanager
@@ -76,7 +54,7 @@ async def _directory(config_path: Path | None) -> AsyncIterator[tuple[UserDirect
     from gateway.db import open_database
     from gateway.store import create_store
 
-    config, policy = _load(config_path)
+    config, policy = load_config_and_policy(config_path)
     keyring = KeyRing.load(config.resolved_key_file, os.environ.get(config.key_env))
     database = await open_database(config.resolved_database_url)
     store = create_store(config.store_url)
@@ -139,11 +117,11 @@ def users_invite(name: NameArgument, config: ConfigOption = None) -> None:
         async with _directory(config) as (directory, _store):
             group = directory.group_of(name)
             if group is None:
-                raise _Refused(f"{directory.normalise(name)!r} is in no group and the policy "
-                               "refuses unknown usernames; add them to a group first")
+                raise Refused(f"{directory.normalise(name)!r} is in no group and the policy "
+                              "refuses unknown usernames; add them to a group first")
             existing = await directory.get(name)
             if existing is not None and not existing.active:
-                raise _Refused(f"{existing.name!r} is deactivated; run `users activate` first")
+                raise Refused(f"{existing.name!r} is deactivated; run `users activate` first")
             invite = await directory.issue_invite(name)
             return await directory.ensure(name), invite
 
