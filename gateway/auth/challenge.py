@@ -21,7 +21,7 @@ from gateway.access.origin_check import same_origin
 from gateway.auth.events import LoginEvents
 from gateway.auth.pending import PendingLogin, PendingLogins
 from gateway.auth.remember import RememberedDevices
-from gateway.pages.render import see_other, choose_language, render_page, translator, wants_json
+from gateway.pages.render import see_other, choose_language, form_or_json, render_page, translator, wants_json
 from gateway.policy.schema import Policy
 from gateway.proxy.exchange import CLIENT, Addon
 from gateway.risk.lockout import Lockouts
@@ -228,7 +228,7 @@ class ChallengePages(Addon):
         if found is None:
             return self._expired(request)
         token, pending = found
-        form = await _form_or_json(request)
+        form = await form_or_json(request, stringify_json=True)
         ip = request[CLIENT].ip
         policy = self.policy()
         # A JSON body cannot be sent cross-site without a CORS preflight, which is never granted.
@@ -317,7 +317,7 @@ class ChallengePages(Addon):
     async def logout(self, request: web.Request) -> web.StreamResponse:
         policy = self.policy()
         session_id = cookie_value(request.headers.get("Cookie"), SESSION_COOKIE) or ""
-        form = await _form_or_json(request)
+        form = await form_or_json(request, stringify_json=True)
         if not same_origin(request, request[CLIENT].origin) or not hmac.compare_digest(
             form.get("csrf", ""), self._form_token("logout:" + session_id)
         ):
@@ -330,17 +330,6 @@ class ChallengePages(Addon):
         response.headers.add("Set-Cookie", clear_cookie(SESSION_COOKIE, secure=secure))
         response.headers.add("Set-Cookie", set_cookie(NOTICE_COOKIE, "logout", secure=secure, max_age=120))
         return response
-
-
-async def _form_or_json(request: web.Request) -> dict[str, str]:
-    if request.content_type == "application/json":
-        try:
-            data = await request.json()
-        except ValueError:
-            return {}
-        return {k: str(v) for k, v in data.items()} if isinstance(data, dict) else {}
-    form = await request.post()
-    return {k: v for k, v in form.items() if isinstance(v, str)}
 
 
 def _secure(request: web.BaseRequest) -> bool:

@@ -101,3 +101,20 @@ def wants_json(request: web.BaseRequest) -> bool:
 def see_other(location: str) -> web.Response:
     """A 303 redirect as a plain response (aiohttp's HTTPException objects are for raising)."""
     return web.Response(status=303, headers={"Location": location})
+
+
+async def form_or_json(request: web.Request, *, stringify_json: bool = False) -> dict[str, str]:
+    """The string fields of a form or of a JSON object body ({} for any other JSON). A JSON
+    body's other values are left out, or with `stringify_json` turned into strings."""
+    if request.content_type == "application/json":
+        try:
+            data = await request.json()
+        except ValueError:
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        if stringify_json:
+            return {k: str(v) for k, v in data.items()}
+        return {k: v for k, v in data.items() if isinstance(v, str)}
+    form = await request.post()
+    return {k: v for k, v in form.items() if isinstance(v, str)}

@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 
 from gateway.access.origin_check import same_origin
-from gateway.pages.render import choose_language, render_page, see_other, translator, wants_json
+from gateway.pages.render import choose_language, form_or_json, render_page, see_other, translator, wants_json
 from gateway.policy.schema import Policy
 from gateway.proxy.exchange import CLIENT, Addon
 from gateway.risk.captcha import CAPTCHA_PATH, PASS_COOKIE, CaptchaGate, local_next
@@ -46,7 +46,7 @@ class CaptchaPages(Addon):
     async def submit(self, request: web.Request) -> web.StreamResponse:
         policy = self.policy()
         client = request[CLIENT]
-        form = await _form_or_json(request)
+        form = await form_or_json(request)
         # A JSON body cannot be sent cross-site without a CORS preflight, which is never granted.
         if request.content_type != "application/json" and not same_origin(request, client.origin):
             return _message(request, policy, 403, "forbidden_text")
@@ -101,17 +101,6 @@ class CaptchaPages(Addon):
             challenge = await self.challenges.proof_of_work(rules.difficulty, rules.challenge_valid_for)
             context.update(challenge=json.dumps(challenge, separators=(",", ":")))
         return render_page(request, "captcha.html", status=status, property_name=policy.property, **context)
-
-
-async def _form_or_json(request: web.Request) -> dict[str, str]:
-    if request.content_type == "application/json":
-        try:
-            data = await request.json()
-        except ValueError:
-            return {}
-        return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
-    form = await request.post()
-    return {k: v for k, v in form.items() if isinstance(v, str)}
 
 
 def _message(request: web.BaseRequest, policy: Policy, status: int, key: str) -> web.Response:
