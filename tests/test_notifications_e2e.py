@@ -16,23 +16,11 @@ from gateway.redact.engine import Redactor
 from gateway.redact.policy import NotificationsPolicy
 from gateway.redact.settings import EgressSettings, SmarthostSettings, SmtpRelaySettings
 from gateway.redact.smtp_relay import start_smtp_relay
+from tests.notification_fixtures import CARD, NOTIFICATIONS, PASSPORT, PHONE
 from tests.test_egress import FakeSmsProvider, free_port, self_signed_cert
 from tests.test_smtp_relay import Audit, Sink, start_sink
 
 SID, TOKEN = "ACe2e0123456789", "e2e-token"
-# Reservation 1001 of the demo data: Oliver Bennett.
-CARD, PASSPORT, PHONE = "4111111111111111", "533401872", "+442079460018"
-
-NOTIFICATIONS = {
-    "channels": [
-        {"name": "sms", "egress_host": "localhost", "path": "/Messages.json$", "format": "form",
-         "fields": ["Body"], "recipient_field": "To"},
-        {"name": "mail", "smtp": True},
-    ],
-    "detectors": ["card", "iban", "passport"],
-    "actions": {"card": {"mask": "last4"}, "iban": "redact", "passport": "redact"},
-    "unmatched_egress": "block",
-}  # fmt: skip
 
 
 @pytest.fixture

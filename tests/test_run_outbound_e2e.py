@@ -19,6 +19,7 @@ from pathlib import Path
 import aiohttp
 
 from gateway.demo import DEMO_USERS
+from tests.notification_fixtures import CARD, NOTIFICATIONS, PASSPORT, PHONE
 from tests.processes import ROOT, demo_pms_process, gateway_process
 from tests.test_egress import FakeSmsProvider, free_port, self_signed_cert
 from tests.test_smtp_relay import Sink, start_sink
@@ -26,19 +27,7 @@ from tests.test_smtp_relay import Sink, start_sink
 INSTANCE = "e2e-run"
 # Reservation 1001 of the demo data.
 GUEST, EMAIL = "Oliver Bennett", "oliver.bennett@example.co.uk"
-CARD, PASSPORT, PHONE = "4111111111111111", "533401872", "+442079460018"
 SECRETS = [CARD, "4111 1111 1111 1111", PASSPORT, "Oliver", "Bennett", EMAIL, PHONE, "+44 20 7946 0018"]
-
-NOTIFICATIONS = {
-    "channels": [
-        {"name": "sms", "egress_host": "localhost", "path": "/Messages.json$", "format": "form",
-         "fields": ["Body"], "recipient_field": "To"},
-        {"name": "mail", "smtp": True},
-    ],
-    "detectors": ["card", "iban", "passport"],
-    "actions": {"card": {"mask": "last4"}, "iban": "redact", "passport": "redact"},
-    "unmatched_egress": "block",
-}  # fmt: skip
 
 
 async def wait_port(port: int, process: subprocess.Popen, timeout: float = 20.0) -> None:
