@@ -70,8 +70,7 @@ class LoginCompleter:
         record = await self.users.get(pending.user)
         if record is not None and not record.active:  # deactivated while at the second step
             await self.abandon(pending)
-            await self.events.attempt(ip, pending.user, "refused", pending.login_type, "deactivated",
-                                      device_id=pending.device_id, user_agent=pending.user_agent)
+            await self.events.pending_attempt(pending, ip, "refused", pending.login_type, "deactivated")
             return _message(request, policy, 403, "notice_deactivated", link=policy.login.path)
         try:
             session_id, _ = await self.sessions.create(
@@ -85,12 +84,10 @@ class LoginCompleter:
             )
         except TooManyDevices:
             await self.abandon(pending)
-            await self.events.attempt(ip, pending.user, "refused", pending.login_type, "signed in on another device",
-                                      device_id=pending.device_id, user_agent=pending.user_agent)
+            await self.events.pending_attempt(pending, ip, "refused", pending.login_type, "signed in on another device")
             return _message(request, policy, 409, "too_many_devices", link=policy.login.path)
         await self.lockouts.clear_user(pending.user)
-        await self.events.attempt(ip, pending.user, "success", pending.login_type,
-                                  device_id=pending.device_id, user_agent=pending.user_agent)
+        await self.events.pending_attempt(pending, ip, "success", pending.login_type)
         location = pending.location or "/"
         if pending.json or wants_json(request):
             response: web.StreamResponse = web.json_response({"status": "ok", "location": location})
@@ -148,8 +145,7 @@ class ChallengePages(Addon):
         """End the PMS sessions of logins abandoned between password and second factor."""
         abandoned = await self.pending.take_abandoned()
         for pending in abandoned:
-            await self.events.attempt(pending.ip, pending.user, "second_factor_failed", None, "abandoned",
-                                      device_id=pending.device_id, user_agent=pending.user_agent)
+            await self.events.pending_attempt(pending, pending.ip, "second_factor_failed", None, "abandoned")
             await self.completer.abandon(pending)
         return len(abandoned)
 
@@ -295,16 +291,14 @@ class ChallengePages(Addon):
         await self.lockouts.record_failure(pending.user, ip)  # every wrong code counts toward lockout
         if pending.attempts >= policy.second_factor.max_attempts:
             ended = await self.pending.take(token)
-            await self.events.attempt(ip, pending.user, "second_factor_failed", None, "too many wrong codes",
-                                      device_id=pending.device_id, user_agent=pending.user_agent)
+            await self.events.pending_attempt(pending, ip, "second_factor_failed", None, "too many wrong codes")
             if ended is not None:
                 await self.completer.abandon(ended)
             response = _message(request, policy, 401, "too_many_attempts", link=policy.login.path)
             response.headers.add("Set-Cookie", clear_cookie(PENDING_COOKIE, secure=_secure(request), path=PREFIX))
             return response
         await self._save(token, pending)
-        await self.events.attempt(ip, pending.user, "second_factor_failed", None, error,
-                                  device_id=pending.device_id, user_agent=pending.user_agent)
+        await self.events.pending_attempt(pending, ip, "second_factor_failed", None, error)
         if wants_json(request):
             return web.json_response({"error": error, "attempts_left": policy.second_factor.max_attempts - pending.attempts}, status=401)
         return self._render(request, token, pending, status=401, error=error)

@@ -6,11 +6,14 @@ who gets alerted; without a history backend (unit tests) attempts are only logge
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
 from gateway.proxy.exchange import Exchange
+
+if TYPE_CHECKING:
+    from gateway.auth.pending import PendingLogin
 
 log = structlog.get_logger("gateway.auth")
 
@@ -61,6 +64,14 @@ class LoginEvents:
         except Exception:
             log.exception("login history not recorded", user=user)
             return None
+
+    async def pending_attempt(
+        self, pending: PendingLogin, ip: str, outcome: str, login_type: str | None, reason: str | None = None
+    ) -> Any:
+        """An attempt of a login between password and second factor, from its device and browser."""
+        return await self.attempt(
+            ip, pending.user, outcome, login_type, reason, device_id=pending.device_id, user_agent=pending.user_agent
+        )
 
     async def lockout(self, ex: Exchange, user: str, scope: str) -> None:
         log.warning("lockout", user=user, ip=ex.client_ip, scope=scope)
