@@ -10,7 +10,6 @@ webhook; `pms-gateway audit verify --heads FILE` checks the trail still reaches 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -24,6 +23,7 @@ from sqlalchemy import select
 
 from gateway.audit.store import ChainHead
 from gateway.db import Database, audit_chain_heads
+from gateway.tasks import stop_task
 
 log = structlog.get_logger("gateway.audit.heads")
 
@@ -81,11 +81,8 @@ class HeadExporter:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-head-export")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         await self.export()
 
     async def _run(self) -> None:

@@ -11,7 +11,6 @@ gateway does this daily; `pms-gateway audit purge` does it on demand.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -26,6 +25,7 @@ from gateway.audit.sql import upsert
 from gateway.audit.store import lock_head
 from gateway.db import Database, audit_anchors, audit_chain_heads, audit_records, known_ips, login_history, utcnow
 from gateway.policy.schema import Policy
+from gateway.tasks import stop_task
 
 log = structlog.get_logger("gateway.audit.retention")
 
@@ -127,11 +127,8 @@ class RetentionTask:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-retention")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def run_once(self) -> PurgeResult | None:
         try:
