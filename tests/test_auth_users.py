@@ -364,6 +364,7 @@ def test_users_and_keys_commands(cli_config: Path, monkeypatch: pytest.MonkeyPat
     assert "activated alice" in cli("users", "activate", "alice")
     out = cli("users", "reset-2fa", "alice")
     assert "removed 1 factor" in out and "users invite alice" in out
+    assert [(name, reason) for _, name, reason in ended][-1] == ("alice", "revoked")  # a lost phone ends sessions
     assert "no user 'ghost'" in cli("users", "deactivate", "ghost", code=1)
     assert "empty" in cli("users", "activate", " ", code=1)
     lines = cli("users", "list", "--json").splitlines()

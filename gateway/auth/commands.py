@@ -169,16 +169,20 @@ def users_activate(name: NameArgument, config: ConfigOption = None) -> None:
 
 @users_app.command("reset-2fa")
 def users_reset_2fa(name: NameArgument, config: ConfigOption = None) -> None:
-    """Delete NAME's authenticator, security keys and recovery codes (lost phone)."""
+    """Delete NAME's authenticator, security keys and recovery codes (lost phone), and end
+    their sessions: whoever holds the phone may also hold an open session."""
 
-    async def main() -> tuple[UserRecord, int, str]:
-        async with _directory(config) as (directory, _store):
+    async def main() -> tuple[UserRecord, int, str, int]:
+        from gateway.sessions.revocation import end_user_sessions
+
+        async with _directory(config) as (directory, store):
             removed = await directory.remove_factors(name)
             user = await directory.require(name)
-            return user, removed, directory.policy().enrollment_for(user.group)
+            ended = await end_user_sessions(store, user.name, reason="revoked")
+            return user, removed, directory.policy().enrollment_for(user.group), ended
 
-    user, removed, enrollment = _run(main())
-    typer.echo(f"removed {removed} factor(s) and the recovery codes of {user.name}")
+    user, removed, enrollment, ended = _run(main())
+    typer.echo(f"removed {removed} factor(s) and the recovery codes of {user.name}; ended {ended} session(s)")
     if enrollment == "invite":
         typer.echo(f"they need an invite to enroll again: pms-gateway users invite {user.name}")
     else:
