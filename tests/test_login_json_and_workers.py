@@ -6,7 +6,6 @@ import contextlib
 
 import aiohttp
 import pyotp
-import pytest
 from aiohttp import web
 
 from gateway.policy.schema import LoginRule, LoginSuccessRule, Policy

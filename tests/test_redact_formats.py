@@ -109,7 +109,7 @@ def test_html_text_and_attributes_are_redacted_markup_untouched() -> None:
     html = (
         '<html><head><style>td{color:#4111}</style></head><body>'
         '<p class="greeting">Dear <b>Jana</b>,</p>'
-        f'<table><tr><td>Card</td><td>4111&nbsp;1111 1111 1111</td></tr></table>'
+        '<table><tr><td>Card</td><td>4111&nbsp;1111 1111 1111</td></tr></table>'
         '<a href="mailto:jana%40example.cz" title="Jana Nov&aacute;kov&aacute;">write</a>'
         '<img src="https://t.example/o.gif?e=jana@example.cz" alt=Jana>'
         '<!-- guest: Jana Nováková --><script>var n = "Jana";</script></body></html>'

@@ -35,7 +35,7 @@ from gateway.sessions.cookies import (
     set_cookie,
 )
 from gateway.sessions.manager import SessionManager
-from gateway.sessions.model import EndedSession, token_hash
+from gateway.sessions.model import EndedSession
 from gateway.sessions.revocation import SESSION_ENDED_CHANNEL, USER_REVOKED_CHANNEL
 
 log = structlog.get_logger("gateway.sessions")
