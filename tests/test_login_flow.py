@@ -388,3 +388,41 @@ async def test_deactivated_during_second_step_gets_no_session(env, browser):
     assert status == 403 and "deactivated" in page
     assert browser.cookie("gw_session") in (None, "")
     await wait_until(lambda: _none_alive(env))
+
+
+async def test_cookies_are_secure_behind_a_tls_terminating_proxy(tmp_path):
+    import aiohttp
+
+    class ProxiedBrowser(Browser):
+        """Requests arrive from a trusted front proxy that ended TLS."""
+
+        def __init__(self, env) -> None:
+            super().__init__(env)
+            self.client = aiohttp.ClientSession(
+                cookie_jar=aiohttp.CookieJar(unsafe=True, treat_as_secure_origin=[env.url])
+            )
+
+        async def request(self, method, path, **kwargs):
+            headers = dict(kwargs.pop("headers", None) or {})
+            headers.setdefault("X-Forwarded-Proto", "https")
+            if method != "GET":
+                headers.setdefault("Origin", self.env.url.replace("http://", "https://"))
+            return await super().request(method, path, headers=headers, **kwargs)
+
+    async with login_env(tmp_path, config_overrides={"trusted_proxies": "[127.0.0.0/8]"}) as env:
+        browser = ProxiedBrowser(env)
+        try:
+            await browser.password("alice")
+            await browser.enroll("alice")
+        finally:
+            await browser.close()
+        gateway_cookies = [c for c in browser.set_cookies if c.startswith("gw_")]
+        assert gateway_cookies and all("; Secure" in c and "HttpOnly" in c for c in gateway_cookies)
+        assert any(c.startswith("gw_session=") and "SameSite=Lax" in c for c in gateway_cookies)
+    async with login_env(tmp_path / "plain") as env:  # plain http: Secure would lose the cookie
+        browser = Browser(env)
+        try:
+            await browser.password("alice")
+        finally:
+            await browser.close()
+        assert all("Secure" not in c for c in browser.set_cookies if c.startswith("gw_"))
