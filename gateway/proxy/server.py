@@ -119,6 +119,10 @@ class Gateway:
             upstream_headers=CIMultiDict(), started=started, wall_time=wall_time,
         )
         ex.status, ex.decision = status, "gateway" if status < 400 else "refused"
+        await self._run_done_hooks(ex)
+
+    async def _run_done_hooks(self, ex: Exchange) -> None:
+        """After the answer: a failing hook (audit, metrics) must not hide the others."""
         for hook in self._done_hooks:
             try:
                 await hook(ex)
@@ -179,11 +183,7 @@ class Gateway:
             ex.status = response.status
             return response
         finally:
-            for hook in self._done_hooks:
-                try:
-                    await hook(ex)
-                except Exception:
-                    log.exception("done hook failed", request_id=request_id)
+            await self._run_done_hooks(ex)
 
     async def _exchange(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
         for hook in self._request_hooks:
