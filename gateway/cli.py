@@ -18,9 +18,11 @@ app.add_typer(policy_app, name="policy")
 config_app = typer.Typer(no_args_is_help=True, help="Check deployment settings and print an example.")
 app.add_typer(config_app, name="config")
 from gateway.auth.commands import keys_app, users_app  # noqa: E402  (sub-apps, lazy inside)
+from gateway.sessions.commands import sessions_app  # noqa: E402
 
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
+app.add_typer(sessions_app, name="sessions")
 from gateway.audit.cli import audit_app, ips_app, logins_command  # noqa: E402  (lazy inside)
 
 app.add_typer(audit_app, name="audit")
