@@ -23,6 +23,7 @@ from gateway.auth.pending import PendingLogins
 from gateway.auth.remember import RememberedDevices
 from gateway.auth.security_key_pages import SecurityKeyPages
 from gateway.auth.security_keys import SecurityKeys
+from gateway.auth.support import SupportAccess
 from gateway.auth.users import UserDirectory
 from gateway.config import Config
 from gateway.db import Database, open_database
@@ -89,6 +90,7 @@ async def build_addons(
     pending = PendingLogins(store, keyring, lambda: policy().second_factor.pending_login_timeout, clock=clock)
     remembered = RememberedDevices(keyring.derive("remember-device"), clock=clock)
     completer = LoginCompleter(policy, sessions, lockouts, events, remembered, users)
+    support = SupportAccess(services.database, keyring, policy, users, audit.login_history, audit.alerter, clock=clock)
     addons: list[Addon] = [
         upstream_logout,
         OriginCheck(policy),
@@ -96,10 +98,11 @@ async def build_addons(
             policy, users, lockouts, store, keyring.derive("captcha"), audit.geo, clock=clock
         ),
         CaptchaPages(captcha),
-        LoginInterceptor(policy, users, pending, lockouts, events, remembered, completer, clock=clock),
+        LoginInterceptor(policy, users, pending, lockouts, events, remembered, completer, clock=clock, support=support),
         SessionGuard(policy, sessions),
         challenge := ChallengePages(
-            policy, users, pending, completer, lockouts, events, keyring.derive("gateway-forms"), clock=clock
+            policy, users, pending, completer, lockouts, events, keyring.derive("gateway-forms"), clock=clock,
+            support=support,
         ),
         AccountPage(policy, users, sessions, lockouts, keyring.derive("gateway-forms")),
         SecurityKeyPages(

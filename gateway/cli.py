@@ -27,6 +27,9 @@ from gateway.audit.cli import audit_app, ips_app, logins_command  # noqa: E402  
 
 app.add_typer(audit_app, name="audit")
 app.add_typer(ips_app, name="ips")
+from gateway.auth.support import support_app  # noqa: E402
+
+app.add_typer(support_app, name="support")
 app.command("logins")(logins_command)
 
 @policy_app.command("check")

@@ -40,7 +40,7 @@ log = structlog.get_logger("gateway.auth")
 PREFIX = "/_gateway/"
 CHALLENGE = PREFIX + "2fa"
 LOGOUT = PREFIX + "logout"
-LOGIN_TYPE_BY_STAGE = {"verify": "password+totp", "recovery": "recovery_code"}
+LOGIN_TYPE_BY_STAGE = {"verify": "password+totp", "recovery": "recovery_code", "support": "support_access"}
 
 
 class LoginCompleter:
@@ -63,8 +63,16 @@ class LoginCompleter:
         self.users = users
 
     async def complete(
-        self, request: web.BaseRequest, pending: PendingLogin, ip: str, *, page: str | None = None, **page_context
+        self,
+        request: web.BaseRequest,
+        pending: PendingLogin,
+        ip: str,
+        *,
+        page: str | None = None,
+        expires_at: float | None = None,
+        **page_context,
     ) -> web.StreamResponse:
+        """`expires_at` (epoch seconds) ends the session earlier than the group's lifetime."""
         policy = self.policy()
         secure = _secure(request)
         record = await self.users.get(pending.user)
@@ -81,6 +89,7 @@ class LoginCompleter:
                 user_agent=pending.user_agent,
                 login_type=pending.login_type,
                 vault=pending.vault,
+                expires_at=expires_at,
             )
         except TooManyDevices:
             await self.abandon(pending)
@@ -101,7 +110,7 @@ class LoginCompleter:
         response.headers.add("Set-Cookie", set_cookie(SESSION_COOKIE, session_id, secure=secure))
         response.headers.add("Set-Cookie", clear_cookie(PENDING_COOKIE, secure=secure, path=PREFIX))
         rules = policy.sessions_for(pending.group)
-        if pending.remember and rules.remember_device is not False:
+        if pending.remember and rules.remember_device is not False and expires_at is None:
             response.headers.add(
                 "Set-Cookie", self.remembered.issue(pending.user, pending.device_id, rules.remember_device, secure=secure)
             )
@@ -125,7 +134,9 @@ class ChallengePages(Addon):
         events: LoginEvents,
         form_key: bytes,
         clock: Callable[[], float] = time.time,
+        support=None,  # SupportAccess: the access codes of vendor support accounts
     ) -> None:
+        self.support = support
         self.policy = policy
         self.users = users
         self.pending = pending
@@ -235,6 +246,8 @@ class ChallengePages(Addon):
             return _message(request, policy, 403, "forbidden_text")
         pending.remember = form.get("remember") == "on"
         action = form.get("action", "verify")
+        if pending.stage == "support":
+            return await self._support(request, token, pending, form.get("access_code", ""), ip)
         if action == "recovery" and pending.stage == "verify":
             return await self._recovery(request, token, pending, form.get("recovery_code", ""), ip)
         if pending.stage == "verify":
@@ -284,6 +297,25 @@ class ChallengePages(Addon):
             return self._expired(request)
         settled.login_type = "recovery_code"
         return await self.completer.complete(request, settled, ip, page="recovery_used.html", remaining=remaining)
+
+    async def _support(self, request, token: str, pending: PendingLogin, code: str, ip: str) -> web.StreamResponse:
+        """A vendor support account: the operator's one-time access code replaces the second factor."""
+        expires = await self.support.redeem(pending.user, code) if self.support is not None else None
+        if expires is None:
+            return await self._wrong(request, token, pending, ip, "support_code_invalid")
+        settled = await self.pending.take(token)
+        if settled is None:
+            return self._expired(request)
+        settled.login_type, settled.remember = "support_access", False
+        response = await self.completer.complete(request, settled, ip, expires_at=expires.timestamp())
+        if response.status < 400:
+            await self.support.alert(
+                f"Support access used: {settled.user} signed in from {ip}",
+                [f"Account: {settled.user}", f"Address: {ip}",
+                 f"Session ends: {expires.strftime('%Y-%m-%d %H:%M UTC')}"],
+                settled.user, ip,
+            )
+        return response
 
     async def _wrong(self, request, token: str, pending: PendingLogin, ip: str, error: str) -> web.StreamResponse:
         policy = self.policy()

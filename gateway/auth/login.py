@@ -63,7 +63,9 @@ class LoginInterceptor(Addon):
         remembered: RememberedDevices,
         completer,
         clock=time.time,
+        support=None,  # SupportAccess: vendor support accounts sign in with an access code
     ) -> None:
+        self.support = support
         self.policy = policy
         self.users = users
         self.pending = pending
@@ -168,6 +170,8 @@ class LoginInterceptor(Addon):
             stage="verify",
         )
         await self.users.ensure(context.user)
+        if self.support is not None and self.support.is_support_account(context.user):
+            return await self._support_stage(ex, policy, context, pending)
         if await self.remembered.valid(ex.request, context.user, device_id, policy.sessions_for(context.group)):
             pending.login_type = "remembered_device"
             ex.deny("allowed", "remembered device")
@@ -182,6 +186,26 @@ class LoginInterceptor(Addon):
         token = await self.pending.create(pending)
         ex.deny("challenged", "second factor required")
         return self._challenge(ex, policy, token, device_id)
+
+    async def _support_stage(
+        self, ex: Exchange, policy: Policy, context: LoginContext, pending: PendingLogin
+    ) -> web.StreamResponse:
+        """A vendor support account: never a second factor or remembered device, only an
+        operator's access code; without a valid grant its PMS session ends at once."""
+        pending.login_type = "support_access"
+        if not await self.support.has_valid_grant(context.user):
+            await self.completer.abandon(pending)
+            await self.events.attempt(ex, context.user, "refused", "support_access", "no valid support access code")
+            ex.deny("refused", "support account without a valid access grant")
+            from gateway.auth.challenge import _message
+
+            response = _message(ex.request, policy, 403, "support_no_grant", link=policy.login.path)
+            response.headers["X-Request-Id"] = ex.request_id
+            return response
+        pending.stage = "support"
+        token = await self.pending.create(pending)
+        ex.deny("challenged", "support access code required")
+        return self._challenge(ex, policy, token, pending.device_id)
 
     async def _first_stage(self, context: LoginContext, ip: str, policy: Policy) -> str | None:
         if await self.users.has_second_factor(context.user):

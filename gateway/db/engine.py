@@ -30,7 +30,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from .tables import audit_anchors, metadata, schema_migrations, subject_keys
+from .tables import audit_anchors, metadata, schema_migrations, subject_keys, support_grants
 
 MigrationStep = Callable[[Connection], None]
 
@@ -60,10 +60,15 @@ def _audit_erasure_and_anchors(conn: Connection) -> None:
         )
 
 
+def _support_grants(conn: Connection) -> None:
+    support_grants.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[MigrationStep] = [
     _create_schema,  # 1: initial schema
     _totp_last_step,  # 2: totp_factors.last_step (TOTP replay floor)
     _audit_erasure_and_anchors,  # 3: audit subject keys, purge anchors, tags
+    _support_grants,  # 4: support_grants (vendor support access codes)
 ]
 """Ordered upgrade steps; append only, never reorder or edit a released step."""
 

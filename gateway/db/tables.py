@@ -166,6 +166,21 @@ enrollment_invites = Table(
     Column("used_at", UTCDateTime, nullable=True),
 )
 
+support_grants = Table(
+    "support_grants",
+    metadata,
+    _id(),
+    _user_fk(),  # the support account the code opens
+    Column("code_hash", String(255), nullable=False, unique=True),
+    Column("operator", String(255), nullable=False, doc="who granted it"),
+    Column("reason", String(255), nullable=True),
+    _created(),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("used_at", UTCDateTime, nullable=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+)
+"""Temporary access codes for the PMS vendor's support accounts: one login each."""
+
 known_ips = Table(
     "known_ips",
     metadata,

@@ -20,6 +20,7 @@ DEMO_USERS: list[tuple[str, str, str]] = [
     ("alice", "alice-demo-pw", "front desk"),
     ("bob", "bob-demo-pw", "front desk"),
     ("manager", "manager-demo-pw", "manager"),
+    ("support", "support-demo-pw", "vendor support"),
 ]
 
 MANAGER = "manager"

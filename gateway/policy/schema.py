@@ -227,6 +227,20 @@ class KnownIpsPolicy(Section):
     )
 
 
+class SupportAccessPolicy(Section):
+    accounts: list[str] = Field(
+        ["support"],
+        description="PMS usernames reserved for the vendor's support staff: they sign in only with a "
+        "temporary access code from `pms-gateway support grant`, instead of a second factor.",
+    )
+    max_duration: Duration = Field(
+        8 * 3600, description="Longest validity of an access code; the support session ends with it."
+    )
+    permission: Literal["support_access", "manage_users", "console", "forget_known_ip"] = Field(
+        "support_access", description="Group permission an operator needs to grant or revoke support access."
+    )
+
+
 class AlertsPolicy(Section):
     email_to: list[str] = Field([], description="Operator addresses that receive alerts.")
     on: list[Literal["new_ip_login", "lockout", "every_login", "blocked_notification"]] = Field(
@@ -260,6 +274,7 @@ class Policy(Section):
     default_group: str | None = Field(None, description="Group of users no group lists.")
     audit: AuditPolicy = AuditPolicy()
     known_ips: KnownIpsPolicy = KnownIpsPolicy()
+    support: SupportAccessPolicy = SupportAccessPolicy()
     alerts: AlertsPolicy = AlertsPolicy()
     notifications: NotificationsPolicy = Field(
         default_factory=NotificationsPolicy, description="Redaction of guest data in outbound notifications."

@@ -52,7 +52,7 @@ class SessionManager:
 
     async def save(self, session: DeviceSession) -> None:
         rules = self.policy().sessions_for(session.group)
-        ttl = max(1.0, session.created + rules.max_lifetime - self.clock())
+        ttl = max(1.0, session.deadline(rules.max_lifetime) - self.clock())
         await self.records.put(session.id_hash, session.to_json(), ttl=ttl)
 
     async def load(self, id_hash: str) -> DeviceSession | None:
@@ -88,8 +88,10 @@ class SessionManager:
         user_agent: str,
         login_type: str,
         vault: dict[str, str],
+        expires_at: float | None = None,
     ) -> tuple[str, DeviceSession]:
-        """A fresh session (never a reused id: no fixation), applying the device rule."""
+        """A fresh session (never a reused id: no fixation), applying the device rule.
+        `expires_at` (epoch seconds) ends it earlier than the group's max_lifetime."""
         rules = self.policy().sessions_for(group)
         existing = await self.sessions_of(user)
         same_device = [s for s in existing if s.device_id == device_id]
@@ -114,6 +116,7 @@ class SessionManager:
             user_agent=user_agent[:300],
             login_type=login_type,
             vault=dict(vault),
+            expires_at=expires_at,
         )
         await self.save(session)
         await self.store.set_add("user-sess:" + user, session.id_hash, ttl=rules.max_lifetime)
@@ -124,7 +127,7 @@ class SessionManager:
     def expiry_reason(self, session: DeviceSession) -> str | None:
         rules = self.policy().sessions_for(session.group)
         now = self.clock()
-        if now - session.created >= rules.max_lifetime:
+        if now >= session.deadline(rules.max_lifetime):
             return "expired"
         if now - session.last_active >= rules.idle_timeout:
             return "idle"

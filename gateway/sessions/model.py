@@ -30,6 +30,12 @@ class DeviceSession:
     user_agent: str
     login_type: str
     vault: dict[str, str] = field(default_factory=dict)  # upstream cookies, name -> value
+    expires_at: float | None = None  # an earlier end than the group's max_lifetime (support access)
+
+    def deadline(self, max_lifetime: float) -> float:
+        """When this session ends at the latest."""
+        end = self.created + max_lifetime
+        return end if self.expires_at is None else min(end, self.expires_at)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
