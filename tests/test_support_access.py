@@ -191,7 +191,7 @@ async def test_other_accounts_keep_their_second_factor(tmp_path):
     async with login_env(tmp_path) as env:
         browser = Browser(env)
         try:
-            status, headers, _ = await browser.password("alice")
+            _, headers, _ = await browser.password("alice")
             assert headers.get("Location") == "/_gateway/2fa"
             _, page = await browser.challenge_form()
             assert 'name="access_code"' not in page

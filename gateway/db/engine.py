@@ -30,7 +30,13 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from .tables import audit_anchors, metadata, schema_migrations, subject_keys, support_grants
+from .tables import (
+    audit_anchors,
+    metadata,
+    schema_migrations,
+    subject_keys,
+    support_grants,
+)
 
 MigrationStep = Callable[[Connection], None]
 
