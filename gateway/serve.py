@@ -122,13 +122,19 @@ async def print_demo_accounts(services: Services, port: int, data_dir: Path) -> 
 
     print(f"\n  Demo PMS behind the gateway: http://127.0.0.1:{port}/\n")
     print("  Staff accounts (user / password / one-time enrollment code for the 2FA step):")
+    support_accounts = services.policy().support.accounts
     for name, password, role in DEMO_USERS:
-        invite = "already enrolled"
-        if not await services.users.has_second_factor(name):
+        if name in support_accounts:
+            invite = "access code from IT (below)"
+        elif await services.users.has_second_factor(name):
+            invite = "already enrolled"
+        else:
             invite = await services.users.create_invite(name)
         print(f"    {name:<8} / {password:<16} / {invite}   ({role})")
+    prefix = f"PMS_GATEWAY_DATA_DIR={data_dir} pms-gateway"
     print("\n  Scan the QR code with any authenticator app (or enter the key shown).")
-    print(f"  New code for a user: PMS_GATEWAY_DATA_DIR={data_dir} pms-gateway users invite NAME")
+    print(f"  New code for a user: {prefix} users invite NAME")
+    print(f"  Vendor support access: {prefix} support grant support --operator it-admin --for 2h")
     print("  Stop with Ctrl+C.\n", flush=True)
 
 

@@ -230,18 +230,16 @@ class SupportAccess:
         ))
 
     async def alert(self, subject: str, lines: list[str], account: str, ip: str | None = None) -> bool:
-        """Tell the operator (e-mail and webhook from `alerts`/`smtp`), whatever `alerts.on` says."""
+        """Tell the operator (e-mail and webhook from `alerts`/`smtp`) when `alerts.on` lists
+        `support_access` (the default)."""
         alerter = self.alerter
         if alerter is None:
-            return False
-        channels = [c for c in (alerter.email, alerter.webhook) if c is not None and c.configured]
-        if not channels:
             return False
         from gateway.notify.events import Alert
 
         try:
-            return alerter._enqueue(Alert("support_access", subject, tuple(lines), account, ip,  # type: ignore[arg-type]
-                                          {"login_type": LOGIN_TYPE}))
+            return await alerter.submit(Alert("support_access", subject, tuple(lines), account, ip,
+                                              {"login_type": LOGIN_TYPE}))
         except Exception:
             log.exception("support access alert failed", user=account)
             return False

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-AlertKind = Literal["new_ip_login", "lockout", "every_login", "blocked_notification"]
+AlertKind = Literal["new_ip_login", "lockout", "every_login", "blocked_notification", "support_access"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,9 +21,10 @@ class Alert:
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
-    def dedupe_key(self) -> tuple[str, str | None, str | None]:
-        """Alerts with one key within `alerts.min_interval` are sent once."""
-        return self.kind, self.user, self.ip
+    def dedupe_key(self) -> tuple[str, str | None, str | None, str | None]:
+        """Alerts with one key within `alerts.min_interval` are sent once. Support access
+        events differ by what happened (grant, login, revoke), so each gets through."""
+        return self.kind, self.user, self.ip, self.subject if self.kind == "support_access" else None
 
     def payload(self, instance_id: str) -> dict[str, Any]:
         return {
