@@ -77,6 +77,8 @@ class CookiePolicy:
 
     def upstream_cookie_header(self, browser_header: str | None, vault: dict[str, str]) -> str | None:
         """The browser's cookies minus gateway and vaulted names, plus the vault's cookies."""
+        if not browser_header and not vault:
+            return None
         pairs = [
             (k, v)
             for k, v in parse_cookie_header(browser_header)
