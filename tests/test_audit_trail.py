@@ -182,7 +182,10 @@ async def test_gateway_pages_and_early_refusals_are_recorded(upstream, tmp_path:
                 async with client.get(yarl.URL(gw.url + path, encoded=True),
                                       headers={"X-Forwarded-For": "203.0.113.9"}) as r:
                     await r.read()
+            async with client.get(gw.url + "/host-poisoning", headers={"Host": "evil.example"}) as r:
+                assert r.status == 421
         rows = await _rows(stack)
         assert [(r.path, r.status, r.decision) for r in rows] == [
-            ("/_gateway/nothing", 404, "refused"), ("/a/b", 400, "refused"), ("/reservations/8", 200, "allowed")]
+            ("/_gateway/nothing", 404, "refused"), ("/a/b", 400, "refused"), ("/reservations/8", 200, "allowed"),
+            ("/host-poisoning", 421, "refused")]
         assert all(r.client_ip.startswith("v1.") for r in rows)

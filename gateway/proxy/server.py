@@ -87,10 +87,12 @@ class Gateway:
         """Give the gateway's own routes (and crashes) a request id and the Host check."""
         request_id = next(self._request_ids)
         request[REQUEST_ID] = request_id
-        if not self._host_allowed(request):
-            return self._error(request, 421, request_id, "unknown host")
         request[CLIENT] = self._client(request)
         started, wall_time = time.perf_counter(), time.time()
+        if not self._host_allowed(request):
+            response = self._error(request, 421, request_id, "unknown host")
+            await self._done_without_exchange(request, 421, started, wall_time)  # audited too
+            return response
         try:
             response = await handler(request)
         except web.HTTPException as exc:
@@ -144,7 +146,7 @@ class Gateway:
         return Client(
             ip=self.resolver.resolve(peer, headers.get("X-Forwarded-For")),
             scheme=self.resolver.scheme(peer, tls, headers.get("X-Forwarded-Proto")),
-            host=self.resolver.forwarded_host(peer, headers["Host"], headers.get("X-Forwarded-Host")),
+            host=self.resolver.forwarded_host(peer, headers.get("Host", ""), headers.get("X-Forwarded-Host")),
         )
 
     def _error(self, request: web.BaseRequest, status: int, request_id: str, detail: str | None) -> web.Response:
