@@ -426,3 +426,42 @@ async def test_cookies_are_secure_behind_a_tls_terminating_proxy(tmp_path):
         finally:
             await browser.close()
         assert all("Secure" not in c for c in browser.set_cookies if c.startswith("gw_"))
+
+
+def _policy_with_groups(**reception):
+    policy = load_policy("policies/default.yaml")
+    data = policy.model_dump(mode="json")
+    data["groups"]["reception"].update(reception)
+    data["networks"]["back_office"] = ["10.20.0.0/16"]
+    return type(policy).model_validate(data)
+
+
+async def test_group_network_refuses_login_before_the_password_is_forwarded(tmp_path):
+    policy = _policy_with_groups(networks=["back_office"])
+    async with login_env(tmp_path, policy=policy) as env:
+        browser = Browser(env)
+        try:
+            status, _, page = await browser.password("alice")  # from 127.0.0.1: not back_office
+            assert status == 403 and "not allowed from this network" in page
+            assert await env.pms_users_alive() == []  # the PMS never saw the password
+            status, headers, _ = await browser.password("manager")  # another group: no network rule
+            assert headers["Location"] == "/_gateway/2fa"
+        finally:
+            await browser.close()
+
+
+async def test_group_access_rules_hide_whole_sections(tmp_path):
+    policy = _policy_with_groups(access=[{"deny": "^/reports"}, {"allow": ".*"}])
+    async with login_env(tmp_path, policy=policy) as env:
+        browser = Browser(env)
+        try:
+            await browser.password("alice")
+            await browser.enroll("alice")
+            status, _, _ = await browser.request("GET", "/reservations")
+            assert status == 200
+            status, _, page = await browser.request("GET", "/reports")
+            assert status == 403 and "Access denied" in page
+            status, _, _ = await browser.request("GET", "//REPORTS/../reports/")  # same section, other spelling
+            assert status in (400, 403)
+        finally:
+            await browser.close()

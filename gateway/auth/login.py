@@ -101,6 +101,11 @@ class LoginInterceptor(Addon):
             await self.events.attempt(ex, user, "refused", None, "unknown user")
             ex.deny("refused", "username unknown to the policy")
             return self._error(ex, policy, 403, "unknown user")
+        if not policy.network_allows(group, ex.client_ip):
+            # Checked before the password goes anywhere: the group may not log in from here.
+            await self.events.attempt(ex, user, "refused", None, "network not allowed for the group")
+            ex.deny("refused", "client network not allowed for group")
+            return self._error(ex, policy, 403, "logins for this account are not allowed from this network")
         lock = await self.lockouts.current(user, ex.client_ip)
         if lock is not None:
             await self.events.attempt(ex, user, "locked_out", None, f"{lock.scope} locked")

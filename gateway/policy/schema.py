@@ -319,6 +319,21 @@ class Policy(Section):
             merged[name] = self.sessions.model_copy(update=changes) if changes else self.sessions
         return merged
 
+    @cached_property
+    def _group_networks(self) -> dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network]]:
+        return {name: self.expand_networks(group.networks) for name, group in self.groups.items()}
+
+    def network_allows(self, group: str | None, ip: str) -> bool:
+        """Whether `group` may log in and work from `ip` (no networks listed = anywhere)."""
+        networks = self._group_networks.get(group or "", [])
+        if not networks:
+            return True
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in net for net in networks)
+
     def sessions_for(self, group: str | None) -> SessionPolicy:
         """The session rules of `group`: its overrides on top of the policy-wide ones."""
         return self._group_sessions.get(group, self.sessions)

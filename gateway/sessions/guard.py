@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import ipaddress
 import re
 from datetime import datetime, timezone
 from urllib.parse import quote
@@ -43,11 +42,10 @@ NOTICE_REASONS = frozenset({"idle", "expired", "logout", "deactivated", "replace
 SWEEP_INTERVAL = 30.0
 
 
-class CompiledGroupRules:
-    """Per-group networks and access rules, compiled once per policy version."""
+class CompiledAccessRules:
+    """Per-group access rules, compiled once per policy version."""
 
     def __init__(self, policy: Policy) -> None:
-        self.networks = {name: policy.expand_networks(g.networks) for name, g in policy.groups.items()}
         self.access = {
             name: [
                 (re.compile(rule.allow or rule.deny or ""), rule.allow is not None, rule.methods)
@@ -56,14 +54,8 @@ class CompiledGroupRules:
             for name, g in policy.groups.items()
         }
 
-    def network_allowed(self, group: str | None, ip: str) -> bool:
-        networks = self.networks.get(group or "", [])
-        if not networks:
-            return True
-        address = ipaddress.ip_address(ip)
-        return any(address in net for net in networks)
-
-    def access_allowed(self, group: str | None, method: str, path: str) -> bool:
+    def allowed(self, group: str | None, method: str, path: str) -> bool:
+        """First matching rule wins; no rule matching = allowed."""
         for pattern, allow, methods in self.access.get(group or "", []):
             if methods and method not in methods:
                 continue
@@ -76,15 +68,15 @@ class SessionGuard(Addon):
     def __init__(self, policy: PolicyGetter, sessions: SessionManager) -> None:
         self.policy = policy
         self.sessions = sessions
-        self._compiled: tuple[int, CompiledGroupRules, CookiePolicy] | None = None
+        self._compiled: tuple[int, CompiledAccessRules, CookiePolicy] | None = None
         self._websockets: dict[str, set[web.WebSocketResponse]] = {}
         self._tasks: list[asyncio.Task] = []
         self._subscriptions: list = []
 
-    def _rules(self) -> tuple[CompiledGroupRules, CookiePolicy]:
+    def _rules(self) -> tuple[CompiledAccessRules, CookiePolicy]:
         policy = self.policy()
         if self._compiled is None or self._compiled[0] != id(policy):
-            self._compiled = (id(policy), CompiledGroupRules(policy), CookiePolicy(policy.login))
+            self._compiled = (id(policy), CompiledAccessRules(policy), CookiePolicy(policy.login))
         return self._compiled[1], self._compiled[2]
 
     # -- lifecycle: revocations from elsewhere, and expiry without requests -------------------
@@ -121,7 +113,7 @@ class SessionGuard(Addon):
 
     async def request(self, ex: Exchange) -> web.StreamResponse | None:
         policy = self.policy()
-        groups, cookies = self._rules()
+        access, cookies = self._rules()
         headers = ex.request.headers
         session_id = cookie_value(headers.get("Cookie"), SESSION_COOKIE)
         session = await self.sessions.get(session_id) if session_id else None
@@ -139,10 +131,10 @@ class SessionGuard(Addon):
 
         ex.user, ex.session_hash, ex.device_id = session.user, session.id_hash, session.device_id
         ex.notes["session"] = session
-        if not groups.network_allowed(session.group, ex.client_ip):
+        if not policy.network_allows(session.group, ex.client_ip):
             ex.deny("denied", "client network not allowed for group")
             return error_response(ex.request, 403, ex.request_id, policy.property, detail="network not allowed")
-        if not groups.access_allowed(session.group, ex.request.method, ex.path.path):
+        if not access.allowed(session.group, ex.request.method, ex.path.path):
             ex.deny("denied", "access rule")
             return error_response(ex.request, 403, ex.request_id, policy.property, detail="access rule")
         self._set_upstream_cookies(ex, cookies, session.vault)
