@@ -465,3 +465,32 @@ async def test_group_access_rules_hide_whole_sections(tmp_path):
             assert status in (400, 403)
         finally:
             await browser.close()
+
+
+async def test_session_cookie_without_its_device_is_refused_and_ended(env, browser):
+    import aiohttp
+
+    await enrolled(env, browser)
+    stolen = browser.cookie("gw_session")
+    async with aiohttp.ClientSession() as thief:
+        async with thief.get(env.url + "/reservations", headers={"Cookie": f"gw_session={stolen}"},
+                             allow_redirects=False) as response:
+            assert response.status == 303
+    status, _, _ = await browser.request("GET", "/reservations")
+    assert status == 303  # ended for the rightful browser too: it signs in again
+    await wait_until(lambda: _none_alive(env))
+
+
+async def test_bind_to_ip_refuses_a_session_from_another_address(tmp_path):
+    policy = _policy_with(bind_to_ip=True)
+    async with login_env(tmp_path, policy=policy, config_overrides={"trusted_proxies": "[127.0.0.0/8]"}) as env:
+        browser = Browser(env)
+        try:
+            await browser.password("alice")
+            await browser.enroll("alice")
+            status, _, _ = await browser.request("GET", "/reservations", headers={"X-Forwarded-For": "127.0.0.1"})
+            assert status == 200
+            status, _, _ = await browser.request("GET", "/reservations", headers={"X-Forwarded-For": "203.0.113.7"})
+            assert status == 303
+        finally:
+            await browser.close()

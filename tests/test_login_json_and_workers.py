@@ -100,7 +100,8 @@ async def test_deactivation_in_one_gateway_refuses_next_request_in_the_other(tmp
         try:
             await browser_a.password("alice")
             await browser_a.enroll("alice")
-            session_cookie = browser_a.cookie("gw_session")
+            # The same browser, reaching the other gateway: its session and device cookies.
+            session_cookie = f'{browser_a.cookie("gw_session")}; gw_device={browser_a.cookie("gw_device")}'
             status, _, _ = await browser_a.request("GET", "/reservations")
             assert status == 200
             async with aiohttp.ClientSession() as raw:

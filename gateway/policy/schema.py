@@ -100,6 +100,11 @@ class SessionPolicy(Section):
     remember_device: Duration | Literal[False] = Field(
         False, description="Skip 2FA on a remembered browser for this long; false = never."
     )
+    bind_to_ip: bool = Field(
+        False,
+        description="End a session used from another client IP than it logged in from (stolen cookie); "
+        "leave off where staff move between networks.",
+    )
 
     @cached_property
     def idle_ignore_patterns(self) -> list[re.Pattern[str]]:
@@ -115,6 +120,7 @@ class SessionOverrides(Section):
     max_devices: int | None = Field(None, ge=1)
     on_new_device: Literal["replace", "refuse"] | None = None
     remember_device: Duration | Literal[False] | None = None
+    bind_to_ip: bool | None = None
 
 
 class SecondFactorPolicy(Section):

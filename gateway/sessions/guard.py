@@ -25,6 +25,7 @@ from gateway.proxy.exchange import Addon, Exchange, UpstreamAnswer
 from gateway.proxy.server import PolicyGetter
 from gateway.proxy.websocket import is_websocket_upgrade
 from gateway.sessions.cookies import (
+    DEVICE_COOKIE,
     NOTICE_COOKIE,
     SESSION_COOKIE,
     CookiePolicy,
@@ -121,6 +122,14 @@ class SessionGuard(Addon):
         if session is not None and (reason := self.sessions.expiry_reason(session)) is not None:
             await self.sessions.end(session, reason)
             session = None
+        if session is not None and (theft := self._stolen(ex, session)) is not None:
+            # The session cookie without its browser (or from elsewhere): end it, the
+            # rightful user signs in again, and the attempt is on record.
+            log.warning("session used from another device or address", user=session.user,
+                        session_hash=session.id_hash[:16], ip=ex.client_ip, reason=theft)
+            await self.sessions.end(session, "revoked")
+            ex.deny("denied", f"session cookie replayed ({theft})")
+            session = None
         if session is None:
             self._set_upstream_cookies(ex, cookies, {})
             if policy.is_public_path(ex.path.path):
@@ -143,6 +152,14 @@ class SessionGuard(Addon):
             ex.notes["logout"] = True
         if is_websocket_upgrade(ex.request):
             ex.notes["on_websocket"] = self._register_websocket
+        return None
+
+    def _stolen(self, ex: Exchange, session) -> str | None:
+        """Why this request cannot be the session's own browser, if it cannot."""
+        if cookie_value(ex.request.headers.get("Cookie"), DEVICE_COOKIE) != session.device_id:
+            return "device cookie missing or different"
+        if self.policy().sessions_for(session.group).bind_to_ip and ex.client_ip != session.ip:
+            return "different client address"
         return None
 
     def _register_websocket(self, id_hash: str, ws: web.WebSocketResponse) -> None:
