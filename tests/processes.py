@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -18,13 +19,15 @@ from tests.harness import free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_http(url: str, timeout: float = 20.0, process: subprocess.Popen | None = None) -> None:
+def wait_http(
+    url: str, timeout: float = 20.0, process: subprocess.Popen | None = None, context: ssl.SSLContext | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
         try:
-            with urllib.request.urlopen(url, timeout=1):
+            with urllib.request.urlopen(url, timeout=1, context=context):
                 return
         except Exception:
             time.sleep(0.1)
@@ -48,9 +51,16 @@ def demo_pms_process(**args: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def gateway_process(
-    tmp_path: Path, upstream_url: str, policy: dict | None = None, config: dict | None = None
+    tmp_path: Path,
+    upstream_url: str,
+    policy: dict | None = None,
+    config: dict | None = None,
+    tls_ca: Path | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`pms-gateway run` with a config file written for this test; yields (url, process)."""
+    """`pms-gateway run` with a config file written for this test; yields (url, process).
+
+    With `tls_ca` the listener is expected to speak TLS (config `listen.tls_cert`), and the
+    URL is https, trusted through that CA file."""
     port = free_port()
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text(yaml.safe_dump(policy or {}))
@@ -79,9 +89,10 @@ def gateway_process(
         stderr=subprocess.STDOUT,
         env=env,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if tls_ca else 'http'}://127.0.0.1:{port}"
+    context = ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else None
     try:
-        wait_http(url + "/_gateway/health", process=process)
+        wait_http(url + "/_gateway/health", process=process, context=context)
         yield url, process
     finally:
         if process.poll() is None:

@@ -7,7 +7,6 @@ import email
 import email.policy
 import hashlib
 import re
-import socket
 
 import aiohttp
 import pytest
@@ -19,17 +18,13 @@ from yarl import URL
 from gateway.demo import DEMO_USERS, DemoSettings, create_app
 from gateway.demo.app import STATE
 from gateway.demo.streams import pattern_bytes
+from tests.harness import free_port
 
 SMS_SID = "ACtest0123456789"
 SMS_TOKEN = "test-token"
 SMS_FROM = "+15005550006"
 
 
-def free_port() -> int:
-    """A port nothing listens on (right after this returns)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import ipaddress
 import json
 import os
 import signal
-import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.redact.egress import EgressSupervisor, export_ca
 from gateway.redact.settings import EgressSettings
+from tests.harness import free_port
 
 CARD = "4111 1111 1111 1111"
 SMS_PATH = "/2010-04-01/Accounts/AC0123/Messages.json"
@@ -64,10 +64,6 @@ def self_signed_cert(directory: Path, hosts: list[str]) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class FakeSmsProvider:

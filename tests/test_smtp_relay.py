@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import socket
 import ssl
 from email.message import EmailMessage
 
@@ -19,14 +18,11 @@ from gateway.redact.policy import ChannelRule, NotificationsPolicy
 from gateway.redact.settings import SmarthostSettings, SmtpRelaySettings
 from gateway.redact.smtp_relay import hash_password, start_smtp_relay
 from tests.test_egress import self_signed_cert
+from tests.harness import free_port
 
 CARD = "4111 1111 1111 1111"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Sink:
