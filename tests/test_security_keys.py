@@ -324,6 +324,8 @@ async def test_security_key_as_first_factor_after_the_invite(env, browser):
     await browser.request("GET", "/logout")
     status, headers, _ = await browser.password("bob")
     assert headers["Location"] == "/_gateway/2fa"  # verify stage now, no new invite
+    _, page = await browser.challenge_form()
+    assert 'name="code"' not in page and 'id="security-key-login"' in page  # no app code asked of a key-only user
     status, options = await call(browser, "login/options")
     status, body = await call(browser, "login", {"credential": key.get(options["publicKey"])})
     assert status == 200 and body["status"] == "ok"

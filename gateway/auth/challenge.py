@@ -191,6 +191,7 @@ class ChallengePages(Addon):
             remember_allowed=policy.sessions_for(pending.group).remember_device is not False,
             attempts_left=policy.second_factor.max_attempts - pending.attempts,
             security_key="security_key" in policy.second_factor.methods,
+            has_totp=pending.has_totp,
         )
         if pending.stage == "enroll" and pending.enroll_secret:
             uri = self.users.provisioning_uri(pending.user, pending.enroll_secret)

@@ -174,7 +174,8 @@ class LoginInterceptor(Addon):
             json=policy.login.format == "json",
             stage="verify",
         )
-        await self.users.ensure(context.user)
+        record = await self.users.ensure(context.user)
+        pending.has_totp = record.has_totp or not record.has_security_key
         if self.support is not None and self.support.is_support_account(context.user):
             return await self._support_stage(ex, policy, context, pending)
         if await self.remembered.valid(ex.request, context.user, device_id, policy.sessions_for(context.group)):

@@ -36,6 +36,7 @@ class PendingLogin:
     recovery_codes: list[str] = field(default_factory=list)
     login_type: str = "password+totp"
     remember: bool = False
+    has_totp: bool = True  # offer the code field; a user with only a security key is not asked for one
 
 
 # Records outlive their deadline by this much so the sweeper can still read the vault of
