@@ -34,8 +34,9 @@ async def set_cookie(request: web.Request) -> web.Response:
 
 
 async def redirect(request: web.Request) -> web.Response:
-    host = request.url.origin()
-    return web.Response(status=302, headers={"Location": f"{host}/landing?x=1"})
+    """Like a PMS that builds absolute links from its own address, not from the Host header."""
+    host, port = request.transport.get_extra_info("sockname")[:2]
+    return web.Response(status=302, headers={"Location": f"http://{host}:{port}/landing?x=1"})
 
 
 async def gzipped(request: web.Request) -> web.Response:
