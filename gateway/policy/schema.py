@@ -217,8 +217,8 @@ class AuditPolicy(Section):
         description="`normal`: a crash loses at most the last flush_interval of records; `strict`: "
         "a response completes only once its record is stored (group commit).",
     )
-    flush_interval: Duration = Field(1, description="Records are written at least this often.")
-    batch_size: int = Field(500, ge=1, le=10000, description="Records written per database transaction.")
+    flush_interval: Duration = Field(0.25, description="Records are written at least this often (small batches keep the latency tail short).")
+    batch_size: int = Field(250, ge=1, le=10000, description="Records written per database transaction.")
     queue_size: int = Field(20000, ge=10, description="Records waiting to be written before on_queue_full applies.")
     head_export_interval: Duration = Field(
         60, description="How often the latest chain head is exported outside the database (heads.jsonl, log, webhook)."
