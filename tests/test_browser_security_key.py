@@ -117,3 +117,12 @@ async def test_security_key_as_the_first_factor(page, tmp_path):
         assert record.has_security_key and not record.has_totp
         [session] = await env.sessions.sessions_of("bob")
         assert session.login_type == "password+security_key"
+        # No authenticator app: new recovery codes are confirmed with the key itself.
+        await page.goto(base + "/_gateway/account")
+        await page.wait_for_selector("#security-key-new-codes", state="visible")
+        assert await page.locator("form[action='/_gateway/account']").count() == 0
+        await page.click("#security-key-new-codes")
+        await page.wait_for_selector("#security-key-recovery-codes li")
+        codes = await page.locator("#security-key-recovery-codes li").all_inner_texts()
+        assert len(codes) == 10 and len(set(codes)) == 10
+        await shot(page, "sk-07-new-recovery-codes-with-key")

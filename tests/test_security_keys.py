@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 
 import cbor2
@@ -361,3 +362,22 @@ async def test_pages_offer_keys_only_when_the_policy_allows(tmp_path):
             assert status == 400 and body["error"] == "security_key_none"
         finally:
             await browser.close()
+
+
+async def test_key_only_user_renews_recovery_codes_with_the_key(env, browser):
+    await browser.password("bob")
+    invite = await env.services.users.create_invite("bob")
+    await browser.submit(action="invite", invite_code=invite)
+    key = SoftKey(env.url)
+    status, body = await call(browser, "enroll/options", {"label": "Bob's key"})
+    status, body = await call(browser, "enroll", {"credential": key.create(body["publicKey"])})
+    _, page = await browser.challenge_form()
+    first_codes = re.findall(r"<li>([^<]+)</li>", page)
+    await browser.submit(action="continue")
+    status, body = await call(browser, "account/recovery-codes")
+    assert status == 400 and body["error"] == "proof_required"
+    status, options = await call(browser, "account/confirm/options")
+    status, body = await call(browser, "account/recovery-codes", {"assertion": key.get(options["publicKey"])})
+    assert status == 200 and len(body["codes"]) == 10 and not set(body["codes"]) & set(first_codes)
+    assert await env.services.users.use_recovery_code("bob", first_codes[0]) is None  # the old ones are gone
+    assert await env.services.users.use_recovery_code("bob", body["codes"][0]) == 9

@@ -48,6 +48,7 @@ class AccountPage(Addon):
         return session
 
     async def _render(self, request, session, *, status: int = 200, error: str | None = None, codes=None):
+        record = await self.users.get(session.user)
         return render_page(
             request,
             "account.html",
@@ -58,6 +59,7 @@ class AccountPage(Addon):
             csrf=self._token(session.id_hash),
             error=error,
             codes=codes,
+            has_totp=record is not None and record.has_totp,
         )
 
     async def show(self, request: web.Request) -> web.StreamResponse:

@@ -142,6 +142,7 @@ class SecurityKeyPages(Addon):
             web.post(BASE + "account/register/options", self.register_options),
             web.post(BASE + "account/register", self.register),
             web.post(BASE + "account/remove", self.remove),
+            web.post(BASE + "account/recovery-codes", self.new_recovery_codes),
         ]
 
     # -- common checks ---------------------------------------------------------------
@@ -338,6 +339,17 @@ class SecurityKeyPages(Addon):
             return _error("not_found", 404)
         log.info("security key removed", user=session.user, ip=request[CLIENT].ip, key=key_id)
         return _json({"status": "ok", **await self._listing(session.user)})
+
+
+    @_signed_in
+    async def new_recovery_codes(self, request: web.Request, body: dict, session) -> web.StreamResponse:
+        """New recovery codes for a user whose proof may be a key (no authenticator app)."""
+        refused = await self._proof(request, body, session)
+        if refused is not None:
+            return refused
+        codes = await self.users.generate_recovery_codes(session.user)
+        log.info("recovery codes replaced", user=session.user, ip=request[CLIENT].ip)
+        return _json({"status": "ok", "codes": codes, **await self._listing(session.user)})
 
 
 def _registration_error(exc: CeremonyError) -> str:

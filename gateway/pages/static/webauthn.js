@@ -288,6 +288,7 @@
         code.value = "";
         label.value = "";
         show(result.data);
+        if (result.data.codes) showCodes(result.data.codes);
         say(status, t(done));
       } catch (error) {
         if (error && error.message === "proof_required") say(status, t("proof_required"), true);
@@ -298,11 +299,25 @@
       }
     }
 
+    /* New recovery codes, shown once, as text nodes (never as markup). */
+    function showCodes(codes) {
+      var list = document.getElementById("security-key-recovery-codes");
+      list.textContent = "";
+      codes.forEach(function (value) {
+        var item = document.createElement("li");
+        item.textContent = value;
+        list.appendChild(item);
+      });
+      list.hidden = false;
+    }
+
     var answer = await post("account/keys");
     if (!answer.ok) return;
     show(answer.data);
     section.hidden = false;
     add.addEventListener("click", function () { run(add, "account/register", { label: label.value }, "security_key_added"); });
+    var renew = document.getElementById("security-key-new-codes");
+    renew.addEventListener("click", function () { run(renew, "account/recovery-codes", {}, "recovery_codes_replaced"); });
   }
 
   // -- start ---------------------------------------------------------------------------
