@@ -292,3 +292,24 @@ async def test_client_leaving_mid_download_is_quiet_and_harmless(gateway, client
         assert response.status == 200
     captured = capsys.readouterr()
     assert "unhandled error" not in captured.out + captured.err
+
+
+async def test_answer_without_content_type_reaches_the_browser_without_one(client):
+    """Old PMSs send pages without Content-Type; aiohttp would label them octet-stream."""
+
+    async def legacy(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        body = b"<html>legacy</html>"
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(legacy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with run_gateway(f"http://127.0.0.1:{port}") as gw:
+            async with client.get(gw.url + "/page") as response:
+                assert response.status == 200 and await response.read() == b"<html>legacy</html>"
+                assert "Content-Type" not in response.headers
+    finally:
+        server.close()

@@ -24,6 +24,27 @@ from gateway.proxy.exchange import Exchange
 from gateway.proxy.headers import downstream_response_headers
 
 
+class _AsSent:
+    """aiohttp labels any body without a Content-Type `application/octet-stream`. A PMS
+    answer sent without one must reach the browser without one (browsers then sniff it,
+    as they did before the gateway stood in between)."""
+
+    untyped = False
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()  # type: ignore[misc]
+        if self.untyped:
+            self._headers.popall("Content-Type", None)  # type: ignore[attr-defined]
+
+
+class RelayedResponse(_AsSent, web.Response):
+    """A buffered answer relayed as the PMS sent it."""
+
+
+class RelayedStream(_AsSent, web.StreamResponse):
+    """A streamed answer relayed as the PMS sent it."""
+
+
 class BodyTooLarge(Exception):
     """The request body exceeded `limits.max_body_size` while streaming."""
 
@@ -208,8 +229,11 @@ class Forwarder:
             # Headers and body in one write: measurably faster than a prepared stream.
             ex.bytes_out = len(body)
             answer.release()
-            return web.Response(body=body, status=answer.status, reason=answer.reason, headers=headers)
-        response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
+            relayed = RelayedResponse(body=body, status=answer.status, reason=answer.reason, headers=headers)
+            relayed.untyped = "Content-Type" not in headers
+            return relayed
+        response = RelayedStream(status=answer.status, reason=answer.reason, headers=headers)
+        response.untyped = "Content-Type" not in headers
         try:
             await response.prepare(request)
             if not bodiless:
