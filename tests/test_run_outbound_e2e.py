@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
@@ -71,7 +70,6 @@ def assert_no_guest_data(name: str, data: bytes) -> None:
 
 
 async def test_run_audits_mail_and_sms_in_both_chains(tmp_path: Path):
-    started = time.monotonic()
     cert, key = self_signed_cert(tmp_path / "provider", ["localhost", "127.0.0.1"])
     provider = FakeSmsProvider()
     provider_runner = await provider.start(cert, key)
@@ -144,4 +142,3 @@ async def test_run_audits_mail_and_sms_in_both_chains(tmp_path: Path):
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert f"{INSTANCE}: " in verify.stdout and f"{INSTANCE}-egress: 1 records" in verify.stdout
     assert "OK: every chain verifies" in verify.stdout
-    assert time.monotonic() - started < 60
