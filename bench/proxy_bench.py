@@ -109,17 +109,26 @@ def role_upstream(port: int) -> None:
         return web.Response(body=body, headers=content_type)
 
     async def main() -> None:
-        server = web.Server(handler, access_log=None, keepalive_timeout=75)
-        loop = asyncio.get_running_loop()
-        srv = await loop.create_server(server, "127.0.0.1", port, backlog=1024, reuse_address=True)
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        srv.close()
-        await server.shutdown(1)
+        await serve_until_signal(handler, port)
 
     asyncio.run(main())
+
+
+async def serve_until_signal(handler, port: int) -> None:
+    """A bare aiohttp low-level server on loopback until SIGINT/SIGTERM (upstream and bare proxy)."""
+    import asyncio
+
+    from aiohttp import web
+
+    server = web.Server(handler, access_log=None, keepalive_timeout=75)
+    loop = asyncio.get_running_loop()
+    listener = await loop.create_server(server, "127.0.0.1", port, backlog=1024, reuse_address=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    listener.close()
+    await server.shutdown(1)
 
 
 def role_bare(port: int, upstream: str) -> None:
@@ -143,15 +152,7 @@ def role_bare(port: int, upstream: str) -> None:
                 content_type = {"Content-Type": response.headers.get("Content-Type", "application/octet-stream")}
                 return web.Response(body=body, status=response.status, headers=content_type)
 
-        server = web.Server(handler, access_log=None, keepalive_timeout=75)
-        loop = asyncio.get_running_loop()
-        srv = await loop.create_server(server, "127.0.0.1", port, backlog=1024, reuse_address=True)
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        srv.close()
-        await server.shutdown(1)
+        await serve_until_signal(handler, port)
         await session.close()
 
     asyncio.run(main())

@@ -50,37 +50,33 @@
     return options;
   }
 
-  function attestationJSON(credential) {
-    var response = credential.response;
+  /* The credential as JSON for the server; `fields` are the response's own parts. */
+  function credentialJSON(credential, fields) {
     return {
       id: credential.id,
       rawId: toBase64url(credential.rawId),
       type: credential.type,
       authenticatorAttachment: credential.authenticatorAttachment || null,
       clientExtensionResults: credential.getClientExtensionResults ? credential.getClientExtensionResults() : {},
-      response: {
-        clientDataJSON: toBase64url(response.clientDataJSON),
-        attestationObject: toBase64url(response.attestationObject),
-        transports: response.getTransports ? response.getTransports() : []
-      }
+      response: Object.assign({ clientDataJSON: toBase64url(credential.response.clientDataJSON) }, fields)
     };
+  }
+
+  function attestationJSON(credential) {
+    var response = credential.response;
+    return credentialJSON(credential, {
+      attestationObject: toBase64url(response.attestationObject),
+      transports: response.getTransports ? response.getTransports() : []
+    });
   }
 
   function assertionJSON(credential) {
     var response = credential.response;
-    return {
-      id: credential.id,
-      rawId: toBase64url(credential.rawId),
-      type: credential.type,
-      authenticatorAttachment: credential.authenticatorAttachment || null,
-      clientExtensionResults: credential.getClientExtensionResults ? credential.getClientExtensionResults() : {},
-      response: {
-        clientDataJSON: toBase64url(response.clientDataJSON),
-        authenticatorData: toBase64url(response.authenticatorData),
-        signature: toBase64url(response.signature),
-        userHandle: response.userHandle ? toBase64url(response.userHandle) : null
-      }
-    };
+    return credentialJSON(credential, {
+      authenticatorData: toBase64url(response.authenticatorData),
+      signature: toBase64url(response.signature),
+      userHandle: response.userHandle ? toBase64url(response.userHandle) : null
+    });
   }
 
   // -- plumbing ------------------------------------------------------------------------
