@@ -298,6 +298,7 @@ class Policy(Section):
             raise ValueError(
                 f"default_group {self.default_group!r} is not a group; define it under `groups:`"
             )
+        self._group_sessions  # every group's effective session rules, built (and checked) now
         return self
 
     def expand_networks(self, names: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -319,10 +320,22 @@ class Policy(Section):
 
     @cached_property
     def _group_sessions(self) -> dict[str | None, SessionPolicy]:
+        """Each group's effective session rules, merged as typed values (never from text:
+        a duration dumped to `"1m"` and copied back would be a string where a float is
+        compared) and validated again as a whole, so `policy check` fails where a group's
+        combination would."""
         merged: dict[str | None, SessionPolicy] = {None: self.sessions}
         for name, group in self.groups.items():
-            changes = group.sessions.model_dump(exclude_none=True)
-            merged[name] = self.sessions.model_copy(update=changes) if changes else self.sessions
+            changes = {
+                key: getattr(group.sessions, key)
+                for key in group.sessions.model_fields_set
+                if getattr(group.sessions, key) is not None
+            }
+            if not changes:
+                merged[name] = self.sessions
+                continue
+            values = {key: getattr(self.sessions, key) for key in SessionPolicy.model_fields} | changes
+            merged[name] = SessionPolicy.model_validate(values)
         return merged
 
     @cached_property
