@@ -1,6 +1,6 @@
 """Detectors for guest data in notification text, and the set the policy enables.
 
-`DetectorSet.find` runs the enabled detectors and resolves overlaps: overlapping spans
+`DetectorSet.find` runs the enabled detectors on the visible text and resolves overlaps: overlapping spans
 merge into one, reported under the detector of its longest member (so a card number
 inside an e-mail address, or an IBAN whose digits pass Luhn, is one finding, and a
 second redaction pass finds nothing new).
@@ -17,6 +17,7 @@ from gateway.redact.detectors.contact import EmailDetector, PhoneDetector
 from gateway.redact.detectors.custom import PatternDetector
 from gateway.redact.detectors.iban import IbanDetector
 from gateway.redact.detectors.identity import DateOfBirthDetector, PassportDetector
+from gateway.redact.detectors.invisible import VisibleText
 from gateway.redact.detectors.terms import NameDetector, TermDetector
 from gateway.redact.policy import NotificationsPolicy
 
@@ -68,11 +69,17 @@ class DetectorSet:
         self._allow = AllowList(policy.allow_list, policy.default_region)
 
     def find(self, text: str, names: Sequence[str] = ()) -> list[Candidate]:
-        """Non-overlapping findings in text order."""
-        found = [c for d in self.detectors for c in d.find(text, names) if c.end > c.start]
+        """Non-overlapping findings in text order.
+
+        Detectors see the text as a reader does (zero-width characters and soft hyphens
+        left out); the spans they return index the original text.
+        """
+        visible = VisibleText(text)
+        seen = visible.text
+        found = [c for d in self.detectors for c in d.find(seen, names) if c.end > c.start]
         if self._allow:
-            found = [c for c in found if not self._allow.allows(c.detector, text[c.start : c.end])]
-        return _merge_overlaps(found)
+            found = [c for c in found if not self._allow.allows(c.detector, seen[c.start : c.end])]
+        return _merge_overlaps([Candidate(c.detector, *visible.span(c.start, c.end)) for c in found])
 
 
 def _rank(candidate: Candidate) -> tuple[int, int]:

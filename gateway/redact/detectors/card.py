@@ -3,6 +3,12 @@
 Precision comes from the checksum, the issuer table with each network's lengths, and
 the grouping (booking references of 13-19 digits fail one or the other); recall from trying every group-aligned sub-run, so a card
 written next to other digits ("... 1111 2 nights") is still found.
+
+Groups may be separated by a space, a dash or a dot, with a space either side
+("4111 - 1111"), or by a line break (a wrapped line, a quoted-printable soft break once
+decoded). A line break is a wrap, not a separator the writer chose, so it may fall
+anywhere, even inside a group. Zero-width characters and soft hyphens never reach this
+detector (`invisible.VisibleText`).
 """
 
 from __future__ import annotations
@@ -44,9 +50,15 @@ _IIN_RANGES: tuple[tuple[int, int, tuple[int, ...] | range], ...] = (
     (1, 1, (15,)),  # UATP
 )
 
-# Digit groups separated by one space, dash or no-break space.
-_RUN = re.compile(r"(?<!\d)\d+(?:[ \-\u00a0\u202f]\d+)*(?!\d)")
+_SPACE = "[ \t\u00a0\u202f]"
+# Between two digit groups: one space; a dash or dot with at most one space either side;
+# or a line break with at most one space either side.
+_SEPARATOR = (
+    f"(?:{_SPACE}?[\\-.\u2010\u2011\u2012\u2013]{_SPACE}?|{_SPACE}?(?:\\r\\n|\\r|\\n){_SPACE}?|{_SPACE})"
+)
+_RUN = re.compile(f"(?<!\\d)\\d+(?:{_SEPARATOR}\\d+)*(?!\\d)")
 _GROUP = re.compile(r"\d+")
+_WRAP = re.compile(f"{_SPACE}?(?:\\r\\n|\\r|\\n){_SPACE}?")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -94,6 +106,8 @@ class CardDetector:
 
     def _in_groups(self, text: str, groups: list[tuple[int, int]]) -> Iterator[Candidate]:
         """Longest group-aligned card numbers in a run, left to right, not overlapping."""
+        # wrapped[i]: groups i and i+1 are split by a line break, not by a chosen separator.
+        wrapped = [_WRAP.fullmatch(text, a[1], b[0]) is not None for a, b in zip(groups, groups[1:])]
         first = 0
         while first < len(groups):
             found = None
@@ -106,7 +120,7 @@ class CardDetector:
                     break
                 # Every network prints a card starting with a group of four digits;
                 # "552 100 554 00025" (a SIRET) is grouped otherwise.
-                if last > first and groups[first][1] - groups[first][0] != 4:
+                if not _leads_with_four(groups, wrapped, first, last):
                     continue
                 if is_card_number(digits):
                     found = (last, start, end)
@@ -117,3 +131,14 @@ class CardDetector:
             last, start, end = found
             yield Candidate(self.name, start, end)
             first = last + 1
+
+
+def _leads_with_four(groups: list[tuple[int, int]], wrapped: list[bool], first: int, last: int) -> bool:
+    """Whether groups first..last, read across line breaks, start with four digits before
+    their first chosen separator (or have none: one unseparated number)."""
+    count = 0
+    for index in range(first, last + 1):
+        count += groups[index][1] - groups[index][0]
+        if index == last or not wrapped[index]:
+            return index == last or count == 4
+    return True
