@@ -1,8 +1,13 @@
 """mitmproxy addon: redact guest data in the requests the PMS sends to SMS/e-mail APIs.
 
 Each request is matched to a channel of the policy (`notifications.channels`) by its
-destination host and path; the matched body is rewritten by the Redactor before mitmproxy
-forwards it. A request matching no channel passes or is refused, per `unmatched_egress`.
+destination host and its canonical path (`gateway.proxy.canonical`, the reader the
+inbound side uses: one decoding, dot segments and `//` resolved; ambiguous spellings such
+as `;x=1` or `%2F` are refused with 400), case-insensitively; the canonical path is what
+is forwarded. The matched request's body, query string and non-standard headers are
+rewritten by the Redactor before mitmproxy forwards it. A request matching no channel is
+refused when its host has a channel (`unmatched_channel_host`, default block), else
+passes or is refused per `unmatched_egress`.
 Everything that could carry a body past this hook (raw TCP, WebSocket, HTTP/3) is turned
 off by `gateway.redact.egress`, which runs this addon in a process of its own.
 """
@@ -15,7 +20,9 @@ from collections.abc import Sequence
 
 from mitmproxy import ctx, exceptions, http
 
+from gateway.proxy.canonical import AmbiguousPath, canonicalize
 from gateway.redact.engine import Redactor
+from gateway.redact.formats.base import drops_field
 from gateway.redact.outbound_audit import Action, OutboundAudit, OutboundRecord, emit
 from gateway.redact.outcome import Outcome
 from gateway.redact.policy import ChannelRule, NotificationsPolicy
@@ -23,6 +30,16 @@ from gateway.redact.policy import ChannelRule, NotificationsPolicy
 log = logging.getLogger(__name__)
 
 _RECORD = "gateway_outbound"  # flow.metadata key: what to audit once the outcome is known
+
+# Request headers whose values are protocol, not message content: every other header
+# (X-Customer-Name, a provider's X-Message-Note...) is scanned like a field.
+STANDARD_HEADERS: frozenset[str] = frozenset((
+    "accept", "accept-charset", "accept-encoding", "accept-language", "authorization",
+    "cache-control", "connection", "content-encoding", "content-length", "content-type",
+    "cookie", "date", "expect", "host", "if-match", "if-modified-since", "if-none-match",
+    "if-unmodified-since", "keep-alive", "pragma", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "transfer-encoding", "upgrade", "user-agent",
+))  # fmt: skip
 
 
 def load_notifications(paths: Sequence[str]) -> NotificationsPolicy:
@@ -72,7 +89,7 @@ class RedactionAddon:
         if self.redactor is None:
             return  # `request` refuses every request inside the tunnel
         policy = self.redactor.policy
-        if policy.unmatched_egress == "block" and not _host_named(policy, flow.request.host):
+        if policy.unmatched_egress == "block" and not policy.names_host(flow.request.host):
             await self._refuse(flow, None, 403, "destination not allowed by the notification policy")
 
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -90,13 +107,24 @@ class RedactionAddon:
             raise RuntimeError("no notification policy loaded")
         policy = self.redactor.policy
         req = flow.request
-        rule = policy.channel_for(req.host, req.path.partition("?")[0])
+        raw_path, sep, query = req.path.partition("?")
+        try:
+            canonical = canonicalize(raw_path)
+        except AmbiguousPath as exc:
+            if policy.names_host(req.host) or policy.unmatched_egress == "block":
+                await self._refuse(flow, None, 400, f"ambiguous request path: {exc}")
+            else:
+                flow.metadata[_RECORD] = ("unmatched", {})
+            return
+        rule = policy.channel_for(req.host, canonical.path)
         if rule is None:
-            if policy.unmatched_egress == "block":
+            if policy.unmatched_action(req.host) == "block":
                 await self._refuse(flow, None, 403, "destination not allowed by the notification policy")
             else:
                 flow.metadata[_RECORD] = ("unmatched", {})
             return
+        # The provider gets the path the channel matched, not a spelling of it.
+        req.path = canonical.encoded + sep + query
         if req.headers.get("upgrade"):
             # A WebSocket or h2c upgrade would carry data this hook never sees.
             await self._refuse(flow, rule, 403, "protocol upgrade not allowed on a notification channel")
@@ -122,7 +150,8 @@ class RedactionAddon:
     # ------------------------------------------------------------------ helpers
 
     def _redact(self, flow: http.HTTPFlow, rule: ChannelRule) -> Outcome:
-        """Redact the decoded body; a form channel's query string is redacted like a form body."""
+        """Redact the decoded body, the query string (read as a form, whatever the
+        channel's format) and every non-standard header."""
         assert self.redactor is not None
         req = flow.request
         # `.content` is decoded from Content-Encoding (raises on an unknown one: fail closed);
@@ -131,14 +160,38 @@ class RedactionAddon:
         if outcome.blocked:
             return outcome
         req.content = outcome.data
-        query = req.path.partition("?")[2]
-        if query and rule.format == "form":
-            q = self.redactor.redact_http_body(query.encode(), "application/x-www-form-urlencoded", rule)
+        path, _, query = req.path.partition("?")
+        if query:
+            q = self.redactor.redact_http_query(query.encode("utf-8", "surrogateescape"), rule)
             if q.blocked:
                 return q
-            req.path = req.path.partition("?")[0] + "?" + q.data.decode("ascii", "replace")
+            req.path = path + "?" + q.data.decode("ascii", "replace")
             outcome = Outcome(outcome.data, outcome.findings + q.findings)
-        return outcome
+        return self._redact_headers(req, outcome)
+
+    def _redact_headers(self, req: http.Request, outcome: Outcome) -> Outcome:
+        """Scan non-standard headers: values are redacted in place (a `drop` removes the
+        header); guest data in a header name cannot be redacted, so it blocks."""
+        assert self.redactor is not None
+        findings = list(outcome.findings)
+        for name in {n.lower() for n in req.headers.keys()} - STANDARD_HEADERS:
+            _, found = self.redactor.redact_text(name)
+            if found:
+                return Outcome(outcome.data, findings + found, blocked=True, reason="guest data in a header name")
+            values: list[str] = []
+            old = req.headers.get_all(name)
+            for value in old:
+                new, found = self.redactor.redact_text(value)
+                findings.extend(found)
+                if not drops_field(found):
+                    values.append(new)
+            if values != old:
+                req.headers.set_all(name, values)
+        blocking = sorted({f.detector for f in findings if f.action == "block"})
+        if blocking:
+            reason = f"policy blocks messages containing: {', '.join(blocking)}"
+            return Outcome(outcome.data, findings, blocked=True, reason=reason)
+        return Outcome(outcome.data, findings)
 
     async def _refuse(
         self,
@@ -160,10 +213,3 @@ class RedactionAddon:
         size = len(flow.request.raw_content or b"")
         await emit(self.audit, OutboundRecord(channel, flow.request.host, counts, action, reason, None, size))
 
-
-def _host_named(policy: NotificationsPolicy, host: str) -> bool:
-    """Whether some HTTP channel names `host`, whatever its path pattern."""
-    return any(
-        not c.smtp and c.egress_host and c.model_copy(update={"path": None}).matches(host, "/")
-        for c in policy.channels
-    )

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from gateway.redact.detectors import Candidate, DetectorSet
 from gateway.redact.formats.base import Edit, Plan, Rewrite, Rewritten
-from gateway.redact.formats.bodies import BodyDocument, parse_body
+from gateway.redact.formats.bodies import BodyDocument, parse_body, parse_query
 from gateway.redact.formats.mime import MailDocument
 from gateway.redact.names import names_in_text
 from gateway.redact.operators import Operators
@@ -139,14 +139,20 @@ class Redactor:
         self, body: bytes, content_type: str | None, channel: ChannelRule
     ) -> Outcome:
         """Redact a provider API request body according to its channel rule."""
+        return self._redact_document(body, lambda data: parse_body(data, content_type, channel))
+
+    def redact_http_query(self, query: bytes, channel: ChannelRule) -> Outcome:
+        """Redact a provider API request's query string (read as a form, any channel)."""
+        return self._redact_document(query, lambda data: parse_query(data, channel))
+
+    def _redact_document(self, data: bytes, parse: Callable[[bytes], BodyDocument]) -> Outcome:
         try:
-            document = parse_body(body, content_type, channel)
+            document = parse(data)
             names = self.known_names((t for _, t in document.texts()), document.names())
             result = document.rewrite(self.rewriter(names), self.policy.attachments)
 
             def rescan(data: bytes) -> Rewritten:
-                again: BodyDocument = parse_body(data, content_type, channel)
-                return again.rewrite(self.rewriter(names), "keep")
+                return parse(data).rewrite(self.rewriter(names), "keep")
 
             return self._conclude(result, rescan)
         except Exception as exc:  # noqa: BLE001 - fail closed, as above

@@ -363,7 +363,15 @@ class ChannelRule(BaseModel):
                 return False
         elif host != rule:
             return False
-        return self.path is None or re.search(self.path, path) is not None
+        if self.path is None:
+            return True
+        # Channel selection ignores case and a trailing slash: `Messages.JSON` and
+        # `Messages.json/` must not slip past a channel written for `Messages.json` (the
+        # provider may well serve them). `path` is the canonical path (one decoding, dot
+        # segments and `//` resolved: `gateway.proxy.canonical`).
+        pattern = re.compile(self.path, re.IGNORECASE)
+        bare = path.rstrip("/") or "/"
+        return pattern.search(path) is not None or pattern.search(bare) is not None
 
 
 class NotificationsPolicy(BaseModel):
@@ -398,7 +406,13 @@ class NotificationsPolicy(BaseModel):
     unmatched_egress: Literal["pass", "block"] = Field(
         "pass",
         title="Unmatched egress",
-        description="What the egress proxy does with requests matching no channel.",
+        description="What the egress proxy does with requests to hosts no channel names.",
+    )
+    unmatched_channel_host: Literal["block", "pass"] = Field(
+        "block",
+        title="Unmatched path on a channel host",
+        description="What the egress proxy does with a request to a channel's host whose path "
+        "matches no channel (block: a respelt path never slips past its channel).",
     )
     attachments: Literal["keep", "drop", "block"] = Field(
         "keep",
@@ -494,8 +508,19 @@ class NotificationsPolicy(BaseModel):
         return frozenset(active)
 
     def channel_for(self, host: str, path: str) -> ChannelRule | None:
-        """The first HTTP channel an outbound request belongs to, if any."""
+        """The first HTTP channel an outbound request belongs to, if any; `path` is the
+        canonical path."""
         return next((c for c in self.channels if c.matches(host, path)), None)
+
+    def names_host(self, host: str) -> bool:
+        """Whether some HTTP channel names `host`, whatever its path pattern."""
+        return any(c.model_copy(update={"path": None}).matches(host, "/") for c in self.channels)
+
+    def unmatched_action(self, host: str) -> Literal["pass", "block"]:
+        """What happens to a request to `host` that matches no channel."""
+        if self.unmatched_egress == "block":
+            return "block"
+        return self.unmatched_channel_host if self.names_host(host) else "pass"
 
     def smtp_channel(self) -> ChannelRule | None:
         """The channel describing mail through the SMTP relay, if configured."""

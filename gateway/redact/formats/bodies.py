@@ -1,8 +1,13 @@
 """HTTP request bodies sent to SMS and e-mail provider APIs: form, JSON, multipart, text.
 
-Unchanged fields keep their exact bytes (a provider signature over the body, or its
-parser's quirks, are not disturbed by fields nobody touched). A field whose finding
-says `drop` is removed from the body.
+Unchanged form and JSON fields keep their exact bytes (a provider signature over the
+body, or its parser's quirks, are not disturbed by fields nobody touched). A field whose
+finding says `drop` is removed from the body. Key names (form keys, JSON object keys)
+are scanned as well as values. A multipart body is parsed by python-multipart and
+always re-serialised from what it parsed, so no byte the parser skipped (preamble,
+epilogue) leaves. A body two readers could read differently (duplicate JSON keys,
+RFC 2231 `name*=` parameters, encoded parts) raises `AmbiguousBody`: it is refused,
+never guessed.
 """
 
 from __future__ import annotations
@@ -14,12 +19,20 @@ from email.message import Message
 from typing import Any, Literal, Protocol
 from urllib.parse import quote_plus, unquote_to_bytes
 
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
 from gateway.redact.formats.base import Rewrite, Rewritten, UnparsableBody, drops_field
 from gateway.redact.formats.fields import FieldSelector
 from gateway.redact.outcome import Finding
 from gateway.redact.policy import ChannelRule
 
 AttachmentRule = Literal["keep", "drop", "block"]
+
+
+class AmbiguousBody(ValueError):
+    """A body the provider might read differently from this parser: refused (blocked),
+    not redacted as text, since the text reading could be the wrong one too."""
 
 
 class BodyDocument(Protocol):
@@ -76,7 +89,11 @@ _NOT_A_KEY = re.compile(r"[\s@]")
 class FormBody:
     """application/x-www-form-urlencoded: `To=%2B44...&Body=Dear+Jana...`."""
 
-    def __init__(self, body: bytes, params: dict[str, str], selector: FieldSelector) -> None:
+    def __init__(
+        self, body: bytes, params: dict[str, str], selector: FieldSelector, *, query: bool = False
+    ) -> None:
+        """`query`: the body is a URL's query string, a form by definition (a body must
+        look like one, else it is read as text)."""
         self.body = body
         self.charset = _charset(params)
         self.selector = selector
@@ -88,8 +105,9 @@ class FormBody:
             key_raw, sep, value_raw = raw.partition(b"=")
             key = self._unquote(key_raw)
             self.pairs.append((raw, key, self._unquote(value_raw) if sep else None))
-        if not any(v is not None for _, _, v in self.pairs) or any(
-            _NOT_A_KEY.search(k) for _, k, _ in self.pairs
+        if not query and (
+            not any(v is not None for _, _, v in self.pairs)
+            or any(_NOT_A_KEY.search(k) for _, k, _ in self.pairs)
         ):
             raise UnparsableBody("not a form body")  # e.g. a text body sent as form
 
@@ -101,29 +119,59 @@ class FormBody:
 
     def texts(self) -> Iterator[tuple[str, str]]:
         for _, key, value in self.pairs:
+            if key:
+                yield f"key:{key}", key
             if value is not None and self.selector.redacts(key):
                 yield f"field:{key}", value
+
+    def _encode(self, text: str) -> bytes:
+        return quote_plus(text, encoding=self.charset, errors="surrogateescape").encode("ascii")
 
     def rewrite(self, rewrite: Rewrite, attachments: AttachmentRule) -> Rewritten:
         findings: list[Finding] = []
         out: list[bytes] = []
         changed = False
         for raw, key, value in self.pairs:
-            if value is None or not self.selector.redacts(key):
-                out.append(raw)
-                continue
-            new, found = rewrite(f"field:{key}", value)
+            key_raw, sep, value_raw = raw.partition(b"=")
+            new_key, found = rewrite(f"key:{key}", key) if key else (key, [])
             findings.extend(found)
             if drops_field(found):
                 changed = True
                 continue
-            if new == value:
-                out.append(raw)
-                continue
-            changed = True
-            encoded = quote_plus(new, encoding=self.charset, errors="surrogateescape")
-            out.append(raw.partition(b"=")[0] + b"=" + encoded.encode("ascii"))
+            if new_key != key:
+                key_raw, changed = self._encode(new_key), True
+            if value is not None and self.selector.redacts(key):
+                new, found = rewrite(f"field:{key}", value)
+                findings.extend(found)
+                if drops_field(found):
+                    changed = True
+                    continue
+                if new != value:
+                    value_raw, changed = self._encode(new), True
+            out.append(key_raw + sep + value_raw)
         return Rewritten(b"&".join(out) if changed else self.body, findings)
+
+
+def _json_objects(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(path, object) for every JSON object at or below `node`, deepest first."""
+    children: list[tuple[str, Any]] = []
+    if isinstance(node, dict):
+        children = [(f"{path}.{k}" if path else str(k), v) for k, v in node.items()]
+    elif isinstance(node, list):
+        children = [(f"{path}[{i}]", v) for i, v in enumerate(node)]
+    for child_path, child in children:
+        yield from _json_objects(child, child_path)
+    if isinstance(node, dict):
+        yield path, node
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads hook: a key given twice is read as the first by some parsers and as the
+    last by others, so the body is ambiguous."""
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        raise AmbiguousBody("duplicate key in a JSON object")
+    return data
 
 
 def _json_leaves(node: Any, path: str) -> Iterator[tuple[str, Any, Any]]:
@@ -150,7 +198,7 @@ class JsonBody:
         self.body = body
         self.selector = selector
         try:
-            self.data = json.loads(body.decode("utf-8-sig"))
+            self.data = json.loads(body.decode("utf-8-sig"), object_pairs_hook=_unique_keys)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UnparsableBody(f"not JSON: {exc}") from None
         self.pretty = re.search(rb'"\s*:\s', body) is not None
@@ -162,6 +210,37 @@ class JsonBody:
         for path, container, key in _json_leaves(self.data, ""):
             if self.selector.redacts(path):
                 yield f"field:{path}", str(container[key])
+        for path, node in _json_objects(self.data, ""):
+            for key in node:
+                yield f"key:{path}.{key}" if path else f"key:{key}", key
+
+    def _rewrite_keys(self, rewrite: Rewrite) -> tuple[bool, list[Finding]]:
+        """Scan every object key (guest data can be a key: `{"Jane Doe": ...}`); the
+        recipient's own keys are kept, like its values."""
+        findings: list[Finding] = []
+        changed = False
+        for path, node in _json_objects(self.data, ""):
+            renamed: dict[str, Any] = {}
+            node_changed = False
+            for key, value in node.items():
+                key_path = f"{path}.{key}" if path else key
+                if self.selector.is_recipient(key_path):
+                    new, found = key, []
+                else:
+                    new, found = rewrite(f"key:{key_path}", key)
+                findings.extend(found)
+                if drops_field(found):
+                    node_changed = True
+                    continue
+                if new in renamed:
+                    raise AmbiguousBody("redacted JSON keys collide")
+                renamed[new] = value
+                node_changed |= new != key
+            if node_changed:
+                node.clear()
+                node.update(renamed)
+                changed = True
+        return changed, findings
 
     def rewrite(self, rewrite: Rewrite, attachments: AttachmentRule) -> Rewritten:
         findings: list[Finding] = []
@@ -181,6 +260,9 @@ class JsonBody:
             changed |= new != text or drops_field(found)
         for container, key in reversed(dropped):
             del container[key]
+        keys_changed, key_findings = self._rewrite_keys(rewrite)
+        findings.extend(key_findings)
+        changed |= keys_changed
         if not changed:
             return Rewritten(self.body, findings)
         separators = (", ", ": ") if self.pretty else (",", ":")
@@ -188,11 +270,88 @@ class JsonBody:
         return Rewritten(text.encode("utf-8", "surrogateescape"), findings)
 
 
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_PART_ENCODINGS = frozenset(("7bit", "8bit", "binary"))
+_EXTENDED_PARAM = re.compile(r"[A-Za-z0-9!#$&+.^_`|~-]\*")
+_NAME_PARAM = re.compile(r"(?:^|;)\s*name\s*=", re.IGNORECASE)
+_STRUCTURAL = frozenset(("content-disposition", "content-type", "content-transfer-encoding"))
+
+
+class _Part:
+    """One multipart part as python-multipart read it."""
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.content = bytearray()
+        self.name = ""
+        self.filename: bytes | None = None
+        self.charset = "utf-8"
+
+
+def _read_parts(body: bytes, boundary: bytes) -> list[_Part]:
+    """The parts of a multipart body, read by python-multipart (a real parser, as
+    providers use one); UnparsableBody if it is malformed or truncated."""
+    parts: list[_Part] = []
+    field, value = bytearray(), bytearray()
+    ended = False
+
+    def header_end() -> None:
+        parts[-1].headers.append((bytes(field), bytes(value)))
+        field.clear()
+        value.clear()
+
+    def end() -> None:
+        nonlocal ended
+        ended = True
+
+    parser = MultipartParser(boundary, {
+        "on_part_begin": lambda: parts.append(_Part()),
+        "on_header_field": lambda data, start, stop: field.extend(data[start:stop]),
+        "on_header_value": lambda data, start, stop: value.extend(data[start:stop]),
+        "on_header_end": header_end,
+        "on_part_data": lambda data, start, stop: parts[-1].content.extend(data[start:stop]),
+        "on_end": end,
+    })  # fmt: skip
+    try:
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise UnparsableBody(f"malformed multipart body: {exc}") from None
+    if not ended or not parts:
+        raise UnparsableBody("multipart body without parts or closing delimiter")
+    return parts
+
+
+def _describe(part: _Part, default_charset: str) -> None:
+    """Read a part's name, file name and charset; AmbiguousBody where readers differ."""
+    seen: dict[bytes, bytes] = {}
+    for name, value in part.headers:
+        key = name.strip().lower()
+        if key in _STRUCTURAL and key in seen:
+            raise AmbiguousBody(f"multipart part with two {name.decode('latin-1')} headers")
+        seen[key] = value
+    disposition = seen.get(b"content-disposition", b"").decode("latin-1")
+    if not disposition:
+        raise AmbiguousBody("multipart part without Content-Disposition")
+    # python-multipart ignores RFC 2231 `name*=` (RFC 7578 forbids it); a provider may
+    # not. Either reading could be the wrong one: refuse.
+    if _EXTENDED_PARAM.search(disposition) or len(_NAME_PARAM.findall(disposition)) > 1:
+        raise AmbiguousBody("multipart part with an extended (name*=) or repeated parameter")
+    encoding = seen.get(b"content-transfer-encoding", b"binary").strip().lower().decode("latin-1")
+    if encoding not in _PART_ENCODINGS:
+        raise AmbiguousBody(f"multipart part in {encoding} transfer encoding")
+    _, options = parse_options_header(disposition)
+    part.name = options.get(b"name", b"").decode("utf-8", "surrogateescape")
+    part.filename = options.get(b"filename")
+    _, type_params = content_type_params(seen.get(b"content-type", b"").decode("latin-1") or None)
+    part.charset = _charset(type_params, default_charset)
 
 
 class MultipartBody:
-    """multipart/form-data: text fields by name; files follow the attachments rule."""
+    """multipart/form-data: text fields by name; files follow the attachments rule.
+
+    Parsed by python-multipart and written back from what it parsed: preamble and
+    epilogue (which no field reader sees, but which could carry anything) never leave.
+    Part headers other than the structural ones are scanned like fields."""
 
     def __init__(self, body: bytes, params: dict[str, str], selector: FieldSelector) -> None:
         boundary = params.get("boundary")
@@ -202,73 +361,66 @@ class MultipartBody:
                 raise UnparsableBody("multipart body without a boundary")
             boundary = first[2:].decode("latin-1")
         self.body = body
-        self.delimiter = b"--" + boundary.encode("latin-1")
+        self.boundary = boundary.encode("latin-1")
         self.selector = selector
         self.charset = _charset(params)
-        self.segments = body.split(self.delimiter)
-        # Anything this parser would skip (a part without headers, content after a
-        # missing closing delimiter) must not go unscanned: then it is text.
-        if len(self.segments) < 3 or not self.segments[-1].startswith(b"--"):
-            raise UnparsableBody("multipart body without parts or closing delimiter")
-        if any(_HEADER_END.search(s) is None for s in self.segments[1:-1]):
-            raise UnparsableBody("multipart part without headers")
+        self.parts = _read_parts(body, self.boundary)
+        for part in self.parts:
+            _describe(part, self.charset)
 
-    def _parts(self) -> Iterator[tuple[int, Message, bytes, bytes, bytes]]:
-        """(segment index, headers, head bytes, content, tail) for each part."""
-        for index in range(1, len(self.segments) - 1):
-            segment = self.segments[index]
-            split = _HEADER_END.search(segment)
-            assert split is not None  # checked in __init__
-            head, content = segment[: split.end()], segment[split.end() :]
-            tail = b"\r\n" if content.endswith(b"\r\n") else b"\n" if content.endswith(b"\n") else b""
-            content = content[: len(content) - len(tail)]
-            headers = Message()
-            for line in head.decode("latin-1").splitlines():
-                name, sep, value = line.partition(":")
-                if sep:
-                    headers[name.strip()] = value.strip()
-            yield index, headers, head, content, tail
-
-    def _text_fields(self) -> Iterator[tuple[int, str, str, str, bytes, bytes]]:
-        for index, headers, head, content, tail in self._parts():
-            name = headers.get_param("name", header="content-disposition")
-            if headers.get_param("filename", header="content-disposition") is not None:
-                continue
-            charset = _charset({"charset": headers.get_content_charset() or self.charset})
-            yield index, str(name or ""), content.decode(charset, "surrogateescape"), charset, head, tail
+    def _text(self, part: _Part) -> str:
+        return bytes(part.content).decode(part.charset, "surrogateescape")
 
     def names(self) -> list[str]:
-        return [text for _, name, text, *_ in self._text_fields() if self.selector.holds_name(name)]
+        return [
+            self._text(p) for p in self.parts if p.filename is None and self.selector.holds_name(p.name)
+        ]
 
     def texts(self) -> Iterator[tuple[str, str]]:
-        for _, name, text, *_ in self._text_fields():
-            if self.selector.redacts(name):
-                yield f"field:{name}", text
+        for part in self.parts:
+            for name, value in part.headers:
+                if name.strip().lower() not in _STRUCTURAL:
+                    yield f"header:{part.name}", value.decode("utf-8", "surrogateescape")
+            if part.filename is None and self.selector.redacts(part.name):
+                yield f"field:{part.name}", self._text(part)
 
     def rewrite(self, rewrite: Rewrite, attachments: AttachmentRule) -> Rewritten:
         findings: list[Finding] = []
-        segments = list(self.segments)
-        removed: set[int] = set()
-        if attachments != "keep":
-            for index, headers, *_ in self._parts():
-                filename = headers.get_param("filename", header="content-disposition")
-                if filename is not None:
-                    findings.append(Finding("attachment", 0, 0, attachments, f"part:{index}"))
-                    if attachments == "drop":
-                        removed.add(index)
-        for index, name, text, charset, head, tail in self._text_fields():
-            if not self.selector.redacts(name):
-                continue
-            new, found = rewrite(f"field:{name}", text)
-            findings.extend(found)
-            if drops_field(found):
-                removed.add(index)
-            elif new != text:
-                segments[index] = head + new.encode(charset, "surrogateescape") + tail
-        if not removed and segments == self.segments:
-            return Rewritten(self.body, findings)
-        kept = [s for i, s in enumerate(segments) if i not in removed]
-        return Rewritten(self.delimiter.join(kept), findings)
+        out: list[bytes] = []
+        for index, part in enumerate(self.parts, start=1):
+            content = bytes(part.content)
+            if part.filename is not None and attachments != "keep":
+                findings.append(Finding("attachment", 0, 0, attachments, f"part:{index}"))
+                if attachments == "drop":
+                    continue
+            headers: list[bytes] = []
+            for name, value in part.headers:
+                if name.strip().lower() not in _STRUCTURAL:
+                    text = value.decode("utf-8", "surrogateescape")
+                    new, found = rewrite(f"header:{part.name}", text)
+                    findings.extend(found)
+                    if drops_field(found):
+                        continue
+                    value = new.encode("utf-8", "surrogateescape")
+                headers.append(name + b": " + value + b"\r\n")
+            if part.filename is None and self.selector.redacts(part.name):
+                text = self._text(part)
+                new, found = rewrite(f"field:{part.name}", text)
+                findings.extend(found)
+                if drops_field(found):
+                    continue
+                content = new.encode(part.charset, "surrogateescape")
+            out.append(b"--" + self.boundary + b"\r\n" + b"".join(headers) + b"\r\n" + content + b"\r\n")
+        return Rewritten(b"".join(out) + b"--" + self.boundary + b"--\r\n", findings)
+
+
+def parse_query(query: bytes, channel: ChannelRule) -> BodyDocument:
+    """A request's query string, read as a form whatever the body's format: a form
+    channel's fields apply to it, other channels have every parameter scanned (their
+    field paths name places in the body), the recipient's excepted."""
+    fields = channel.fields if channel.format == "form" else []
+    selector = FieldSelector(fields, channel.recipient_field, channel.name_fields)
+    return FormBody(query, {}, selector, query=True)
 
 
 def parse_body(body: bytes, content_type: str | None, channel: ChannelRule) -> BodyDocument:
