@@ -41,6 +41,8 @@ def policy_check(paths: Annotated[list[Path], typer.Argument(help="Policy files 
         policy = load_policy(*paths)
     except ConfigError as exc:
         fail(exc)
+    except Exception as exc:  # a loader bug: still one line for the operator, never a traceback
+        fail(ValueError(f"{', '.join(map(str, paths))}: (top level): cannot be loaded ({type(exc).__name__}: {exc})"))
     typer.echo(f"ok: {', '.join(map(str, paths))} ({len(policy.groups)} groups)")
 
 

@@ -189,7 +189,7 @@ def load_config(path: Path | str | None, environ: dict[str, str] | None = None) 
         try:
             source = load_yaml(Path(path))
         except YamlError as exc:
-            raise ConfigError([ConfigProblem(exc.path, exc.line, "", exc.message)]) from None
+            raise ConfigError([ConfigProblem(exc.path, exc.line, exc.key, exc.message)]) from None
         if not isinstance(source.data, dict):
             raise ConfigError([ConfigProblem(source.path, 1, "", "config is a mapping of sections")])
         sources.append(source)

@@ -2,30 +2,44 @@
 
 Operators write `idle_timeout: 25m`, not `1500`; the validated value is a float of seconds
 so code never has to care which unit was written.
+
+Every duration is finite and at most `MAX_DURATION`: an infinite or 400-digit timeout
+once passed `policy check` and then failed at every use (Redis refuses such an expiry),
+so a correct password answered 500. Fields with a narrower sensible range use
+`DurationIn("1m", "7d")`, which says the range in its error and in the JSON Schema.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+from pydantic import AfterValidator, BeforeValidator, PlainSerializer, WithJsonSchema
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+MAX_DURATION = 3650 * 86400  # ten years: beyond any timeout, lifetime or retention
+_HINT = "write e.g. 90s, 25m, 12h or 30d"
 
 
 def parse_duration(value: object) -> float:
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as 90s, 25m, 12h or 30d")
-    if isinstance(value, (int, float)):
+        raise ValueError(f"expected a duration: {_HINT}")
+    if isinstance(value, int) and abs(value) > MAX_DURATION:  # float() of 400 digits overflows
+        seconds = math.inf if value > 0 else -math.inf
+    elif isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str) and (match := _PATTERN.match(value)):
         seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
     else:
-        raise ValueError(f"{value!r} is not a duration: write e.g. 90s, 25m, 12h or 30d")
+        raise ValueError(f"{_shown(value)} is not a duration: {_HINT}")
+    if math.isnan(seconds):
+        raise ValueError(f"expected a duration: {_HINT}")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{_shown(value)} is longer than the longest duration allowed, {format_duration(MAX_DURATION)}")
     return seconds
 
 
@@ -36,17 +50,43 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def _shown(value: object) -> str:
+    """The value as the operator wrote it, cut short (a 400-digit number is not an error message)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:30] + "..." + text[-6:]
+
+
+def _json_schema(minimum: float = 0, maximum: float = MAX_DURATION, note: str = "") -> dict[str, Any]:
+    return {
+        "anyOf": [
+            {"type": "string", "pattern": r"^\d+(\.\d+)?[smhdw]?$"},
+            {"type": "number", "minimum": minimum, "maximum": maximum},
+        ],
+        "description": f"A duration: 90s, 25m, 12h, 30d, or a number of seconds{note}.",
+    }
+
+
 Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
     PlainSerializer(format_duration, return_type=str),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "pattern": r"^\d+(\.\d+)?[smhdw]?$"},
-                {"type": "number", "minimum": 0},
-            ],
-            "description": "A duration: 90s, 25m, 12h, 30d, or a number of seconds.",
-        }
-    ),
+    WithJsonSchema(_json_schema()),
 ]
+
+
+def DurationIn(low: str, high: str) -> Any:  # noqa: N802 (used as a type: `DurationIn("1m", "7d")`)
+    """A Duration between `low` and `high` inclusive, both written as durations."""
+    minimum, maximum = parse_duration(low), parse_duration(high)
+
+    def within(seconds: float) -> float:
+        if not minimum <= seconds <= maximum:
+            raise ValueError(f"{format_duration(seconds)} is out of range: between {low} and {high}")
+        return seconds
+
+    return Annotated[
+        float,
+        BeforeValidator(parse_duration),
+        AfterValidator(within),
+        PlainSerializer(format_duration, return_type=str),
+        WithJsonSchema(_json_schema(minimum, maximum, f", from {low} to {high}")),
+    ]

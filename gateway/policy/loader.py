@@ -38,7 +38,7 @@ def _read(file: Path) -> YamlSource:
     try:
         source = load_yaml(file)
     except YamlError as exc:
-        raise ConfigError([ConfigProblem(exc.path, exc.line, "", exc.message)]) from None
+        raise ConfigError([ConfigProblem(exc.path, exc.line, exc.key, exc.message)]) from None
     if not isinstance(source.data, dict):
         raise ConfigError([ConfigProblem(file, 1, "", "a policy file is a mapping of sections (key: value)")])
     return source

@@ -2,6 +2,8 @@
 
 A broken edit must never take the gateway down or leave it half-configured: the new files
 are validated as a whole and swapped in atomically, or rejected with the errors logged.
+The watcher survives anything one round can throw (a file vanishing mid-read, a loader
+bug): a watcher that died silently would ignore every later edit, fixes included.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ class PolicyHolder:
         stamp = []
         for file in self._files():
             try:
-                stamp.append((str(file), file.stat().st_mtime_ns))
+                status = file.stat()
+                stamp.append((str(file), status.st_mtime_ns, status.st_size))
             except OSError:
-                stamp.append((str(file), None))
+                stamp.append((str(file), None, None))
         return tuple(stamp)
 
     def reload(self) -> bool:
@@ -50,6 +53,9 @@ class PolicyHolder:
             self.current = load_policy(*self.paths)
         except ConfigError as exc:
             log.error("policy reload rejected; keeping the last good policy", errors=str(exc).splitlines())
+            return False
+        except Exception as exc:  # a loader bug must not end the watcher nor swap in half a policy
+            log.exception("policy reload failed; keeping the last good policy", error=f"{type(exc).__name__}: {exc}")
             return False
         log.info("policy reloaded", files=[str(f) for f in self._files()])
         return True
@@ -61,8 +67,11 @@ class PolicyHolder:
     async def _watch(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            if self._mtimes() != self._stamp:
-                self.reload()
+            try:
+                if self._mtimes() != self._stamp:
+                    self.reload()
+            except Exception:  # e.g. the folder became unreadable: try again next round
+                log.exception("policy watcher round failed; still watching")
 
     async def stop(self) -> None:
         if self._task is not None:

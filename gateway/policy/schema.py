@@ -10,12 +10,12 @@ from __future__ import annotations
 import ipaddress
 import re
 from functools import cached_property
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from gateway.policy.durations import Duration
-from gateway.policy.types import Cidr, Regex, Section
+from gateway.policy.durations import Duration, DurationIn
+from gateway.policy.types import Cidr, Member, Regex, Section
 from gateway.redact.policy import NotificationsPolicy
 
 
@@ -38,7 +38,9 @@ class UpstreamPolicy(Section):
 
 
 class LoginSuccessRule(Section):
-    status: list[int] = Field([302, 303], description="Upstream status codes that can mean success.")
+    status: list[Annotated[int, Field(ge=100, le=599)]] = Field(
+        [302, 303], description="Upstream status codes that can mean success."
+    )
     redirect_not_to: Regex | None = Field(
         "^/login",
         description="Success only if the redirect's path does NOT match this (e.g. back to the form).",
@@ -88,16 +90,16 @@ class LoginRule(Section):
 class SessionPolicy(Section):
     """Session rules; `idle_ignore_patterns` is the compiled form of idle_ignore_paths."""
 
-    idle_timeout: Duration = Field(25 * 60, description="Sign out after this long without activity.")
+    idle_timeout: DurationIn("10s", "7d") = Field(25 * 60, description="Sign out after this long without activity.")
     idle_ignore_paths: list[Regex] = Field(
         [], description="Requests that do not count as activity (auto-refresh polling)."
     )
-    max_lifetime: Duration = Field(12 * 3600, description="Absolute lifetime of a session.")
-    max_devices: int = Field(1, ge=1, description="Devices a user may be signed in on at once.")
+    max_lifetime: DurationIn("10s", "90d") = Field(12 * 3600, description="Absolute lifetime of a session.")
+    max_devices: int = Field(1, ge=1, le=100, description="Devices a user may be signed in on at once.")
     on_new_device: Literal["replace", "refuse"] = Field(
         "replace", description="When a login would exceed max_devices: end the oldest, or refuse."
     )
-    remember_device: Duration | Literal[False] = Field(
+    remember_device: DurationIn("10s", "400d") | Literal[False] = Field(
         False, description="Skip 2FA on a remembered browser for this long; false = never."
     )
     bind_to_ip: bool = Field(
@@ -114,12 +116,12 @@ class SessionPolicy(Section):
 class SessionOverrides(Section):
     """Per-group changes to `sessions`; unset keys inherit the policy-wide value."""
 
-    idle_timeout: Duration | None = None
+    idle_timeout: DurationIn("10s", "7d") | None = None
     idle_ignore_paths: list[Regex] | None = None
-    max_lifetime: Duration | None = None
-    max_devices: int | None = Field(None, ge=1)
+    max_lifetime: DurationIn("10s", "90d") | None = None
+    max_devices: int | None = Field(None, ge=1, le=100)
     on_new_device: Literal["replace", "refuse"] | None = None
-    remember_device: Duration | Literal[False] | None = None
+    remember_device: DurationIn("10s", "400d") | Literal[False] | None = None
     bind_to_ip: bool | None = None
 
 
@@ -134,15 +136,15 @@ class SecondFactorPolicy(Section):
     enrollment_networks: list[str] = Field(
         [], description="For `trusted_networks`: network names or CIDRs enrollment is allowed from."
     )
-    invite_valid_for: Duration = Field(72 * 3600, description="Lifetime of an enrollment invite code.")
-    max_attempts: int = Field(5, ge=1, description="Wrong codes that end a pending login.")
-    pending_login_timeout: Duration = Field(300, description="Time to enter the code after the password.")
+    invite_valid_for: DurationIn("10s", "90d") = Field(72 * 3600, description="Lifetime of an enrollment invite code.")
+    max_attempts: int = Field(5, ge=1, le=100, description="Wrong codes that end a pending login.")
+    pending_login_timeout: DurationIn("30s", "1h") = Field(300, description="Time to enter the code after the password.")
 
 
 class LockoutRule(Section):
-    failures: int = Field(5, ge=1)
-    within: Duration = 15 * 60
-    lock_for: Duration = 15 * 60
+    failures: int = Field(5, ge=1, le=100_000)
+    within: DurationIn("1s", "30d") = 15 * 60
+    lock_for: DurationIn("1s", "30d") = 15 * 60
 
 
 class LockoutPolicy(Section):
@@ -159,7 +161,7 @@ class CaptchaPolicy(Section):
         "VPN, Tor, hosting and proxy flags come from the GeoIP Anonymous-IP file.",
     )
     after_failures: int = Field(
-        3, ge=1, description="For `after_failures`: failed attempts (per user or per IP, lockout window) before it."
+        3, ge=1, le=100_000, description="For `after_failures`: failed attempts (per user or per IP, lockout window) before it."
     )
     known_networks: list[str] = Field(
         [],
@@ -169,11 +171,11 @@ class CaptchaPolicy(Section):
         100_000, ge=1, le=10_000_000,
         description="Proof of work: the browser tries up to this many SHA-256 hashes (100000 is about a second).",
     )
-    challenge_valid_for: Duration = Field(300, description="Time to solve a captcha; each challenge works once.")
-    pass_valid_for: Duration = Field(
+    challenge_valid_for: DurationIn("30s", "1h") = Field(300, description="Time to solve a captcha; each challenge works once.")
+    pass_valid_for: DurationIn("30s", "1d") = Field(
         600, description="A solved captcha lets this browser, from the same IP, try to sign in for this long ..."
     )
-    pass_uses: int = Field(1, ge=1, description="... and for this many login attempts (1 = a new captcha per attempt).")
+    pass_uses: int = Field(1, ge=1, le=10_000, description="... and for this many login attempts (1 = a new captcha per attempt).")
 
 
 class AccessRule(Section):
@@ -189,7 +191,7 @@ class AccessRule(Section):
 
 
 class GroupPolicy(Section):
-    members: list[str] = Field([], description='Usernames, or patterns written "re:^frontdesk-".')
+    members: list[Member] = Field([], description='Usernames, or patterns written "re:^frontdesk-".')
     networks: list[str] = Field([], description="Network names or CIDRs this group may use; empty = anywhere.")
     sessions: SessionOverrides = SessionOverrides()
     access: list[AccessRule] = Field([], description="First match wins; no match = allow.")
@@ -203,7 +205,7 @@ class AuditPolicy(Section):
         description="Path patterns whose first capture is recorded as a business identifier.",
     )
     query_values: Literal["keep", "drop"] = Field("drop", description="Keep query values in the audit trail.")
-    retention: Duration = Field(400 * 86400, description="Audit records older than this are purged.")
+    retention: DurationIn("1d", "3650d") = Field(400 * 86400, description="Audit records older than this are purged.")
     on_store_failure: Literal["spool", "refuse"] = Field(
         "spool",
         description="Database unreachable: `spool` keeps serving and writes records to a local file "
@@ -217,16 +219,16 @@ class AuditPolicy(Section):
         description="`normal`: a crash loses at most the last flush_interval of records; `strict`: "
         "a response completes only once its record is stored (group commit).",
     )
-    flush_interval: Duration = Field(0.25, description="Records are written at least this often (small batches keep the latency tail short).")
+    flush_interval: DurationIn("0.01s", "1h") = Field(0.25, description="Records are written at least this often (small batches keep the latency tail short).")
     batch_size: int = Field(250, ge=1, le=10000, description="Records written per database transaction.")
-    queue_size: int = Field(20000, ge=10, description="Records waiting to be written before on_queue_full applies.")
-    head_export_interval: Duration = Field(
+    queue_size: int = Field(20000, ge=10, le=10_000_000, description="Records waiting to be written before on_queue_full applies.")
+    head_export_interval: DurationIn("1s", "1d") = Field(
         60, description="How often the latest chain head is exported outside the database (heads.jsonl, log, webhook)."
     )
 
 
 class KnownIpsPolicy(Section):
-    keep_for: Duration = Field(100 * 86400, description="Forget a known IP this long after its last use.")
+    keep_for: DurationIn("1d", "3650d") = Field(100 * 86400, description="Forget a known IP this long after its last use.")
     ipv6_prefix: int = Field(64, ge=32, le=128, description="IPv6 addresses are grouped by this prefix.")
     forget_permission: Literal["forget_known_ip", "manage_users", "console", "support_access"] = Field(
         "forget_known_ip", description="Group permission an operator needs to forget a user's known IP."
@@ -239,7 +241,7 @@ class SupportAccessPolicy(Section):
         description="PMS usernames reserved for the vendor's support staff: they sign in only with a "
         "temporary access code from `pms-gateway support grant`, instead of a second factor.",
     )
-    max_duration: Duration = Field(
+    max_duration: DurationIn("5m", "30d") = Field(
         8 * 3600, description="Longest validity of an access code; the support session ends with it."
     )
     permission: Literal["support_access", "manage_users", "console", "forget_known_ip"] = Field(
@@ -254,8 +256,8 @@ class AlertsPolicy(Section):
         description="Events that alert: a login from an address new for that user, a lockout, every "
         "login, an outbound notification blocked by redaction, a vendor support grant, revocation or login.",
     )
-    min_interval: Duration = Field(600, description="Identical alerts are sent at most once per interval.")
-    max_per_hour: int = Field(30, ge=1, description="At most this many alerts an hour in all; the rest are counted and summarised.")
+    min_interval: DurationIn("0s", "7d") = Field(600, description="Identical alerts are sent at most once per interval.")
+    max_per_hour: int = Field(30, ge=1, le=10_000, description="At most this many alerts an hour in all; the rest are counted and summarised.")
     new_ip_on_first_login: bool = Field(
         False, description="Also alert on a user's very first login, when no address is known yet."
     )

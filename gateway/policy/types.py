@@ -16,10 +16,22 @@ class Section(BaseModel):
 
 
 def _check_regex(value: str) -> str:
+    """A pattern that compiles alone and inside `(?:...)`: the gateway joins the patterns of
+    a list into one alternation, where a global flag such as `(?i)` is an error."""
     try:
         re.compile(value)
+        re.compile(f"(?:{value})")
     except re.error as exc:
         raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+    except (RecursionError, OverflowError, MemoryError):  # e.g. 5,000 nested groups
+        raise ValueError(f"regular expression {value[:40]!r}... is too complex") from None
+    return value
+
+
+def _check_member(value: str) -> str:
+    """A group member: a username, or `re:PATTERN`."""
+    if value.startswith("re:"):
+        _check_regex(value[3:])
     return value
 
 
@@ -31,4 +43,5 @@ def _check_network(value: str) -> str:
 
 
 Regex = Annotated[str, AfterValidator(_check_regex)]
+Member = Annotated[str, AfterValidator(_check_member)]
 Cidr = Annotated[str, AfterValidator(_check_network)]
