@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 from gateway.redact.detectors import Candidate, DetectorSet
 from gateway.redact.formats.base import Edit, Plan, Rewrite, Rewritten
 from gateway.redact.formats.bodies import BodyDocument, parse_body, parse_query
-from gateway.redact.formats.mime import MailDocument
+from gateway.redact.detectors.invisible import VisibleText
+from gateway.redact.formats.mime import CHECKSUMMED, MailDocument, NotFullyParsed
 from gateway.redact.names import names_in_text
 from gateway.redact.operators import Operators
 from gateway.redact.outcome import Finding, Outcome
@@ -127,13 +128,22 @@ class Redactor:
             names = self.known_names((t for _, t in document.texts()), document.names())
             rewrite, plan = self.rewriter(names), self.planner(names)
             result = document.rewrite(
-                rewrite, plan, self._display_name_action(), self.policy.attachments
+                rewrite, plan, self._display_name_action(), self.policy.attachments, self._checksummed
             )
             return self._conclude(
                 result, lambda data: MailDocument(data).rewrite(rewrite, plan, None, "keep")
             )
+        except NotFullyParsed as exc:
+            return _held(str(exc))
         except Exception as exc:  # noqa: BLE001 - fail closed: never pass what we cannot read
-            return _unreadable(exc)
+            return _held(f"message could not be parsed for redaction ({type(exc).__name__})")
+
+    def _checksummed(self, text: str) -> bool:
+        """Whether a card or IBAN (checksummed: few false alarms in binary data) is in `text`."""
+        visible = VisibleText(text).text
+        return any(
+            True for d in self._detectors.detectors if d.name in CHECKSUMMED for _ in d.find(visible, ())
+        )
 
     def redact_http_body(
         self, body: bytes, content_type: str | None, channel: ChannelRule
@@ -189,6 +199,11 @@ class Redactor:
 def _detectors_of(findings: Iterable[Finding]) -> str:
     """'card, phone': detector names only, never values."""
     return ", ".join(sorted({f.detector for f in findings}))
+
+
+def _held(reason: str) -> Outcome:
+    """A message that cannot be read whole: never sent; the relay holds it."""
+    return Outcome(data=b"", blocked=True, held=True, reason=reason)
 
 
 def _unreadable(exc: Exception) -> Outcome:

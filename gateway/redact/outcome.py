@@ -34,6 +34,9 @@ class Outcome:
     findings: list[Finding] = field(default_factory=list)
     blocked: bool = False
     reason: str | None = None
+    held: bool = False
+    """The message could not be read whole: `blocked` too, and the SMTP relay keeps it in
+    its hold queue for the operator rather than refusing it."""
 
     def counts(self) -> dict[str, int]:
         """Findings per detector: what the audit trail records."""

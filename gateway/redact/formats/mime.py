@@ -5,34 +5,84 @@ for byte; only a part whose text changed is re-encoded, with its original transf
 encoding (base64 stays base64, quoted-printable stays quoted-printable). Detection
 always runs on decoded text, so a quoted-printable soft line break cannot split a card
 number out of sight. A message nothing was found in is returned as the original bytes.
+
+Everything a recipient's software can show is read: every header of every part (RFC 2047
+encoded words decoded; display names of address headers), the multipart preamble and
+epilogue, and every part whose content is text (text/*, JSON, XML, ...). A message that
+cannot be read whole with certainty raises `NotFullyParsed`, and the relay holds it:
+defects the parser reports (broken or missing boundaries, ...), a MIME header given twice,
+a charset or transfer encoding nobody can decode, guest data where it cannot be removed
+(an address, a MIME parameter, a binary part).
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email import quoprimime
 from email.generator import BytesGenerator
+from email.header import Header, decode_header
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
-from email.utils import formataddr, getaddresses
+from email.utils import collapse_rfc2231_value, formataddr, getaddresses
 from io import BytesIO
 from typing import Literal
 
 from gateway.redact.formats.base import Plan, Rewrite, Rewritten, drops_field
 from gateway.redact.formats.html import rewrite_html, visible_text
-from gateway.redact.names import decode_words, display_names
+from gateway.redact.names import display_names
 from gateway.redact.outcome import Finding
-
-REDACTED_HEADERS: tuple[str, ...] = ("Subject",)
-"""Headers whose text is redacted like a body."""
 
 RECIPIENT_HEADERS: tuple[str, ...] = ("To", "Cc")
 """Headers whose display names name the guest (the addresses are the destination)."""
 
+ADDRESS_HEADERS: frozenset[str] = frozenset({
+    "from", "to", "cc", "bcc", "reply-to", "sender", "return-path", "resent-from", "resent-to",
+    "resent-cc", "resent-bcc", "resent-sender", "disposition-notification-to", "delivered-to",
+    "x-original-to", "errors-to",
+})
+"""Headers of addresses: display names are redacted, the addresses themselves are kept."""
+
+ID_HEADERS: frozenset[str] = frozenset({"message-id", "in-reply-to", "references", "content-id", "resent-message-id"})
+"""Headers of `<local@domain>` identifiers: scanned without reading them as e-mail addresses."""
+
+MIME_HEADERS: frozenset[str] = frozenset({
+    "content-type", "content-transfer-encoding", "content-disposition", "mime-version",
+})
+"""The structure of the message: read as parameters, never rewritten, never given twice."""
+
+TEXT_APPLICATION_TYPES: frozenset[str] = frozenset({
+    "application/json", "application/xml", "application/javascript", "application/ecmascript",
+    "application/x-www-form-urlencoded", "application/csv", "application/yaml", "application/x-yaml",
+    "application/rtf", "application/x-sh", "application/sql", "application/x-ndjson",
+})
+"""Non-`text/` types whose content is text a reader sees."""
+
+TRANSFER_ENCODINGS: frozenset[str] = frozenset({"", "7bit", "8bit", "binary", "base64", "quoted-printable"})
+
+# Checksummed detectors: what a binary part or an address must never carry.
+CHECKSUMMED: frozenset[str] = frozenset({"card", "iban"})
+# What a MIME parameter (a file name: "Booking 2024-0012345.pdf") often looks like without
+# being guest data; everything else found there holds the message.
+NUMBERS_IN_FILE_NAMES: frozenset[str] = frozenset({"phone", "date_of_birth"})
+
+MEDIA: frozenset[str] = frozenset({"image", "audio", "video"})
+"""Parts whose content is pixels or sound: an inline logo is passed as it is."""
+
 AttachmentRule = Literal["keep", "drop", "block"]
+BinaryCheck = Callable[[str], bool]
+"""(text) -> whether a checksummed value (card, IBAN) is in it."""
+
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
+class NotFullyParsed(ValueError):
+    """The message cannot be read and scanned whole with certainty: it must not be sent.
+
+    The message says why in words an operator can act on, never quoting content."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,18 +92,68 @@ class _TextPart:
     html: bool
 
 
+# ---------------------------------------------------------------- reading
+
+
+def decode_header_value(value: object) -> str:
+    """A header's text as a reader sees it: unfolded, RFC 2047 words decoded, strictly.
+
+    An encoded word in an unknown charset, or bytes that its charset does not decode,
+    raise `NotFullyParsed`: a header read half-way could carry anything."""
+    if isinstance(value, Header):
+        value = str(value)
+    text = _FOLD.sub("", str(value))
+    if any("\udc80" <= char <= "\udcff" for char in text):  # raw 8-bit bytes (SMTPUTF8)
+        try:
+            text = text.encode("ascii", "surrogateescape").decode("utf-8")
+        except UnicodeError:
+            raise NotFullyParsed("a header holds bytes that are not UTF-8") from None
+    try:
+        pieces = decode_header(text)
+    except Exception:  # noqa: BLE001 - any failure of the decoder is a parse failure
+        raise NotFullyParsed("a header's encoded words cannot be decoded") from None
+    out = []
+    for piece, charset in pieces:
+        if isinstance(piece, str):
+            out.append(piece)
+            continue
+        try:
+            out.append(piece.decode(charset or "raw-unicode-escape"))
+        except LookupError:
+            raise NotFullyParsed(f"a header is encoded in an unknown charset ({charset!r:.40})") from None
+        except UnicodeError:
+            raise NotFullyParsed(f"a header does not decode in its charset ({charset!r:.40})") from None
+    # decode_header already dropped the space between adjacent encoded words (RFC 2047, 6.2).
+    return "".join(out)
+
+
+def _textish(part: Message) -> bool:
+    """Whether a reader sees this part's content as text."""
+    ctype = part.get_content_type()
+    maintype, subtype = ctype.split("/", 1)
+    if maintype == "text":
+        return True
+    if maintype == "message":
+        return not part.is_multipart()  # message/rfc822 is walked as a message
+    return ctype in TEXT_APPLICATION_TYPES or subtype.endswith(("+json", "+xml"))
+
+
 def _decode(part: Message) -> tuple[str, str]:
     """The part's text and the charset that decodes it (declared, else UTF-8)."""
     data = part.get_payload(decode=True)
     if not isinstance(data, bytes):
         data = b""
     declared = part.get_content_charset() or "us-ascii"
+    try:
+        b"".decode(declared)
+    except LookupError:
+        raise NotFullyParsed(f"a part is in an unknown charset ({declared!r:.40})") from None
     for charset in (declared, "utf-8"):
         try:
             return data.decode(charset), charset
-        except (LookupError, UnicodeDecodeError):
+        except UnicodeDecodeError:
             continue
-    return data.decode("utf-8", "surrogateescape"), "utf-8"
+    raise NotFullyParsed(f"a part does not decode as its charset ({declared!r:.40}) nor as UTF-8")
 
 
 def _encode(part: Message, text: str, charset: str) -> None:
@@ -69,16 +169,6 @@ def _encode(part: Message, text: str, charset: str) -> None:
     part.set_payload(payload)
 
 
-def _set_header(message: Message, name: str, values: list[str]) -> None:
-    """Replace a header's values, keeping its place when it occurs once."""
-    if len(message.get_all(name, [])) == 1 and len(values) == 1:
-        message.replace_header(name, values[0])
-        return
-    del message[name]
-    for value in values:
-        message[name] = value
-
-
 def _is_attachment(part: Message) -> bool:
     disposition = part.get_content_disposition()
     if disposition == "attachment":
@@ -90,89 +180,106 @@ def _is_attachment(part: Message) -> bool:
     return not (maintype == "image" and part.get("Content-ID") is not None)
 
 
+def _check_structure(message: Message) -> None:
+    """Raise `NotFullyParsed` unless every part was parsed without a doubt."""
+    for index, part in enumerate(message.walk()):
+        for name in MIME_HEADERS:
+            if len(part.get_all(name, [])) > 1:
+                raise NotFullyParsed(f"part {index} has {name} more than once")
+        encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+        if encoding not in TRANSFER_ENCODINGS:
+            raise NotFullyParsed(f"part {index} has an unknown transfer encoding ({encoding!r:.40})")
+        if part.get_content_maintype() == "multipart" and not (part.is_multipart() and part.get_boundary()):
+            raise NotFullyParsed(f"part {index} is multipart without a boundary")
+        if not part.is_multipart():
+            part.get_payload(decode=True)  # records decoding defects (bad base64) on the part
+        if part.defects:
+            kinds = ", ".join(sorted({type(d).__name__ for d in part.defects}))
+            raise NotFullyParsed(f"part {index} is malformed ({kinds})")
+
+
+# ---------------------------------------------------------------- the document
+
+
 class MailDocument:
-    """One e-mail message, parsed once, rewritten in place."""
+    """One e-mail message, parsed once, rewritten in place.
+
+    Raises `NotFullyParsed` when the message cannot be read whole."""
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
         self.linesep = "\r\n" if b"\r\n" in raw else "\n"
         self.message = BytesParser(policy=compat32).parsebytes(raw)
+        _check_structure(self.message)
 
     def names(self) -> list[str]:
         """Display names of the recipients: the guest this message is about."""
-        values = [str(v) for h in RECIPIENT_HEADERS for v in self.message.get_all(h, [])]
+        values = [decode_header_value(v) for h in RECIPIENT_HEADERS for v in self.message.get_all(h, [])]
         return display_names(values)
 
     def texts(self) -> Iterator[tuple[str, str]]:
         """Every text a reader sees (headers decoded, HTML as visible text)."""
-        for header in REDACTED_HEADERS:
-            for value in self.message.get_all(header, []):
-                yield f"header:{header}", decode_words(str(value))
+        for index, part in enumerate(self.message.walk()):
+            for name, value in part.items():
+                yield f"header:{index}:{name}", decode_header_value(value)  # names only: no rewrite
+            for where, text in (("preamble", part.preamble), ("epilogue", part.epilogue)):
+                if text:
+                    yield f"{where}:{index}", text
         for item in self._text_parts():
             text, _ = _decode(item.part)
             yield item.location, visible_text(text) if item.html else text
 
     def rewrite(self, rewrite: Rewrite, plan: Plan, display_name_action: str | None,
-                attachments: AttachmentRule) -> Rewritten:
-        """Redact headers, text parts and attachments; re-serialise only if changed."""
+                attachments: AttachmentRule, binary: BinaryCheck | None = None) -> Rewritten:
+        """Redact headers, text parts and attachments; re-serialise only if changed.
+
+        `binary` checks the parts that are neither text nor dropped: a checksummed value
+        in one (it cannot be removed from an image or a PDF) makes the message unsendable.
+        """
         findings: list[Finding] = []
-        changed = self._rewrite_headers(rewrite, findings)
-        changed |= self._rewrite_recipients(display_name_action, findings)
-        changed |= self._apply_attachment_rule(self.message, "part:0", attachments, findings)
+        changed = self._apply_attachment_rule(self.message, "part:0", attachments, findings)
+        for index, part in enumerate(self.message.walk()):
+            location = "header" if part is self.message else f"header:{index}"
+            headers = _Headers(part, location, rewrite, plan, findings)
+            changed |= headers.rewrite(display_name_action if part is self.message else None)
+            changed |= self._rewrite_framing(part, index, rewrite, findings)
         for item in self._text_parts():
             changed |= self._rewrite_part(item, rewrite, plan, findings)
+        if binary is not None:
+            self._check_binary_parts(binary)
         if not changed:
             return Rewritten(self.raw, findings)
         return Rewritten(self._serialise(), findings)
 
     def _text_parts(self) -> Iterator[_TextPart]:
         for index, part in enumerate(self.message.walk()):
-            if part.get_content_maintype() != "text" or _is_attachment(part):
-                continue  # containers, embedded images, attachments
+            if part.is_multipart() or not _textish(part):
+                continue  # containers, images, binary attachments
             subtype = part.get_content_subtype()
-            yield _TextPart(f"part:{index}:text/{subtype}", part, subtype == "html")
+            yield _TextPart(f"part:{index}:{part.get_content_type()}", part, subtype == "html")
 
-    def _rewrite_headers(self, rewrite: Rewrite, findings: list[Finding]) -> bool:
+    def _rewrite_framing(self, part: Message, index: int, rewrite: Rewrite, findings: list[Finding]) -> bool:
+        """The text before the first and after the last boundary of a multipart."""
         changed = False
-        for header in REDACTED_HEADERS:
-            values = self.message.get_all(header, [])
-            if not values:
+        for where in ("preamble", "epilogue"):
+            text = getattr(part, where)
+            if not text:
                 continue
-            new_values = []
-            header_changed = False
-            for value in values:
-                text = decode_words(str(value))
-                new, found = rewrite(f"header:{header}", text)
-                findings.extend(found)
-                if drops_field(found):
-                    header_changed = True
-                    continue
-                header_changed |= new != text
-                new_values.append(new if new != text else value)
-            if header_changed:
-                _set_header(self.message, header, new_values)
-            changed |= header_changed
+            new, found = rewrite(f"{where}:{index}", text)
+            findings.extend(found)
+            if new != text or drops_field(found):
+                setattr(part, where, "" if drops_field(found) else new)
+                changed = True
         return changed
 
-    def _rewrite_recipients(self, action: str | None, findings: list[Finding]) -> bool:
-        """Remove display names from To/Cc; the addresses stay (they are the destination)."""
-        if action is None or action == "keep":
-            return False
-        changed = False
-        for header in RECIPIENT_HEADERS:
-            values = self.message.get_all(header, [])
-            if not values:
+    def _check_binary_parts(self, binary: BinaryCheck) -> None:
+        for index, part in enumerate(self.message.walk()):
+            if part.is_multipart() or _textish(part) or part.get_content_maintype() in MEDIA:
                 continue
-            pairs = getaddresses([decode_words(str(v)) for v in values])
-            if not any(name for name, _ in pairs):
-                continue
-            for name, _ in pairs:
-                if name:
-                    findings.append(Finding("name", 0, len(name), action, f"header:{header}"))
-            addresses = ", ".join(formataddr(("", addr)) for _, addr in pairs if addr)
-            _set_header(self.message, header, [addresses])
-            changed = True
-        return changed
+            data = part.get_payload(decode=True)
+            if isinstance(data, bytes) and data and binary(data.decode("latin-1")):
+                raise NotFullyParsed(f"part {index} ({part.get_content_type()}) carries a card or account "
+                                     "number that cannot be removed from it")
 
     def _apply_attachment_rule(self, part: Message, location: str, rule: AttachmentRule,
                                findings: list[Finding]) -> bool:
@@ -221,3 +328,114 @@ class MailDocument:
         generator = BytesGenerator(out, mangle_from_=False, maxheaderlen=0)
         generator.flatten(self.message, linesep=self.linesep)
         return out.getvalue()
+
+
+class _Headers:
+    """The headers of one part, each redacted the way its kind allows."""
+
+    def __init__(self, part: Message, location: str, rewrite: Rewrite, plan: Plan,
+                 findings: list[Finding]) -> None:
+        self.part, self.location = part, location
+        self._rewrite, self._plan, self.findings = rewrite, plan, findings
+
+    def rewrite(self, display_name_action: str | None) -> bool:
+        """Rewrite every header in place (order kept); returns whether any changed."""
+        items = self.part.items()
+        new_items: list[tuple[str, object]] = []
+        changed = False
+        for name, value in items:
+            key = name.lower()
+            where = f"{self.location}:{name}"
+            if key in MIME_HEADERS:
+                self._check_mime(key, where)
+                new: object | None = value
+            elif key in ADDRESS_HEADERS:
+                remove_names = display_name_action not in (None, "keep") and name.title() in RECIPIENT_HEADERS
+                new = self._addresses(value, where, display_name_action if remove_names else None)
+            elif key in ID_HEADERS:
+                new = self._identifiers(value, where)
+            else:
+                new = self._text(value, where)
+            if new is not value:
+                changed = True
+            if new is not None:
+                new_items.append((name, new))
+        if changed:
+            for name in {name for name, _ in items}:
+                del self.part[name]
+            for name, value in new_items:
+                self.part[name] = value
+        return changed
+
+    def _text(self, value: object, where: str) -> object | None:
+        """A free-text header (Subject, X-...): redacted like a body; None drops it."""
+        text = decode_header_value(value)
+        new, found = self._rewrite(where, text)
+        self.findings.extend(found)
+        if drops_field(found):
+            return None
+        return value if new == text else _header(new)
+
+    def _identifiers(self, value: object, where: str) -> object:
+        """Message-ID and the like: read with `@` blanked, so the e-mail detector does not
+        take every identifier for an address; what other detectors find is replaced."""
+        text = decode_header_value(value)
+        edits = self._plan(where, text.replace("@", " "))
+        if not edits:
+            return value
+        pieces, position = [], 0
+        for edit in edits:
+            pieces += [text[position:edit.start], edit.replacement]
+            position = edit.end
+            self.findings.append(edit.finding)
+        return _header("".join(pieces) + text[position:])
+
+    def _addresses(self, value: object, where: str, remove_names: str | None) -> object:
+        """Display names redacted (or removed from To/Cc when the policy redacts names);
+        the addresses stay. Guest data anywhere else in the header holds the message."""
+        text = decode_header_value(value)
+        significant = [e for e in self._plan(where, text) if e.finding.detector != "email"]
+        pairs = getaddresses([text])
+        if not significant and not (remove_names and any(name for name, _ in pairs)):
+            self._check_addresses(pairs, where)
+            return value
+        rebuilt = []
+        for name, address in pairs:
+            if name and remove_names:
+                self.findings.append(Finding("name", 0, len(name), remove_names, where))
+                name = ""
+            elif name:
+                name, found = self._rewrite(where, name)
+                self.findings.extend(found)
+            if name or address:
+                rebuilt.append(formataddr((name, address)))
+        new = ", ".join(rebuilt)
+        if any(e.finding.detector != "email" for e in self._plan(where, decode_header_value(new))):
+            raise NotFullyParsed(f"{where.rsplit(':', 1)[-1]} carries guest data outside a display name")
+        self._check_addresses(pairs, where)
+        return new
+
+    def _check_addresses(self, pairs: list[tuple[str, str]], where: str) -> None:
+        for _, address in pairs:
+            if any(e.finding.detector in CHECKSUMMED for e in self._plan(where, address.replace("@", " "))):
+                raise NotFullyParsed(f"an address in {where.rsplit(':', 1)[-1]} carries a card or account number")
+
+    def _check_mime(self, key: str, where: str) -> None:
+        """Parameters (a file name, a charset) are read; guest data in them holds the message,
+        since rewriting the structure could change how the message is read."""
+        if key not in ("content-type", "content-disposition"):
+            text = decode_header_value(self.part.get(key, ""))
+        else:
+            values = []
+            for param, param_value in self.part.get_params([], header=key):
+                if param.lower() == "boundary":
+                    continue  # structure, generated; never shown
+                values.append(param if not param_value else collapse_rfc2231_value(param_value))
+            text = decode_header_value(" ; ".join(values))
+        if any(e.finding.detector not in NUMBERS_IN_FILE_NAMES for e in self._plan(where, text)):
+            raise NotFullyParsed(f"guest data in the {key} header of a part (a file name?)")
+
+
+def _header(text: str) -> str | Header:
+    """A header value as it goes on the wire: as is when ASCII, else RFC 2047 UTF-8."""
+    return text if text.isascii() else Header(text, "utf-8")
