@@ -24,6 +24,7 @@ from gateway.auth.remember import RememberedDevices
 from gateway.pages.render import see_other, choose_language, form_or_json, render_page, translator, wants_json
 from gateway.policy.schema import Policy
 from gateway.proxy.exchange import CLIENT, Addon
+from gateway.readers.redirects import is_local_location
 from gateway.risk.lockout import Lockouts
 from gateway.sessions.cookies import (
     PENDING_COOKIE,
@@ -98,6 +99,8 @@ class LoginCompleter:
         await self.lockouts.clear_user(pending.user)
         await self.events.pending_attempt(pending, ip, "success", pending.login_type)
         location = pending.location or "/"
+        if not is_local_location(location, request[CLIENT].origin):
+            location = "/"  # the PMS's withheld redirect, judged again: never off-site
         if pending.json or wants_json(request):
             response: web.StreamResponse = web.json_response({"status": "ok", "location": location})
         elif page is not None:

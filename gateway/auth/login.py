@@ -19,7 +19,6 @@ from aiohttp import web
 
 from gateway.auth.credentials import AmbiguousCredentials, carries_field, check_query, parse_credentials
 from gateway.auth.events import LoginEvents
-from gateway.auth.next_target import unsafe_targets
 from gateway.auth.pending import PendingLogin, PendingLogins
 from gateway.auth.remember import RememberedDevices
 from gateway.pages.render import see_other, wants_json
@@ -27,6 +26,7 @@ from gateway.policy.schema import LoginRule, Policy
 from gateway.proxy.errors import error_response
 from gateway.proxy.exchange import Addon, Exchange, UpstreamAnswer
 from gateway.proxy.server import PolicyGetter
+from gateway.readers.redirects import is_local_location, unsafe_targets
 from gateway.risk.lockout import Lockouts
 from gateway.sessions.cookies import (
     DEVICE_COOKIE,
@@ -154,7 +154,7 @@ class LoginInterceptor(Addon):
                 await self.events.lockout(ex, context.user, lock.scope)
             ex.deny("login_failed", "password refused by the PMS")
             location = answer.headers.get("Location")
-            if location is not None and not _same_site(location, ex.public_origin):
+            if location is not None and not is_local_location(location, ex.public_origin):
                 answer.headers["Location"] = policy.login.path  # never bounce a login off-site
             return None
         updates, passed = CookiePolicy(policy.login).take_vaulted(answer.headers.getall("Set-Cookie", []))
@@ -247,11 +247,6 @@ class LoginInterceptor(Addon):
         return response
 
 
-def _same_site(location: str, public_origin: str) -> bool:
-    target = urlsplit(urljoin(public_origin + "/", location))
-    return f"{target.scheme}://{target.netloc}" == public_origin
-
-
 async def login_succeeded(answer: UpstreamAnswer, rule: LoginRule, public_origin: str) -> bool:
     """Apply the policy's success rule to the PMS's answer to a login request."""
     success = rule.success
@@ -259,7 +254,7 @@ async def login_succeeded(answer: UpstreamAnswer, rule: LoginRule, public_origin
         return False
     location = answer.headers.get("Location")
     if location is not None:
-        if not _same_site(location, public_origin):
+        if not is_local_location(location, public_origin):
             return False  # a redirect off-site is never a successful login to this PMS
         target = urlsplit(urljoin(public_origin + rule.path, location))
         if success.redirect_not_to and re.search(success.redirect_not_to, target.path):

@@ -42,10 +42,10 @@ import structlog
 from aiohttp import web
 
 from gateway.auth.credentials import AmbiguousCredentials, check_query, parse_credentials
-from gateway.auth.next_target import is_local_target
 from gateway.pages.render import see_other, wants_json
 from gateway.policy.schema import Policy
 from gateway.proxy.exchange import Addon, Exchange
+from gateway.readers.redirects import is_local_target
 from gateway.risk.geoip import GeoLocator, parse_address
 from gateway.risk.lockout import Lockouts
 from gateway.sessions.cookies import CAPTCHA_COOKIE, cookie_value

@@ -24,6 +24,7 @@ from gateway.proxy.errors import error_response
 from gateway.proxy.exchange import Addon, Exchange, UpstreamAnswer
 from gateway.proxy.server import PolicyGetter
 from gateway.proxy.websocket import is_websocket_upgrade
+from gateway.readers.redirects import is_local_location, is_local_target
 from gateway.sessions.cookies import (
     DEVICE_COOKIE,
     NOTICE_COOKIE,
@@ -196,7 +197,8 @@ class SessionGuard(Addon):
             )
         elif request.method in ("GET", "HEAD"):
             target = ex.path.encoded + ("?" + ex.query if ex.query else "")
-            response = see_other(f"{policy.login.path}?next={quote(target, safe='')}")
+            back = f"?next={quote(target, safe='')}" if is_local_target(target) else ""
+            response = see_other(policy.login.path + back)
             response.headers["X-Request-Id"] = ex.request_id
             response.headers.add("Set-Cookie", set_cookie(NOTICE_COOKIE, reason, secure=secure, max_age=120))
         else:
@@ -220,6 +222,9 @@ class SessionGuard(Addon):
             # The PMS just ended its session on this very request.
             await self.sessions.end(session, "logout", upstream_logout=False)
             answer.headers.add("Set-Cookie", clear_cookie(SESSION_COOKIE, secure=ex.scheme == "https"))
+        location = answer.headers.get("Location")
+        if ex.notes.get("logout") and location is not None and not is_local_location(location, ex.public_origin):
+            answer.headers["Location"] = self.policy().login.path  # a logout never bounces off-site
         notice = cookie_value(ex.request.headers.get("Cookie"), NOTICE_COOKIE)
         if notice and session is None and ex.path.path == self.policy().login.path and ex.request.method == "GET":
             await self._inject_notice(ex, answer, notice)
