@@ -30,6 +30,9 @@ app.add_typer(ips_app, name="ips")
 from gateway.auth.support import support_app  # noqa: E402
 
 app.add_typer(support_app, name="support")
+from gateway.redact.mail_commands import mail_app  # noqa: E402
+
+app.add_typer(mail_app, name="mail")
 app.command("logins")(logins_command)
 
 @policy_app.command("check")

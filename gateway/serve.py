@@ -19,6 +19,7 @@ from gateway.assembly import Services, build_addons, open_services
 from gateway.config import Config, load_config
 from gateway.logs import configure_logging
 from gateway.policy.reload import PolicyHolder
+from gateway.redact.hold_queue import HoldQueue, hold_dir
 from gateway.redact.listeners import start_outbound
 from gateway.runtime import install_fast_loop, start_gateway, wait_for_shutdown_signal, warn_if_upstream_exposed
 
@@ -49,6 +50,8 @@ async def run_gateway(
                 services.keyring.derive("redaction-pseudonyms"),
                 audit=audit.outbound if audit else None,
                 on_blocked=audit.alerter.blocked_notification if audit else None,
+                hold=HoldQueue(hold_dir(config.data_dir), services.keyring),
+                on_held=audit.alerter.mail_held if audit else None,
             )
         )
         if config.admin.enabled:

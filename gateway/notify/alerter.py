@@ -110,6 +110,22 @@ class Alerter:
             {"channel": channel, "reason": reason, "detectors": detectors},
         ))
 
+    async def mail_held(self, record: Any) -> bool:
+        """`record`: the relay's OutboundRecord of a held message; its reason names the held id.
+        Never the message, its subject or its recipients."""
+        channel = str(getattr(record, "channel", "?"))
+        reason = getattr(record, "reason", None)
+        lines = [f"Channel: {channel}", f"Next hop: {getattr(record, 'destination', '?')}"]
+        if reason:
+            lines.append(f"Reason: {reason}")
+        lines += ["", "The SMTP relay could not read this message whole, so it was neither sent nor refused: "
+                  "it is kept encrypted in the hold queue. Review it with `pms-gateway mail hold`, then "
+                  "`pms-gateway mail release ID` or `pms-gateway mail drop ID`."]
+        return await self.submit(Alert(
+            "mail_held", f"Outbound {channel} message held for review", tuple(lines), None, None,
+            {"channel": channel, "reason": reason},
+        ))
+
     def _locate(self, ip: str, geo: GeoInfo | None) -> GeoInfo:
         if geo is not None:
             return geo

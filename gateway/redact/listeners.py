@@ -14,6 +14,7 @@ import structlog
 from gateway.config import Config
 from gateway.policy.schema import Policy
 from gateway.redact.engine import Redactor
+from gateway.redact.hold_queue import HoldQueue
 from gateway.redact.outbound_audit import LogAudit, OutboundAudit
 
 log = structlog.get_logger("gateway.redact")
@@ -40,8 +41,13 @@ async def start_outbound(
     hash_key: bytes,
     audit: OutboundAudit | None = None,
     on_blocked=None,
+    hold: HoldQueue | None = None,
+    on_held=None,
 ) -> list[Callable[[], Awaitable[None]]]:
     """Start what is enabled; returns the coroutines that stop it again.
+
+    `hold` is the relay's hold queue (messages it cannot read whole), `on_held` the alert
+    raised for each.
 
     `audit` is the gateway's audit trail (None: records are only logged); the egress child
     writes to the same trail, as its own chain `<instance id>-egress`."""
@@ -51,7 +57,9 @@ async def start_outbound(
     if config.smtp_relay.enabled:
         from gateway.redact.smtp_relay import start_smtp_relay
 
-        server = await start_smtp_relay(config.smtp_relay, CurrentRedactor(policy, hash_key), audit, on_blocked)
+        server = await start_smtp_relay(
+            config.smtp_relay, CurrentRedactor(policy, hash_key), audit, on_blocked, hold=hold, on_held=on_held
+        )
 
         async def stop_relay() -> None:
             server.close()

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-Action = Literal["forwarded", "blocked", "refused", "deferred"]
+Action = Literal["forwarded", "blocked", "refused", "deferred", "held"]
 
 log = logging.getLogger("gateway.audit.outbound")
 
@@ -24,7 +24,8 @@ class OutboundRecord:
 
     action: forwarded (the next hop accepted it), blocked (the policy stopped it),
     refused (the next hop refused it for good), deferred (the next hop was unreachable
-    or asked to retry; the sender was told to try again).
+    or asked to retry; the sender was told to try again), held (it could not be read whole
+    and waits in the relay's hold queue for the operator).
     """
 
     channel: str

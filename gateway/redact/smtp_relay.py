@@ -7,6 +7,11 @@ blocking smtplib call and answers 250 even when the smarthost refused. Here the 
 later (smarthost down or busy, nothing lost, nothing sent unredacted), the smarthost's own
 5xx when it refused for good, and 554 when the policy blocks the message (permanent, so
 the PMS does not retry it forever).
+
+A message the relay cannot read whole (see `formats.mime.NotFullyParsed`) is neither sent
+nor refused: it goes to the hold queue (`hold_queue`), the operator is alerted
+(`mail_held`), and the PMS gets 250 once the message is on disk: it is kept, nothing is
+lost, and nothing unscanned leaves.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import TYPE_CHECKING
 import aiosmtplib
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from gateway.redact.hold_queue import HoldQueue
 from gateway.redact.outbound_audit import Action, OutboundAudit, OutboundRecord, emit
 from gateway.redact.settings import SmtpRelaySettings, resolve_secret
 
@@ -104,8 +110,12 @@ class RelayHandler:
         audit: OutboundAudit | None = None,
         on_blocked: BlockedHook | None = None,
         channel: str | None = None,
+        hold: HoldQueue | None = None,
+        on_held: BlockedHook | None = None,
     ) -> None:
         self.settings = settings
+        self.hold = hold
+        self.on_held = on_held
         # A callable lets a policy reload swap the redactor without restarting the listener.
         self._redactor = (lambda: redactor) if hasattr(redactor, "redact_email") else redactor
         self.audit = audit
@@ -160,50 +170,79 @@ class RelayHandler:
             await record("deferred", "redaction failed", {}, len(raw))
             return "451 4.3.0 Redaction failed, try again later"
 
+        if outcome.held and self.hold is not None:
+            return await self._hold(raw, envelope, outcome.reason or "not fully parsed", record)
+
         if outcome.blocked:
             reason = _one_line(outcome.reason or "blocked by the notification policy")
             rec = await record("blocked", reason, outcome.counts(), len(raw))
-            await self._notify_blocked(rec)
+            await _notify(self.on_blocked, rec)
             return f"554 5.7.1 {reason}"
 
-        reply, action, reason = await self._forward(outcome.data, envelope)
+        reply, action, reason = await deliver(
+            self.settings, outcome.data, envelope.mail_from or "", envelope.rcpt_tos, envelope.mail_options
+        )
         await record(action, reason, outcome.counts(), len(outcome.data))
         return reply
 
-    async def _forward(self, data: bytes, envelope: Envelope) -> tuple[str, Action, str | None]:
-        """Deliver to the smarthost; map its answer to ours."""
-        host = self.settings.smarthost
+    async def _hold(self, raw: bytes, envelope: Envelope, why: str,
+                    record: Callable[..., Awaitable[OutboundRecord]]) -> str:
+        """Keep the message on disk (fsynced) before answering; alert the operator."""
+        assert self.hold is not None
+        why = _one_line(why)
         try:
-            errors, _ = await aiosmtplib.send(
-                data,
-                sender=envelope.mail_from or "",
-                recipients=envelope.rcpt_tos,
-                # SIZE is stale after redaction; the rest describes the content.
-                mail_options=[o for o in envelope.mail_options if o.upper().startswith(("BODY=", "SMTPUTF8"))],
-                hostname=host.host,
-                port=host.port,
-                username=host.username,
-                password=resolve_secret(host.password),
-                use_tls=host.use_tls,
-                start_tls=host.start_tls,
-                cert_bundle=host.ca_file,
-                timeout=host.timeout,
-                local_hostname=self.settings.hostname,
+            held_id = await asyncio.to_thread(
+                self.hold.put, raw, envelope.mail_from or "", list(envelope.rcpt_tos),
+                list(envelope.mail_options), why,
             )
-        except Exception as exc:  # noqa: BLE001 - every failure maps to an SMTP answer
-            return _failure_answer(exc)
-        reason = f"{len(errors)} recipient(s) refused by the smarthost" if errors else None
-        return "250 2.0.0 OK: redacted and relayed", "forwarded", reason
-
-    async def _notify_blocked(self, rec: OutboundRecord) -> None:
-        if self.on_blocked is None:
-            return
-        try:
-            result = self.on_blocked(rec)
-            if inspect.isawaitable(result):
-                await result
         except Exception:
-            log.exception("on_blocked hook failed")
+            # Not kept, so not accepted: the PMS keeps it and retries.
+            log.exception("hold queue write failed; message deferred")
+            await record("deferred", "hold queue unavailable", {}, len(raw))
+            return "451 4.3.0 Message could not be held, try again later"
+        rec = await record("held", f"{why}; held as {held_id}", {}, len(raw))
+        await _notify(self.on_held, rec)
+        return f"250 2.0.0 Held for operator review as {held_id}, not delivered"
+
+
+async def deliver(
+    settings: SmtpRelaySettings, data: bytes, mail_from: str, rcpt_tos: list[str], mail_options: list[str]
+) -> tuple[str, Action, str | None]:
+    """Deliver redacted `data` to the smarthost; map its answer to ours (reply, action, reason)."""
+    host = settings.smarthost
+    try:
+        errors, _ = await aiosmtplib.send(
+            data,
+            sender=mail_from,
+            recipients=rcpt_tos,
+            # SIZE is stale after redaction; the rest describes the content.
+            mail_options=[o for o in mail_options if o.upper().startswith(("BODY=", "SMTPUTF8"))],
+            hostname=host.host,
+            port=host.port,
+            username=host.username,
+            password=resolve_secret(host.password),
+            use_tls=host.use_tls,
+            start_tls=host.start_tls,
+            cert_bundle=host.ca_file,
+            timeout=host.timeout,
+            local_hostname=settings.hostname,
+        )
+    except Exception as exc:  # noqa: BLE001 - every failure maps to an SMTP answer
+        return _failure_answer(exc)
+    reason = f"{len(errors)} recipient(s) refused by the smarthost" if errors else None
+    return "250 2.0.0 OK: redacted and relayed", "forwarded", reason
+
+
+async def _notify(hook: BlockedHook | None, rec: OutboundRecord) -> None:
+    """Call an alert hook; its failure is logged, never the sender's problem."""
+    if hook is None:
+        return
+    try:
+        result = hook(rec)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        log.exception("outbound alert hook failed")
 
 
 def _failure_answer(exc: Exception) -> tuple[str, Action, str]:
@@ -256,14 +295,18 @@ async def start_smtp_relay(
     audit: OutboundAudit | None = None,
     on_blocked: BlockedHook | None = None,
     channel: str | None = None,
+    hold: HoldQueue | None = None,
+    on_held: BlockedHook | None = None,
 ) -> asyncio.Server:
     """Listen on settings.listen_host:port in the running loop; close the server to stop.
 
     `redactor` may be a zero-argument callable returning the current Redactor (policy
     reload); `channel` names the audit channel (default: the policy's smtp channel).
+    `hold` keeps the messages that cannot be read whole (without it they are refused
+    with 554); `on_held` alerts the operator about each.
     """
     loop = asyncio.get_running_loop()
-    handler = RelayHandler(settings, redactor, audit, on_blocked, channel)
+    handler = RelayHandler(settings, redactor, audit, on_blocked, channel, hold, on_held)
     tls = _tls_context(settings)
     users = dict(settings.auth_users)
 
