@@ -16,6 +16,7 @@ from gateway.admin.metrics import Metrics
 from gateway.audit.services import AuditServices, build_audit, build_login_history  # noqa: F401  (re-exported)
 from gateway.auth.account import AccountPage
 from gateway.auth.challenge import ChallengePages, LoginCompleter
+from gateway.auth.device_ids import DeviceIds
 from gateway.auth.events import LoginEvents
 from gateway.auth.keys import KeyRing
 from gateway.auth.login import LoginInterceptor
@@ -98,7 +99,10 @@ async def build_addons(
             policy, users, lockouts, store, keyring.derive("captcha"), audit.geo, clock=clock
         ),
         CaptchaPages(captcha),
-        LoginInterceptor(policy, users, pending, lockouts, events, remembered, completer, clock=clock, support=support),
+        LoginInterceptor(
+            policy, users, pending, lockouts, events, remembered, completer, clock=clock, support=support,
+            devices=DeviceIds(keyring),
+        ),
         SessionGuard(policy, sessions),
         challenge := ChallengePages(
             policy, users, pending, completer, lockouts, events, keyring.derive("gateway-forms"), clock=clock,

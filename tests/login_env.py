@@ -113,6 +113,8 @@ class Browser:
 
     async def request(self, method: str, path: str, **kwargs) -> tuple[int, dict, str]:
         headers = kwargs.pop("headers", {})
+        if not {"origin", "referer", "sec-fetch-site"} & {name.lower() for name in headers}:
+            headers["Sec-Fetch-Site"] = "same-origin"  # as a browser says of its own pages' requests
         if method != "GET":
             headers.setdefault("Origin", self.env.url)
         async with self.client.request(

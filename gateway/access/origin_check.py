@@ -49,3 +49,18 @@ def same_origin(request: web.BaseRequest, public_origin: str) -> bool:
     if referer is not None:
         return referer == public_origin or referer.startswith(public_origin + "/")
     return False
+
+
+def navigated_from_here(request: web.BaseRequest, public_origin: str) -> bool:
+    """Whether a request (a GET link too) was started by the gateway's own pages or the user.
+
+    `Sec-Fetch-Site` decides where the browser sends it (`same-origin`, or `none`: typed
+    in the address bar, a bookmark); a page elsewhere cannot forge it. Older browsers and
+    plain-http origins send no fetch metadata: then `Origin` or `Referer` must name the
+    public origin. A request that proves nothing is not from here: another site can
+    suppress the Referer of a link (`rel=noreferrer`).
+    """
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site in ("same-origin", "none")
+    return same_origin(request, public_origin)

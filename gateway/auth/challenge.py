@@ -34,6 +34,7 @@ from gateway.sessions.cookies import (
     cookie_value,
     set_cookie,
 )
+from gateway.sessions.ending import session_ended
 from gateway.sessions.manager import SessionManager, TooManyDevices
 
 log = structlog.get_logger("gateway.auth")
@@ -357,7 +358,7 @@ class ChallengePages(Addon):
             await self.completer.sessions.end(session, "logout")
         response = see_other(policy.login.path)
         secure = _secure(request)
-        response.headers.add("Set-Cookie", clear_cookie(SESSION_COOKIE, secure=secure))
+        session_ended(response.headers, secure=secure)
         response.headers.add("Set-Cookie", set_cookie(NOTICE_COOKIE, "logout", secure=secure, max_age=120))
         return response
 

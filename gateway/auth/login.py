@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 
 from gateway.auth.credentials import AmbiguousCredentials, carries_field, check_query, parse_credentials
+from gateway.auth.device_ids import DeviceIds
 from gateway.auth.events import LoginEvents
 from gateway.auth.pending import PendingLogin, PendingLogins
 from gateway.auth.remember import RememberedDevices
@@ -35,8 +36,8 @@ from gateway.sessions.cookies import (
     CookiePolicy,
     cookie_value,
     set_cookie,
+    set_cookie_name,
 )
-from gateway.sessions.model import new_token
 
 log = structlog.get_logger("gateway.auth")
 
@@ -64,8 +65,11 @@ class LoginInterceptor(Addon):
         completer,
         clock=time.time,
         support=None,  # SupportAccess: vendor support accounts sign in with an access code
+        *,
+        devices: DeviceIds,
     ) -> None:
         self.support = support
+        self.devices = devices  # gw_device values are adopted only when the gateway signed them
         self.policy = policy
         self.users = users
         self.pending = pending
@@ -159,7 +163,7 @@ class LoginInterceptor(Addon):
             return None
         updates, passed = CookiePolicy(policy.login).take_vaulted(answer.headers.getall("Set-Cookie", []))
         vault = {name: value for name, value in updates.items() if value is not None}
-        device_id = cookie_value(ex.request.headers.get("Cookie"), DEVICE_COOKIE) or new_token()
+        device_id = self.devices.adopt(cookie_value(ex.request.headers.get("Cookie"), DEVICE_COOKIE))
         pending = PendingLogin(
             user=context.user,
             group=context.group,
@@ -264,7 +268,7 @@ async def login_succeeded(answer: UpstreamAnswer, rule: LoginRule, public_origin
     elif success.redirect_to:
         return False
     if success.cookie_set:
-        names = {c.split("=", 1)[0].strip() for c in answer.headers.getall("Set-Cookie", [])}
+        names = {set_cookie_name(c) for c in answer.headers.getall("Set-Cookie", [])}
         if success.cookie_set not in names:
             return False
     if success.failure_text:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-AlertKind = Literal["new_ip_login", "lockout", "every_login", "blocked_notification", "support_access"]
+AlertKind = Literal["new_ip_login", "lockout", "every_login", "blocked_notification", "support_access", "mail_held"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -251,10 +251,11 @@ class SupportAccessPolicy(Section):
 
 class AlertsPolicy(Section):
     email_to: list[str] = Field([], description="Operator addresses that receive alerts.")
-    on: list[Literal["new_ip_login", "lockout", "every_login", "blocked_notification", "support_access"]] = Field(
-        ["new_ip_login", "lockout", "blocked_notification", "support_access"],
+    on: list[Literal["new_ip_login", "lockout", "every_login", "blocked_notification", "support_access", "mail_held"]] = Field(
+        ["new_ip_login", "lockout", "blocked_notification", "support_access", "mail_held"],
         description="Events that alert: a login from an address new for that user, a lockout, every "
-        "login, an outbound notification blocked by redaction, a vendor support grant, revocation or login.",
+        "login, an outbound notification blocked by redaction, a vendor support grant, revocation or login, "
+        "a mail the SMTP relay could not read whole and holds for review (`mail_held`).",
     )
     min_interval: DurationIn("0s", "7d") = Field(600, description="Identical alerts are sent at most once per interval.")
     max_per_hour: int = Field(30, ge=1, le=10_000, description="At most this many alerts an hour in all; the rest are counted and summarised.")

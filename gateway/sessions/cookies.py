@@ -47,13 +47,42 @@ def clear_cookie(name: str, *, secure: bool, path: str = "/") -> str:
     return set_cookie(name, "", secure=secure, max_age=0, path=path)
 
 
+def cookie_name(name: str) -> str:
+    """A cookie name as browsers store it: trimmed of whitespace (RFC 6265, section 5.2).
+
+    `PMSSESSID =x` and `PMSSESSID\t=x` are the cookie `PMSSESSID` to a browser and to most
+    servers, so every comparison of cookie names goes through here. The trim is generous
+    (any Unicode whitespace): where a name is compared with a vaulted one, matching too
+    much only strips or vaults a cookie, matching too little leaks one.
+    """
+    return name.strip()
+
+
+def _name_value(pair: str) -> tuple[str, str]:
+    """One `name=value` pair, both trimmed; no `=` makes an empty name (RFC 6265bis)."""
+    name, sep, value = pair.partition("=")
+    if not sep:
+        name, value = "", name
+    return cookie_name(name), value.strip()
+
+
 def parse_cookie_header(header: str | None) -> list[tuple[str, str]]:
+    """The browser's `Cookie` header as (trimmed name, value) pairs, the only reader of it.
+
+    A pair without a name (no `=`, or `=x`) is left out: servers read it differently
+    (as a name, as a value, not at all), so it is never forwarded either.
+    """
     pairs = []
     for item in (header or "").split(";"):
-        name, sep, value = item.strip().partition("=")
-        if sep and name:
+        name, value = _name_value(item)
+        if name:
             pairs.append((name, value))
     return pairs
+
+
+def set_cookie_name(header: str) -> str:
+    """The trimmed name a `Set-Cookie` header value sets ('' when it has none)."""
+    return _name_value(header.partition(";")[0])[0]
 
 
 def cookie_value(header: str | None, name: str) -> str | None:
@@ -64,19 +93,33 @@ def cookie_value(header: str | None, name: str) -> str | None:
 
 
 class CookiePolicy:
-    """Which upstream cookies are vaulted, per the login rule."""
+    """Which upstream cookies are vaulted, per the login rule.
+
+    Names are compared trimmed (`cookie_name`); the listed session cookies also without
+    regard to case, since some PMS frameworks (ASP.NET) read cookie names that way: a
+    browser-sent `pmssessid` must not reach such a PMS beside the vault's `PMSSESSID`.
+    An allow-list (`vault_all_cookies_except`) is compared exactly: anything else is vaulted.
+    """
 
     def __init__(self, rule: LoginRule) -> None:
-        self.session_names = frozenset(rule.upstream_session_cookies)
-        self.allow_list = None if rule.vault_all_cookies_except is None else frozenset(rule.vault_all_cookies_except)
+        self.session_names = frozenset(cookie_name(n).casefold() for n in rule.upstream_session_cookies)
+        self.allow_list = (
+            None if rule.vault_all_cookies_except is None
+            else frozenset(cookie_name(n) for n in rule.vault_all_cookies_except)
+        )
 
     def is_vaulted(self, name: str) -> bool:
+        name = cookie_name(name)
         if self.allow_list is not None:
             return name not in self.allow_list
-        return name in self.session_names
+        return name.casefold() in self.session_names
 
     def upstream_cookie_header(self, browser_header: str | None, vault: dict[str, str]) -> str | None:
-        """The browser's cookies minus gateway and vaulted names, plus the vault's cookies."""
+        """The browser's cookies minus gateway and vaulted names, plus the vault's cookies.
+
+        The header is rebuilt from the pairs read here, so the PMS sees exactly the
+        cookies the gateway judged, under their trimmed names.
+        """
         if not browser_header and not vault:
             return None
         pairs = [
@@ -88,14 +131,19 @@ class CookiePolicy:
         return "; ".join(f"{k}={v}" for k, v in pairs) or None
 
     def take_vaulted(self, set_cookies: Iterable[str]) -> tuple[dict[str, str | None], list[str]]:
-        """Split Set-Cookie values into vault updates (None = deleted) and those for the browser."""
+        """Split Set-Cookie values into vault updates (None = deleted) and those for the browser.
+
+        A vaulted cookie is stored under its trimmed name, whatever spacing the PMS wrote.
+        A cookie without a name is dropped: a browser would send its value back as
+        `name=value` (`=PMSSESSID=x` comes back as `PMSSESSID=x`).
+        """
         updates: dict[str, str | None] = {}
         passed: list[str] = []
         for header in set_cookies:
             pair, _, attributes = header.partition(";")
-            name, _, value = pair.strip().partition("=")
-            if name in GATEWAY_COOKIES:
-                continue  # the PMS may not set cookies in the gateway's names
+            name, value = _name_value(pair)
+            if not name or name in GATEWAY_COOKIES:
+                continue  # the PMS may not set cookies in the gateway's names, nor nameless ones
             if not self.is_vaulted(name):
                 passed.append(header)
                 continue

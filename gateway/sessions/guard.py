@@ -18,6 +18,8 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway.access.origin_check import navigated_from_here
+from gateway.auth.challenge import LOGOUT as LOGOUT_PAGE
 from gateway.pages.render import see_other, choose_language, render_page, translator, wants_json
 from gateway.policy.schema import Policy
 from gateway.proxy.errors import error_response
@@ -35,6 +37,7 @@ from gateway.sessions.cookies import (
     cookie_value,
     set_cookie,
 )
+from gateway.sessions.ending import keep_out_of_cache, session_ended
 from gateway.sessions.manager import SessionManager
 from gateway.sessions.model import EndedSession
 from gateway.sessions.revocation import SESSION_ENDED_CHANNEL, USER_REVOKED_CHANNEL
@@ -150,6 +153,10 @@ class SessionGuard(Addon):
         self._set_upstream_cookies(ex, cookies, session.vault)
         await self.sessions.touch(session, ex.path.path)
         if ex.path.path in policy.login.logout_paths:
+            if not navigated_from_here(ex.request, ex.public_origin):
+                # Another site's link or form: the gateway's logout page asks (a POST with a token).
+                ex.deny("denied", "logout not started from this site: confirmation asked")
+                return see_other(LOGOUT_PAGE)
             ex.notes["logout"] = True
         if is_websocket_upgrade(ex.request):
             ex.notes["on_websocket"] = self._register_websocket
@@ -204,7 +211,7 @@ class SessionGuard(Addon):
         else:
             response = error_response(request, 401, ex.request_id, policy.property, detail="session required")
         if ended is not None:
-            response.headers.add("Set-Cookie", clear_cookie(SESSION_COOKIE, secure=secure))
+            session_ended(response.headers, secure=secure)
         return response
 
     # -- answers -------------------------------------------------------------------------
@@ -221,10 +228,12 @@ class SessionGuard(Addon):
         if session is not None and ex.notes.get("logout"):
             # The PMS just ended its session on this very request.
             await self.sessions.end(session, "logout", upstream_logout=False)
-            answer.headers.add("Set-Cookie", clear_cookie(SESSION_COOKIE, secure=ex.scheme == "https"))
+            session_ended(answer.headers, secure=ex.scheme == "https")
         location = answer.headers.get("Location")
         if ex.notes.get("logout") and location is not None and not is_local_location(location, ex.public_origin):
             answer.headers["Location"] = self.policy().login.path  # a logout never bounces off-site
+        if session is not None and not ex.notes.get("logout"):
+            keep_out_of_cache(answer.headers, self.policy().sessions_for(session.group), ex.path.path)
         notice = cookie_value(ex.request.headers.get("Cookie"), NOTICE_COOKIE)
         if notice and session is None and ex.path.path == self.policy().login.path and ex.request.method == "GET":
             await self._inject_notice(ex, answer, notice)
