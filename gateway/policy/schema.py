@@ -107,10 +107,23 @@ class SessionPolicy(Section):
         description="End a session used from another client IP than it logged in from (stolen cookie); "
         "leave off where staff move between networks.",
     )
+    cacheable_paths: list[Regex] = Field(
+        [],
+        description="Paths whose answers browsers may cache during a session (static assets); "
+        "every other page of a session is sent `Cache-Control: no-store`.",
+    )
 
     @cached_property
     def idle_ignore_patterns(self) -> list[re.Pattern[str]]:
         return [re.compile(p) for p in self.idle_ignore_paths]
+
+    @cached_property
+    def _cacheable(self) -> re.Pattern[str] | None:
+        return re.compile("|".join(f"(?:{p})" for p in self.cacheable_paths)) if self.cacheable_paths else None
+
+    def is_cacheable(self, path: str) -> bool:
+        """Whether a session's answer for `path` may stay in the browser's cache."""
+        return self._cacheable is not None and self._cacheable.search(path) is not None
 
 
 class SessionOverrides(Section):
