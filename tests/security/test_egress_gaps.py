@@ -280,6 +280,42 @@ def test_multipart_rfc2231_name_is_refused(egress):
         assert status == 451 and received is None
 
 
+@pytest.mark.parametrize(
+    "part_headers",
+    [
+        "Content-Disposition: form-data; name*0=te; name*1=xt",
+        "Content-Disposition: form-data; name=\"other\"; name=\"text\"",
+        "Content-Disposition: form-data; name=\"other\"\r\nContent-Disposition: form-data; name=\"text\"",
+        "Content-Disposition: form-data; name=\"text\"\r\nContent-Transfer-Encoding: base64",
+    ],
+)
+def test_multipart_parts_readers_disagree_on_are_blocked(part_headers):
+    """The same class of part, without the proxy: whatever two readers could read
+    differently is blocked (the engine's verdict the proxy answers 451 on)."""
+    from gateway.redact.engine import Redactor
+    from gateway.redact.policy import NotificationsPolicy
+
+    policy = NotificationsPolicy.model_validate(POLICY["notifications"])
+    channel = next(c for c in policy.channels if c.name == "upload")
+    body = f"--BB\r\n{part_headers}\r\n\r\nNDExMSAxMTEx\r\n--BB--\r\n".encode()
+    outcome = Redactor(policy).redact_http_body(body, "multipart/form-data; boundary=BB", channel)
+    assert outcome.blocked
+
+
+def test_multipart_custom_part_headers_are_scanned_structural_ones_kept():
+    from gateway.redact.engine import Redactor
+    from gateway.redact.policy import NotificationsPolicy
+
+    policy = NotificationsPolicy.model_validate(POLICY["notifications"])
+    channel = next(c for c in policy.channels if c.name == "upload")
+    disposition = f'Content-Disposition: form-data; name="text"; filename="{EMAIL}.txt"'
+    body = f"--BB\r\n{disposition}\r\nX-Note: card {CARD}\r\n\r\nhello\r\n--BB--\r\n".encode()
+    outcome = Redactor(policy).redact_http_body(body, "multipart/form-data; boundary=BB", channel)
+    assert not outcome.blocked
+    assert_no_card(outcome.data)
+    assert disposition.encode() in outcome.data and b"X-Note: card **** **** **** 1111" in outcome.data
+
+
 def test_multipart_is_parsed_and_its_epilogue_never_leaves(egress):
     body, headers = multipart('form-data; name="text"', f"Card {CARD}", epilogue=f"card {CARD}\r\n")
     status, _, received = egress.send("POST", "/v1/upload", body, headers)

@@ -271,9 +271,9 @@ class JsonBody:
 
 
 _PART_ENCODINGS = frozenset(("7bit", "8bit", "binary"))
-_EXTENDED_PARAM = re.compile(r"[A-Za-z0-9!#$&+.^_`|~-]\*")
+_EXTENDED_PARAM = re.compile(r"[A-Za-z0-9!#$&+.^_`|~-]\*(?:\d+\*?)?\s*=")  # name*=, name*0*=
 _NAME_PARAM = re.compile(r"(?:^|;)\s*name\s*=", re.IGNORECASE)
-_STRUCTURAL = frozenset(("content-disposition", "content-type", "content-transfer-encoding"))
+_STRUCTURAL = frozenset((b"content-disposition", b"content-type", b"content-transfer-encoding"))
 
 
 class _Part:
