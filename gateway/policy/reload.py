@@ -26,6 +26,7 @@ class PolicyHolder:
         self.current: Policy = policy if policy is not None else load_policy(*paths)
         self._stamp = self._mtimes()
         self._task: asyncio.Task | None = None
+        self.last_rejection: str | None = None  # why the newest files were refused; None once loaded
 
     def __call__(self) -> Policy:
         return self.current
@@ -52,13 +53,21 @@ class PolicyHolder:
         try:
             self.current = load_policy(*self.paths)
         except ConfigError as exc:
+            self.last_rejection = str(exc)
             log.error("policy reload rejected; keeping the last good policy", errors=str(exc).splitlines())
             return False
         except Exception as exc:  # a loader bug must not end the watcher nor swap in half a policy
-            log.exception("policy reload failed; keeping the last good policy", error=f"{type(exc).__name__}: {exc}")
+            self.last_rejection = f"{type(exc).__name__}: {exc}"
+            log.exception("policy reload failed; keeping the last good policy", error=self.last_rejection)
             return False
+        self.last_rejection = None
         log.info("policy reloaded", files=[str(f) for f in self._files()])
         return True
+
+    @property
+    def watching(self) -> bool:
+        """The watcher task is alive (it should only ever stop through `stop()`)."""
+        return self._task is not None and not self._task.done()
 
     def start_watching(self, interval: float = 2.0) -> None:
         if self.paths and self._task is None:
@@ -69,7 +78,7 @@ class PolicyHolder:
             await asyncio.sleep(interval)
             try:
                 if self._mtimes() != self._stamp:
-                    self.reload()
+                    await asyncio.to_thread(self.reload)  # parsing must not stall requests
             except Exception:  # e.g. the folder became unreadable: try again next round
                 log.exception("policy watcher round failed; still watching")
 
