@@ -353,7 +353,7 @@ def channel_path_spellings(draw) -> str:
     return path + draw(st.sampled_from(["", "", "/", "/.", "//"]))
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(path=channel_path_spellings())
 def test_any_spelling_of_a_channel_path_is_redacted_or_refused(egress, path):
     status, _, received = egress.sms(path)
