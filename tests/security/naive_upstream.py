@@ -15,7 +15,9 @@ could read two different things out of one request if the gateway let it through
 - it has a second login endpoint (`/switch-user`, JSON `/api/login`) that sets the
   session cookie for another user inside a session, without any password of theirs;
 - `/sloppy-cookie` writes its session cookie as `PMSSESSID =x` (a space before `=`);
-- `/echo` reports the method, path, headers and cookies it saw; `/ws` is a WebSocket.
+- `/echo` reports the method, path, headers and cookies it saw; `/ws` is a WebSocket;
+- `/hop` answers with `Connection` naming end-to-end headers (`Cache-Control`,
+  `Set-Cookie`) besides a custom hop-by-hop one.
 
 The signed-in user is shown on every page as `Logged in as <b>name</b>`, the way the
 demo PMS does, so `login.identity` can read it.
@@ -158,6 +160,13 @@ async def echo(request: web.Request) -> web.Response:
     )
 
 
+async def hop(request: web.Request) -> web.Response:
+    response = web.Response(text="hop", headers={"Cache-Control": "no-store", "X-Secret-Hop": "1"})
+    response.headers["Connection"] = "Cache-Control, Set-Cookie, X-Secret-Hop"
+    response.headers.add("Set-Cookie", "theme=dark; Path=/")
+    return response
+
+
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse()
     await ws.prepare(request)
@@ -202,4 +211,5 @@ def create_app() -> web.Application:
     app.router.add_route("*", "/echo", echo)
     app.router.add_route("*", "/echo/{tail:.*}", echo)
     app.router.add_get("/ws", websocket)
+    app.router.add_get("/hop", hop)
     return app
