@@ -356,7 +356,7 @@ async def test_websocket_without_session_is_refused(env, browser):
     import aiohttp
 
     with pytest.raises(aiohttp.WSServerHandshakeError) as info:
-        await browser.client.ws_connect(env.url.replace("http", "ws") + "/ws/echo")
+        await browser.client.ws_connect(env.url.replace("http", "ws") + "/ws/echo", headers={"Origin": env.url})
     assert info.value.status == 401
 
 

@@ -4,6 +4,11 @@ Old PMSs rarely protect their forms. A state-changing request (POST, PUT, PATCH,
 is forwarded only when the browser says it comes from the gateway's own origin, in
 `Origin` or, failing that, `Referer`. A request with neither is refused too: every
 browser in use sends one of them on such requests.
+
+A WebSocket handshake is a GET, but the socket it opens carries the session's cookies
+both ways, and browsers apply no same-origin policy to it: any site could open one and
+read the PMS's messages (cross-site WebSocket hijacking). So an upgrade is bridged only
+when its `Origin` (which every browser sends on a handshake) is exactly the gateway's.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from aiohttp import web
 from gateway.proxy.errors import error_response
 from gateway.proxy.exchange import Addon, Exchange
 from gateway.proxy.server import PolicyGetter
+from gateway.proxy.websocket import is_websocket_upgrade
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -31,6 +37,8 @@ class OriginCheck(Addon):
         return any(p.search(path) for p in self._compiled[1])
 
     async def request(self, ex: Exchange) -> web.StreamResponse | None:
+        if is_websocket_upgrade(ex.request):
+            return self._upgrade(ex)
         if ex.request.method not in STATE_CHANGING or not self.policy().csrf.check_origin:
             return None
         if self._exempt(ex.path.path):
@@ -39,6 +47,19 @@ class OriginCheck(Addon):
             return None
         ex.deny("denied", "cross-origin or origin-less state-changing request")
         return error_response(ex.request, 403, ex.request_id, self.policy().property, detail="cross-origin request")
+
+    def _upgrade(self, ex: Exchange) -> web.StreamResponse | None:
+        if not self.policy().csrf.check_origin or self._exempt(ex.path.path):
+            return None
+        if upgrade_from_here(ex.request, ex.public_origin):
+            return None
+        ex.deny("denied", "cross-origin or origin-less WebSocket handshake")
+        return error_response(ex.request, 403, ex.request_id, self.policy().property, detail="cross-origin WebSocket")
+
+
+def upgrade_from_here(request: web.BaseRequest, public_origin: str) -> bool:
+    """A WebSocket handshake: exactly one `Origin`, the public one (no Referer fallback)."""
+    return request.headers.getall("Origin", []) == [public_origin]
 
 
 def same_origin(request: web.BaseRequest, public_origin: str) -> bool:

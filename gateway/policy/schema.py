@@ -278,7 +278,9 @@ class AlertsPolicy(Section):
 
 
 class CsrfPolicy(Section):
-    check_origin: bool = Field(True, description="State-changing requests must come from the gateway's origin.")
+    check_origin: bool = Field(
+        True, description="State-changing requests and WebSocket handshakes must come from the gateway's origin."
+    )
     exempt_paths: list[Regex] = Field([], description="Paths exempt from the Origin/Referer check.")
 
 
