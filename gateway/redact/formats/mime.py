@@ -77,6 +77,17 @@ BinaryCheck = Callable[[str], bool]
 """(text) -> whether a checksummed value (card, IBAN) is in it."""
 
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
+_BOUNDARY = re.compile(r"""\bboundary\s*=\s*("[^"]*"|[^;\s]*)""", re.IGNORECASE)
+
+
+def _repair(text: str) -> str:
+    """Raw 8-bit bytes the parser kept as surrogates, read as UTF-8 (RFC 6532)."""
+    if not any("\udc80" <= char <= "\udcff" for char in text):
+        return text
+    try:
+        return text.encode("ascii", "surrogateescape").decode("utf-8")
+    except UnicodeError:
+        raise NotFullyParsed("a header holds bytes that are not UTF-8") from None
 
 
 class NotFullyParsed(ValueError):
@@ -100,16 +111,10 @@ def decode_header_value(value: object) -> str:
 
     An encoded word in an unknown charset, or bytes that its charset does not decode,
     raise `NotFullyParsed`: a header read half-way could carry anything."""
-    if isinstance(value, Header):
-        value = str(value)
-    text = _FOLD.sub("", str(value))
-    if any("\udc80" <= char <= "\udcff" for char in text):  # raw 8-bit bytes (SMTPUTF8)
-        try:
-            text = text.encode("ascii", "surrogateescape").decode("utf-8")
-        except UnicodeError:
-            raise NotFullyParsed("a header holds bytes that are not UTF-8") from None
+    source = value if isinstance(value, Header) else _FOLD.sub("", str(value))
     try:
-        pieces = decode_header(text)
+        # compat32 hands raw 8-bit header bytes over as a Header in "unknown-8bit".
+        pieces = decode_header(source)
     except Exception:  # noqa: BLE001 - any failure of the decoder is a parse failure
         raise NotFullyParsed("a header's encoded words cannot be decoded") from None
     out = []
@@ -117,8 +122,10 @@ def decode_header_value(value: object) -> str:
         if isinstance(piece, str):
             out.append(piece)
             continue
+        if charset == "unknown-8bit":
+            charset = "utf-8"  # raw 8-bit headers are UTF-8 (RFC 6532) or unreadable
         try:
-            out.append(piece.decode(charset or "raw-unicode-escape"))
+            out.append(_FOLD.sub("", piece.decode(charset or "raw-unicode-escape")))
         except LookupError:
             raise NotFullyParsed(f"a header is encoded in an unknown charset ({charset!r:.40})") from None
         except UnicodeError:
@@ -156,6 +163,23 @@ def _decode(part: Message) -> tuple[str, str]:
     raise NotFullyParsed(f"a part does not decode as its charset ({declared!r:.40}) nor as UTF-8")
 
 
+def _check_other_reading(item: _TextPart, text: str, charset: str, plan: Plan) -> None:
+    """A part labelled with a one-byte charset whose bytes are UTF-8 is read both ways by
+    mail clients (many guess); what the UTF-8 reading shows must be found in the declared
+    one too, or the part cannot be redacted with certainty."""
+    if charset.replace("-", "").lower() in ("utf8", "usascii"):
+        return
+    data = text.encode(charset, "surrogateescape")
+    if data.isascii():
+        return
+    try:
+        other = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return
+    if len(plan(item.location, other)) > len(plan(item.location, text)):
+        raise NotFullyParsed(f"{item.location} is labelled {charset!r:.40} but reads differently as UTF-8")
+
+
 def _encode(part: Message, text: str, charset: str) -> None:
     """Put `text` back into `part` with the part's own transfer encoding."""
     data = text.encode(charset, "surrogateescape")
@@ -167,6 +191,18 @@ def _encode(part: Message, text: str, charset: str) -> None:
     else:
         payload = data.decode("ascii", "surrogateescape")
     part.set_payload(payload)
+
+
+def _as_text(part: Message, data: bytes) -> str:
+    """A binary part read as text: in the charset it declares (a UTF-16 "octet-stream"),
+    else byte for byte, where ASCII digits stay digits."""
+    charset = part.get_content_charset()
+    if charset:
+        try:
+            return data.decode(charset)
+        except (LookupError, UnicodeDecodeError):
+            pass
+    return data.decode("latin-1")
 
 
 def _is_attachment(part: Message) -> bool:
@@ -189,13 +225,13 @@ def _check_structure(message: Message) -> None:
         encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
         if encoding not in TRANSFER_ENCODINGS:
             raise NotFullyParsed(f"part {index} has an unknown transfer encoding ({encoding!r:.40})")
-        if part.get_content_maintype() == "multipart" and not (part.is_multipart() and part.get_boundary()):
-            raise NotFullyParsed(f"part {index} is multipart without a boundary")
         if not part.is_multipart():
             part.get_payload(decode=True)  # records decoding defects (bad base64) on the part
         if part.defects:
             kinds = ", ".join(sorted({type(d).__name__ for d in part.defects}))
             raise NotFullyParsed(f"part {index} is malformed ({kinds})")
+        if part.get_content_maintype() == "multipart" and not (part.is_multipart() and part.get_boundary()):
+            raise NotFullyParsed(f"part {index} is malformed (multipart, but no parts were found)")
 
 
 # ---------------------------------------------------------------- the document
@@ -224,7 +260,7 @@ class MailDocument:
                 yield f"header:{index}:{name}", decode_header_value(value)  # names only: no rewrite
             for where, text in (("preamble", part.preamble), ("epilogue", part.epilogue)):
                 if text:
-                    yield f"{where}:{index}", text
+                    yield f"{where}:{index}", _repair(text)
         for item in self._text_parts():
             text, _ = _decode(item.part)
             yield item.location, visible_text(text) if item.html else text
@@ -262,13 +298,16 @@ class MailDocument:
         """The text before the first and after the last boundary of a multipart."""
         changed = False
         for where in ("preamble", "epilogue"):
-            text = getattr(part, where)
-            if not text:
+            raw = getattr(part, where)
+            if not raw:
                 continue
+            text = _repair(raw)
             new, found = rewrite(f"{where}:{index}", text)
             findings.extend(found)
             if new != text or drops_field(found):
-                setattr(part, where, "" if drops_field(found) else new)
+                # Back to the parser's form: raw bytes as surrogates, written out unchanged.
+                new = "" if drops_field(found) else new.encode("utf-8").decode("ascii", "surrogateescape")
+                setattr(part, where, new)
                 changed = True
         return changed
 
@@ -277,7 +316,7 @@ class MailDocument:
             if part.is_multipart() or _textish(part) or part.get_content_maintype() in MEDIA:
                 continue
             data = part.get_payload(decode=True)
-            if isinstance(data, bytes) and data and binary(data.decode("latin-1")):
+            if isinstance(data, bytes) and data and binary(_as_text(part, data)):
                 raise NotFullyParsed(f"part {index} ({part.get_content_type()}) carries a card or account "
                                      "number that cannot be removed from it")
 
@@ -313,6 +352,7 @@ class MailDocument:
     def _rewrite_part(self, item: _TextPart, rewrite: Rewrite, plan: Plan,
                       findings: list[Finding]) -> bool:
         text, charset = _decode(item.part)
+        _check_other_reading(item, text, charset, plan)
         if item.html:
             new, found = rewrite_html(text, item.location, rewrite, plan)
         else:
@@ -423,15 +463,13 @@ class _Headers:
     def _check_mime(self, key: str, where: str) -> None:
         """Parameters (a file name, a charset) are read; guest data in them holds the message,
         since rewriting the structure could change how the message is read."""
-        if key not in ("content-type", "content-disposition"):
-            text = decode_header_value(self.part.get(key, ""))
-        else:
-            values = []
+        # The boundary is structure (generated, never shown): left out.
+        texts = [_BOUNDARY.sub("", decode_header_value(self.part.get(key, "")))]
+        if key in ("content-type", "content-disposition"):
             for param, param_value in self.part.get_params([], header=key):
-                if param.lower() == "boundary":
-                    continue  # structure, generated; never shown
-                values.append(param if not param_value else collapse_rfc2231_value(param_value))
-            text = decode_header_value(" ; ".join(values))
+                if param_value and param.lower() != "boundary":  # RFC 2231 values decoded too
+                    texts.append(decode_header_value(_repair(collapse_rfc2231_value(param_value))))
+        text = " ; ".join(texts)
         if any(e.finding.detector not in NUMBERS_IN_FILE_NAMES for e in self._plan(where, text)):
             raise NotFullyParsed(f"guest data in the {key} header of a part (a file name?)")
 
