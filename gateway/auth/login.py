@@ -17,7 +17,6 @@ from urllib.parse import urljoin, urlsplit
 import structlog
 from aiohttp import web
 
-from gateway.auth.credentials import AmbiguousCredentials, carries_field, check_query, parse_credentials
 from gateway.auth.device_ids import DeviceIds
 from gateway.auth.events import LoginEvents
 from gateway.auth.pending import PendingLogin, PendingLogins
@@ -27,6 +26,7 @@ from gateway.policy.schema import LoginRule, Policy
 from gateway.proxy.errors import error_response
 from gateway.proxy.exchange import Addon, Exchange, UpstreamAnswer
 from gateway.proxy.server import PolicyGetter
+from gateway.readers.credentials import AmbiguousCredentials, read_login, refuse_stray_credentials
 from gateway.readers.redirects import is_local_location, unsafe_targets
 from gateway.risk.lockout import Lockouts
 from gateway.sessions.cookies import (
@@ -41,10 +41,8 @@ from gateway.sessions.cookies import (
 
 log = structlog.get_logger("gateway.auth")
 
-MAX_LOGIN_BODY = 64 * 1024
 MAX_FAILURE_BODY = 1024 * 1024
 CHALLENGE_PATH = "/_gateway/2fa"
-BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 @dataclass
@@ -87,15 +85,14 @@ class LoginInterceptor(Addon):
         if ex.path.path != rule.path or ex.request.method != rule.method:
             return await self._refuse_stray_password(ex, policy)
         try:
-            check_query(ex.query, rule)
-            body = await ex.read_body(MAX_LOGIN_BODY)
-            if body is None:
-                raise AmbiguousCredentials("login body too large or of unknown length")
-            credentials = parse_credentials(body, ex.request.headers.get("Content-Type", ""), rule)
+            credentials, body = await read_login(ex, rule)
             if bad := unsafe_targets(ex.query, body if rule.format == "form" else None, rule.next_parameters):
                 raise AmbiguousCredentials(f"redirect target {bad[0]!r} leaves this site")
             user = self.users.normalise(credentials.username)
-        except (AmbiguousCredentials, ValueError) as exc:
+        except AmbiguousCredentials as exc:
+            ex.deny("refused", f"login request refused: {exc}")
+            return self._error(ex, policy, exc.status, str(exc))
+        except ValueError as exc:
             ex.deny("refused", f"login request refused: {exc}")
             return self._error(ex, policy, 400, str(exc))
         ex.user = user
@@ -124,21 +121,17 @@ class LoginInterceptor(Addon):
         return None
 
     async def _refuse_stray_password(self, ex: Exchange, policy: Policy) -> web.StreamResponse | None:
-        """A password anywhere else could swap the identity behind a vault without 2FA."""
-        field = policy.login.password_field
-        if ex.request.method not in BODY_METHODS and field not in ex.query:
-            return None
+        """A password anywhere else could swap the identity behind a vault without 2FA.
+
+        What is read and what is refused unread is the credential reader's rule
+        (`gateway.readers.credentials.refuse_stray_credentials`): a body that might carry
+        the password field and cannot be parsed with certainty is refused, never forwarded.
+        """
         try:
-            check_query(ex.query, LoginRule(username_field="\0", password_field=field))
-        except AmbiguousCredentials:
-            ex.deny("refused", "password field outside the login path")
-            return self._error(ex, policy, 400, "credentials outside the login form")
-        if ex.request.method not in BODY_METHODS:
-            return None
-        body = await ex.read_body(MAX_LOGIN_BODY)
-        if body and carries_field(body, ex.request.headers.get("Content-Type", ""), field):
-            ex.deny("refused", "password field outside the login path")
-            return self._error(ex, policy, 400, "credentials outside the login form")
+            await refuse_stray_credentials(ex, policy.login.password_field, policy.login.charset)
+        except AmbiguousCredentials as exc:
+            ex.deny("refused", f"password field outside the login path: {exc}")
+            return self._error(ex, policy, exc.status, str(exc))
         return None
 
     def _error(self, ex: Exchange, policy: Policy, status: int, detail: str) -> web.StreamResponse:

@@ -12,11 +12,15 @@ import re
 from functools import cached_property
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from gateway.policy.durations import Duration, DurationIn
 from gateway.policy.types import Cidr, Member, Regex, Section
+from gateway.readers.content_type import codec_name
 from gateway.redact.policy import NotificationsPolicy
+
+# A charset label, stored as Python's codec name (windows-1252 -> cp1252) so comparisons are exact.
+Charset = Annotated[str, AfterValidator(codec_name)]
 
 
 class UpstreamPolicy(Section):
@@ -67,6 +71,11 @@ class LoginRule(Section):
     format: Literal["form", "json"] = Field("form", description="Body format of the login request.")
     username_field: str = Field("username", description="Name of the username field.")
     password_field: str = Field("password", description="Name of the password field.")
+    charset: Charset = Field(
+        "utf-8",
+        description="Charset the PMS reads its login form in (browsers send none): e.g. windows-1252 for a "
+        "legacy PMS. A login declaring another charset is refused; UTF-7 and other non-ASCII-compatible ones are rejected.",
+    )
     usernames: UsernamePolicy = UsernamePolicy()
     success: LoginSuccessRule = LoginSuccessRule()
     upstream_session_cookies: list[str] = Field(

@@ -58,6 +58,7 @@ class Exchange:
     bytes_out: int = 0
     upstream_seconds: float | None = None
     body: bytes | None = None  # set when a guard had to read the request body; forwarded as is
+    body_cut: bool = False  # a guard read part of a body that proved too large: never forward it
     notes: dict[str, Any] = field(default_factory=dict)  # per-request state of addons
 
     @property
@@ -65,21 +66,38 @@ class Exchange:
         return f"{self.scheme}://{self.host}"
 
     async def read_body(self, limit: int) -> bytes | None:
-        """The whole request body if its declared length is at most `limit`, else None.
+        """The whole request body if it is at most `limit` bytes, else None.
 
         Guards that must look inside a body (login credentials, a password field sent
         where it does not belong) call this; the bytes read are then forwarded unchanged.
+        A chunked body is read up to `limit` + 1 bytes: when it proves larger, the part
+        read is gone from the stream, so the request is marked `body_cut` and the forwarder
+        refuses to send it (the guard that asked refuses it anyway).
         """
         if self.body is not None:
             return self.body
+        if self.body_cut:
+            return None
         if not self.request.body_exists:
             self.body = b""
             return self.body
         length = self.request.content_length
-        if length is None or length > limit:
-            return None
-        self.body = await self.request.read()
-        return self.body
+        if length is not None:
+            if length > limit:
+                return None
+            self.body = await self.request.read()
+            return self.body
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = await self.request.content.read(limit + 1 - size)
+            if not chunk:
+                self.body = b"".join(chunks)
+                return self.body
+            chunks.append(chunk)
+            size += len(chunk)
+        self.body_cut = True
+        return None
 
     def deny(self, decision: str, reason: str) -> None:
         self.decision, self.reason = decision, reason

@@ -195,6 +195,8 @@ class Forwarder:
         if ex.body is not None:
             ex.bytes_in = len(ex.body)
             return ex.body
+        if ex.body_cut:  # a guard consumed part of it: never send the rest as if whole
+            raise BodyTooLarge("request body larger than a guard could read")
         if not request.body_exists:
             return None
         length = request.content_length

@@ -41,10 +41,10 @@ import altcha
 import structlog
 from aiohttp import web
 
-from gateway.auth.credentials import AmbiguousCredentials, check_query, parse_credentials
 from gateway.pages.render import see_other, wants_json
 from gateway.policy.schema import Policy
 from gateway.proxy.exchange import Addon, Exchange
+from gateway.readers.credentials import AmbiguousCredentials, read_login
 from gateway.readers.redirects import is_local_target
 from gateway.risk.geoip import GeoLocator, parse_address
 from gateway.risk.lockout import Lockouts
@@ -55,7 +55,6 @@ log = structlog.get_logger("gateway.captcha")
 
 CAPTCHA_PATH = "/_gateway/captcha"
 PASS_COOKIE = CAPTCHA_COOKIE
-MAX_LOGIN_BODY = 64 * 1024  # as the login interceptor: larger bodies are refused there
 ALGORITHM = "SHA-256"  # iterated SHA: what browsers compute with crypto.subtle
 IMAGE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I/L look-alikes
 IMAGE_LENGTH = 5
@@ -199,6 +198,8 @@ class CaptchaGate(Addon):
         if ex.request.method != rule.method or ex.path.path != rule.path or not policy.captcha.when:
             return None
         user = await self._username(ex, policy)
+        if user is None:
+            return None  # not a readable login: the interceptor refuses it with 400, unforwarded
         reason = await self.reason(ex.client_ip, user, policy)
         if reason is None:
             return None
@@ -237,13 +238,8 @@ class CaptchaGate(Addon):
     async def _username(self, ex: Exchange, policy: Policy) -> str | None:
         """The normalised username, or None when the request is not a readable login
         (the login interceptor then refuses it with 400)."""
-        rule = policy.login
         try:
-            check_query(ex.query, rule)
-            body = await ex.read_body(MAX_LOGIN_BODY)
-            if body is None:
-                return None
-            credentials = parse_credentials(body, ex.request.headers.get("Content-Type", ""), rule)
+            credentials, _ = await read_login(ex, policy.login)  # the interceptor's own reading
             return self.users.normalise(credentials.username)
         except (AmbiguousCredentials, ValueError):
             return None
