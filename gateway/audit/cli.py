@@ -429,14 +429,15 @@ def ips_list(
     config: ConfigOption = None,
     user: UserOption = None,
 ) -> None:
-    """Known IPs (IPv6 by network) per user, most recent first."""
+    """Known IPs (IPv6 by network) per user, most recent first; entries past known_ips.keep_for are not listed."""
     if context.invoked_subcommand is not None:
         return
     from gateway.audit.known_ips import list_known
 
     async def main() -> list[Any]:
         async with _context(config) as ctx:
-            return await list_known(ctx.database, ctx.normalise(user) if user else None)
+            return await list_known(ctx.database, ctx.policy.known_ips.keep_for, datetime.now(UTC),
+                                    ctx.normalise(user) if user else None)
 
     known = _run(main())
     if not known:

@@ -47,15 +47,15 @@ def ip_prefix(ip: str, ipv6_prefix: int) -> str:
     return str(ipaddress.ip_network(f"{address}/{ipv6_prefix}", strict=False))
 
 
-async def status(conn: AsyncConnection, user_id: int, prefix: str, now: datetime, keep_for: float) -> tuple[bool, bool]:
-    """(this prefix is known for the user, the user has any known prefix)."""
+async def is_known(conn: AsyncConnection, user_id: int, prefix: str, now: datetime, keep_for: float) -> bool:
+    """Whether `prefix` is a known address of the user at `now` (used within `keep_for`).
+    Whether a login is the user's first is the login history's question, not this table's:
+    a user whose addresses all expired still has a history (`gateway.audit.logins`)."""
     fresh = now - timedelta(seconds=keep_for)
-    rows = (
-        await conn.execute(
-            select(known_ips.c.ip_prefix).where(known_ips.c.user_id == user_id, known_ips.c.last_seen >= fresh)
-        )
-    ).scalars().all()
-    return prefix in rows, bool(rows)
+    statement = select(known_ips.c.ip_prefix).where(
+        known_ips.c.user_id == user_id, known_ips.c.ip_prefix == prefix, known_ips.c.last_seen >= fresh
+    )
+    return (await conn.execute(statement)).first() is not None
 
 
 async def remember(
@@ -74,10 +74,13 @@ async def remember(
     )
 
 
-async def list_known(database: Database, user: str | None = None) -> list[KnownIp]:
+async def list_known(database: Database, keep_for: float, now: datetime, user: str | None = None) -> list[KnownIp]:
+    """The entries still known at `now`: one past `keep_for` no longer counts for alerts,
+    so it is not listed either, whether or not a purge has deleted it yet."""
     statement = (
         select(users.c.name, known_ips)
         .join(users, users.c.id == known_ips.c.user_id)
+        .where(known_ips.c.last_seen >= now - timedelta(seconds=keep_for))
         .order_by(users.c.name, known_ips.c.last_seen.desc())
     )
     if user is not None:

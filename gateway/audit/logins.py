@@ -50,7 +50,7 @@ class LoginRecord:
     outcome: str
     at: datetime
     new_ip: bool  # no known-IP entry for this address (or its IPv6 network) before this attempt
-    first_login: bool  # the user had no known address at all
+    first_login: bool  # the user had never signed in (no successful login in the history)
     country: str | None
     city: str | None
     asn: int | None
@@ -82,7 +82,8 @@ class LoginHistory:
         async with write_transaction(self.database) as conn:
             user_id = await _user_id(conn, attempt.username, create=success, now=now)
             if user_id is not None:
-                known, had_any = await known_ips.status(conn, user_id, prefix, now, policy.known_ips.keep_for)
+                known = await known_ips.is_known(conn, user_id, prefix, now, policy.known_ips.keep_for)
+                had_any = await _has_signed_in(conn, attempt.username)
                 if success:
                     await known_ips.remember(conn, user_id, prefix, geo, now, was_known=known)
             result = await conn.execute(
@@ -131,6 +132,16 @@ async def _user_id(conn: AsyncConnection, name: str, *, create: bool, now: datet
         )
         user_id = (await conn.execute(statement)).scalar()
     return None if user_id is None else int(user_id)
+
+
+async def _has_signed_in(conn: AsyncConnection, name: str) -> bool:
+    """Whether the history holds a successful login of `name`. This, not "has a known
+    address", is what makes a login the first: when every known address has expired
+    (`known_ips.keep_for`), the next login is from a new address, and alerts as one."""
+    statement = select(login_history.c.id).where(
+        login_history.c.username == name[:255], login_history.c.outcome == "success"
+    ).limit(1)
+    return (await conn.execute(statement)).first() is not None
 
 
 async def recent_logins(database: Database, user: str | None = None, limit: int = 100) -> list[dict[str, object]]:
