@@ -1,0 +1,28 @@
+"""Method and URL overrides: ways to make the PMS route a request elsewhere than it came.
+
+Many frameworks (Symfony, Laravel, Rails, ASP.NET, IIS URL Rewrite) let a header or the
+`_method` parameter replace the request's method or URL. The gateway's access rules,
+login interception and audit judge the method and path on the request line, so the PMS
+must route on exactly those: override headers are dropped on the way up, and a `_method`
+query parameter (which cannot be removed without changing the query the PMS reads) makes
+the request refused.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+OVERRIDE_HEADERS = frozenset(
+    {"x-http-method-override", "x-http-method", "x-method-override", "x-original-url", "x-rewrite-url"}
+)
+METHOD_PARAMETER = "_method"
+
+
+def overrides_method_in_query(query: str) -> bool:
+    """True when the raw query string names `_method` (any case or encoding, `_method[]` too)."""
+    if "method" not in query.lower() and "%" not in query:
+        return False  # the common case, without parsing
+    for name, _ in parse_qsl(query, keep_blank_values=True, errors="replace"):
+        if name.strip().lower().partition("[")[0] == METHOD_PARAMETER:
+            return True
+    return False
