@@ -84,10 +84,11 @@ async def login_env(
         if pms_url is None:
             pms_url = await stack.enter_async_context(serve_app(create_app(DemoSettings())))
         port = free_port()
-        config = gateway_config(
-            pms_url, port, data_dir=str(tmp_path / "var"), store_url=store_url,
-            database_url=f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}", **(config_overrides or {}),
-        )
+        settings = {
+            "data_dir": str(tmp_path / "var"), "store_url": store_url,
+            "database_url": f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}", **(config_overrides or {}),
+        }
+        config = gateway_config(pms_url, port, **settings)
         holder = PolicyHolder([], policy or load_policy("policies/default.yaml"))
         clock = FakeClock()
         services = await open_services(config, holder, clock)

@@ -147,7 +147,14 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
         engine = create_async_engine(parsed, **kwargs)
         _configure_sqlite(engine)
         return engine
+    # A pooled connection that died with the server is replaced before use (pre-ping), and
+    # connecting is bounded: with PostgreSQL down a login gets a fast 503, not a hang.
     kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_timeout", 5)
+    if parsed.drivername == "postgresql+asyncpg":
+        connect_args = kwargs.setdefault("connect_args", {})
+        connect_args.setdefault("timeout", 3)
+        connect_args.setdefault("command_timeout", 10)
     return create_async_engine(parsed, **kwargs)
 
 

@@ -29,6 +29,8 @@ from gateway.proxy.errors import error_response
 from gateway.proxy.exchange import CLIENT, REQUEST_ID, Addon, Client, Exchange, overrides
 from gateway.proxy.forward import BodyTooLarge, Forwarder, UpstreamTimeout, UpstreamUnavailable
 from gateway.proxy.headers import UpstreamRewriter, upstream_request_headers
+from gateway.proxy.overrides import overrides_method_in_query
+from gateway.proxy.outages import outage_of
 from gateway.proxy.websocket import bridge_websocket, is_websocket_upgrade
 
 RESERVED_PREFIX = "/_gateway/"
@@ -93,14 +95,19 @@ class Gateway:
             response = self._error(request, 421, request_id, "unknown host")
             await self._done_without_exchange(request, 421, started, wall_time)  # audited too
             return response
+        if not request.raw_path.startswith("/"):
+            # Absolute form (`GET http://other/ HTTP/1.1`): aiohttp routes on its path and
+            # takes its host, a PMS may take either; only origin-form is accepted.
+            response = self._error(request, 400, request_id, "absolute-form request target")
+            await self._done_without_exchange(request, 400, started, wall_time)
+            return response
         try:
             response = await handler(request)
         except web.HTTPException as exc:
             await self._done_without_exchange(request, exc.status, started, wall_time)
             raise
-        except Exception:
-            log.exception("unhandled error", request_id=request_id, path=request.path)
-            response = self._error(request, 500, request_id, None)
+        except Exception as exc:
+            response, _ = self._failure(request, request_id, exc)
         else:
             if not response.prepared:
                 response.headers.setdefault("X-Request-Id", request_id)
@@ -110,7 +117,7 @@ class Gateway:
     async def _done_without_exchange(self, request: web.Request, status: int, started: float, wall_time: float) -> None:
         """Done hooks see every request: the gateway's own pages, and requests refused
         before an exchange existed, get a minimal one (no upstream; decision "gateway",
-        or "refused" for an error status)."""
+        "refused" for a 4xx, "error" for a 5xx)."""
         if not self._done_hooks or request.get(_EXCHANGED):
             return
         client = request[CLIENT]
@@ -120,7 +127,7 @@ class Gateway:
             host=client.host, path=CanonicalPath(request.path, raw_path), query=query,
             upstream_headers=CIMultiDict(), started=started, wall_time=wall_time,
         )
-        ex.status, ex.decision = status, "gateway" if status < 400 else "refused"
+        ex.status, ex.decision = status, "gateway" if status < 400 else "refused" if status < 500 else "error"
         await self._run_done_hooks(ex)
 
     async def _run_done_hooks(self, ex: Exchange) -> None:
@@ -149,6 +156,19 @@ class Gateway:
             host=self.resolver.forwarded_host(peer, headers.get("Host", ""), headers.get("X-Forwarded-Host")),
         )
 
+    def _failure(self, request: web.BaseRequest, request_id: str, exc: Exception) -> tuple[web.Response, str]:
+        """An exception from a hook or the gateway's own pages, and the audit reason: 503
+        when a dependency is down (sign-in cannot work without it), 500 for anything else."""
+        dependency = outage_of(exc)
+        if dependency is None:
+            log.exception("unhandled error", request_id=request_id, path=request.path)
+            return self._error(request, 500, request_id, None), "internal error"
+        log.warning("dependency unavailable", dependency=dependency, request_id=request_id,
+                    path=request.path, error=type(exc).__name__)
+        response = error_response(request, 503, request_id, self.policy().property, key="signin_unavailable")
+        response.headers["Retry-After"] = "30"
+        return response, f"{dependency} unavailable"
+
     def _error(self, request: web.BaseRequest, status: int, request_id: str, detail: str | None) -> web.Response:
         return error_response(request, status, request_id, self.policy().property, detail=detail)
 
@@ -157,11 +177,19 @@ class Gateway:
         policy = self.policy()
         raw_path = request.raw_path.partition("?")
         try:
-            path = canonicalize(raw_path[0], case_insensitive=policy.upstream.case_insensitive_paths)
+            upstream = policy.upstream
+            path = canonicalize(
+                raw_path[0],
+                case_insensitive=upstream.case_insensitive_paths,
+                allow_non_ascii=upstream.allow_non_ascii_paths,
+                normalise_numbers=upstream.normalise_numbers,
+            )
         except AmbiguousPath as exc:
             return self._error(request, 400, request_id, str(exc))
         if path.path.startswith(RESERVED_PREFIX) or path.path == RESERVED_PREFIX.rstrip("/"):
             return self._error(request, 404, request_id, "reserved path")
+        if overrides_method_in_query(raw_path[2]):
+            return self._error(request, 400, request_id, "_method parameter (method override)")
         client = request[CLIENT]
         upstream_headers = upstream_request_headers(
             request.headers, client_ip=client.ip, scheme=client.scheme, public_host=client.host, request_id=request_id
@@ -180,9 +208,16 @@ class Gateway:
         if policy.upstream.host_header == "upstream":
             upstream_headers["Host"] = self.upstream_host
             self.rewriter.rewrite_referrer_headers(upstream_headers, ex.public_origin)
+        ex.status = 500  # until an answer exists (a cancelled request keeps it)
         try:
             response = await self._exchange(request, ex)
+        except Exception as exc:
+            response, reason = self._failure(request, request_id, exc)
+            ex.deny("error", reason)
+        try:
             ex.status = response.status
+            if ex.status >= 500 and ex.decision == "allowed" and ex.upstream_seconds is None:
+                ex.deny("error", f"gateway answered {ex.status}")
             return response
         finally:
             await self._run_done_hooks(ex)

@@ -20,7 +20,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from .base import EphemeralStore, Handler, Subscription, check_safe_int, check_ttl
 
@@ -81,10 +85,16 @@ class RedisStore(EphemeralStore):
     @classmethod
     def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX, **kwargs: Any) -> RedisStore:
         """Connect lazily to `url`. Keepalive and a periodic health check make a silently
-        dropped connection (NAT, failover) noticed instead of waiting forever."""
+        dropped connection (NAT, failover) noticed instead of waiting forever. Every command
+        is bounded (2 s) and a failed one is retried once at once on a fresh connection (a
+        pooled connection gone stale across a Redis restart), never with a long backoff: a
+        login waiting on a dead Redis gets a fast 503, not a 5-second hang."""
         kwargs.setdefault("socket_keepalive", True)
         kwargs.setdefault("health_check_interval", 30)
-        kwargs.setdefault("socket_connect_timeout", 5)
+        kwargs.setdefault("socket_connect_timeout", 2)
+        kwargs.setdefault("socket_timeout", 2)
+        kwargs.setdefault("retry", Retry(NoBackoff(), 1))
+        kwargs.setdefault("retry_on_error", [RedisConnectionError, RedisTimeoutError])
         return cls(Redis.from_url(url, **kwargs), prefix=prefix)
 
     @property
