@@ -29,6 +29,18 @@ class UpstreamPolicy(Section):
         description="The PMS treats /Admin and /admin alike (IIS and most Windows PMSs do): "
         "paths are lower-cased before matching and forwarding so rules cannot be bypassed by case.",
     )
+    allow_non_ascii_paths: bool = Field(
+        False,
+        description="Forward paths with non-ASCII characters (e.g. `/guests/Müller`); refused with 400 by default, "
+        "since a PMS may read `/reservations/１002` (fullwidth 1) as 1002. Allowed ones must be NFKC: fullwidth "
+        "digits, ligatures and decomposed accents are always refused.",
+    )
+    normalise_numbers: bool = Field(
+        False,
+        description="Strip leading zeros of all-digit path segments before matching and forwarding "
+        "(`/reservations/01002` becomes `/reservations/1002`), for a PMS that reads numbers with `int()`; "
+        "leave off where `007` and `7` are different things.",
+    )
     rewrite_body_urls: bool = Field(
         False,
         description="Rewrite the upstream's own absolute URLs inside HTML, JS and CSS bodies to "
@@ -108,7 +120,7 @@ class SessionPolicy(Section):
     on_new_device: Literal["replace", "refuse"] = Field(
         "replace", description="When a login would exceed max_devices: end the oldest, or refuse."
     )
-    remember_device: DurationIn("10s", "400d") | Literal[False] = Field(
+    remember_device: Literal[False] | DurationIn("10s", "400d") = Field(
         False, description="Skip 2FA on a remembered browser for this long; false = never."
     )
     bind_to_ip: bool = Field(
@@ -143,7 +155,7 @@ class SessionOverrides(Section):
     max_lifetime: DurationIn("10s", "90d") | None = None
     max_devices: int | None = Field(None, ge=1, le=100)
     on_new_device: Literal["replace", "refuse"] | None = None
-    remember_device: DurationIn("10s", "400d") | Literal[False] | None = None
+    remember_device: Literal[False] | DurationIn("10s", "400d") | None = None
     bind_to_ip: bool | None = None
 
 
