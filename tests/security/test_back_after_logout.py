@@ -13,13 +13,12 @@ import re
 from pathlib import Path
 
 import pyotp
+import pytest
 
 from gateway.policy import load_policy
 from gateway.policy.schema import Policy
 from tests.browser import CHROMIUM, page, shot  # noqa: F401 (page is a fixture)
 from tests.login_env import Browser, LoginEnv, login_env
-
-import pytest
 
 
 def policy_with_cacheable(tmp_path: Path, paths: list[str]) -> Policy:
@@ -99,6 +98,18 @@ async def test_idle_expiry_noticed_on_a_request_clears_the_cache(tmp_path):
         browser = await signed_in(env)
         try:
             env.clock.advance(env.policy().sessions.idle_timeout + 1)
+            status, headers, _ = await browser.request("GET", "/reservations/1003")
+            assert status == 303 and headers["Clear-Site-Data"] == '"cache"'
+            assert session_cookie_expired(browser.set_cookies[-3:])
+        finally:
+            await browser.close()
+
+
+async def test_revocation_noticed_on_a_request_clears_the_cache(tmp_path):
+    async with login_env(tmp_path) as env:
+        browser = await signed_in(env)
+        try:
+            assert await env.sessions.end_user("alice", "revoked") == 1
             status, headers, _ = await browser.request("GET", "/reservations/1003")
             assert status == 303 and headers["Clear-Site-Data"] == '"cache"'
             assert session_cookie_expired(browser.set_cookies[-3:])
