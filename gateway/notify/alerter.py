@@ -2,7 +2,8 @@
 
 Callers (login history, lockouts, the notification relay) `await` a method that only
 checks the policy and the throttle and queues the alert: sending happens in a background
-task, so a slow or dead mail server never delays a login. Alerts are best effort: a
+task, so a slow or dead mail server never delays a login. What the hourly cap holds back
+goes out with the next alert, or as a summary (`alerts_held`) once the cap has room. Alerts are best effort: a
 delivery failure is retried a few times and logged; the login history and the audit trail
 remain the record.
 """
@@ -18,7 +19,7 @@ from typing import Any
 import structlog
 
 from gateway.notify.email import EmailSender
-from gateway.notify.events import Alert, AlertKind
+from gateway.notify.events import Alert, AlertKind, held_payload
 from gateway.notify.throttle import AlertThrottle
 from gateway.notify.webhook import WebhookSender
 from gateway.policy.schema import Policy
@@ -54,6 +55,7 @@ class Alerter:
         self.throttle = AlertThrottle(clock)
         self._queue: asyncio.Queue[Alert | dict[str, Any]] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._summary: asyncio.Task[None] | None = None  # sends what the cap held back, once it can
         self.sent = 0
 
     # -- events ----------------------------------------------------------------------------
@@ -138,10 +140,35 @@ class Alerter:
         kind: AlertKind = alert.kind
         if kind not in rules.on:
             return False
-        if not self.throttle.admit(alert.dedupe_key, rules.min_interval, rules.max_per_hour):
+        if not self.throttle.admit(alert.dedupe_key, rules.min_interval, rules.max_per_hour, held=alert):
             log.info("alert not sent (duplicate or hourly cap)", kind=kind, user=alert.user, ip=alert.ip)
+            if self.throttle.suppressed and (self._summary is None or self._summary.done()):
+                self._summary = asyncio.get_running_loop().create_task(self._summary_when_free(), name="alerts-held")
             return False
         return self._enqueue(alert)
+
+    async def send_held(self) -> bool:
+        """Send the summary of what the cap held back, if anything was and the cap has room
+        now; True if queued. An alert that went out since carried the list already."""
+        rules = self.policy().alerts
+        if not self.throttle.suppressed or self.throttle.free_in(rules.max_per_hour) > 0:
+            return False
+        summary = Alert("alerts_held", "Alerts held back by the hourly cap", (
+            "The hourly alert cap (alerts.max_per_hour) held back the alerts listed below.",
+            "It has room again, so here they are in summary.",
+        ))
+        if not self.throttle.admit(None, 0, rules.max_per_hour):
+            return False
+        return self._enqueue(summary)
+
+    async def _summary_when_free(self) -> None:
+        """Wait until the cap has room, then send the summary (the clock is the throttle's)."""
+        while self.throttle.suppressed:
+            wait = self.throttle.free_in(self.policy().alerts.max_per_hour)
+            if wait <= 0:
+                await self.send_held()
+                return
+            await asyncio.sleep(min(wait, 60.0))
 
     async def publish(self, payload: dict[str, Any]) -> None:
         """Send a structured event to the webhook only (exported audit chain heads)."""
@@ -172,13 +199,15 @@ class Alerter:
         if isinstance(item, dict):
             await self._attempt("webhook", lambda: self.webhook.post(item))  # type: ignore[union-attr]
             return
-        suppressed = self.throttle.take_suppressed()
-        body = item.body(self.instance_id, suppressed)
+        held = self.throttle.take_held()
+        if item.kind == "alerts_held" and not held:
+            return  # an alert that went out meanwhile carried the list
+        body = item.body(self.instance_id, held)
         delivered = False
         if self.email is not None and self.email.configured:
             delivered |= await self._attempt("e-mail", lambda: self.email.send(item.subject, body))  # type: ignore[union-attr]
         if self.webhook is not None and self.webhook.configured:
-            payload = item.payload(self.instance_id) | {"suppressed": suppressed}
+            payload = item.payload(self.instance_id) | {"suppressed": held.count, "held": held_payload(held)}
             delivered |= await self._attempt("webhook", lambda: self.webhook.post(payload))  # type: ignore[union-attr]
         if delivered:
             self.sent += 1
@@ -205,6 +234,11 @@ class Alerter:
 
     async def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Give queued alerts `timeout` seconds to go out, then stop."""
+        if self._summary is not None:
+            self._summary.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._summary
+            self._summary = None
         if self._task is not None and not self._task.done():
             await self.drain(timeout)
         if self._task is not None:

@@ -291,10 +291,13 @@ class AlertsPolicy(Section):
         "login, an outbound notification blocked by redaction, a vendor support grant, revocation or login, "
         "a mail the SMTP relay could not read whole and holds for review (`mail_held`).",
     )
-    min_interval: DurationIn("0s", "7d") = Field(600, description="Identical alerts are sent at most once per interval.")
-    max_per_hour: int = Field(30, ge=1, le=10_000, description="At most this many alerts an hour in all; the rest are counted and summarised.")
+    min_interval: DurationIn("0s", "7d") = Field(
+        600, description="Identical alerts are sent at most once per interval; `every_login` alerts are never deduplicated."
+    )
+    max_per_hour: int = Field(30, ge=1, le=10_000, description="At most this many alerts an hour in all; the rest are "
+                              "listed in the next alert that goes out, or in a summary once the cap has room.")
     new_ip_on_first_login: bool = Field(
-        False, description="Also alert on a user's very first login, when no address is known yet."
+        False, description="Also alert on a user's very first login (no successful login in the history yet)."
     )
 
 
