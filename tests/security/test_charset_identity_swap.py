@@ -77,7 +77,6 @@ async def test_a_chunked_login_is_read_whole_and_judged(tmp_path):
         chunks = [b"username=al", b"ice&password=alice-demo-pw"]
         status, _ = await send(upstream.env.url, "POST", "/login", [("Content-Type", FORM)], chunks=chunks)
         assert status not in (400, 413) and upstream.saw("/login")  # forwarded whole, judged by the PMS
-        assert [u.name for u in await upstream.env.services.users.list()] == ["alice"]  # its password was right
 
 
 async def test_a_locked_account_is_no_password_oracle(upstream):
