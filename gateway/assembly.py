@@ -36,6 +36,7 @@ from gateway.risk.captcha_pages import CaptchaPages
 from gateway.risk.lockout import Lockouts
 from gateway.sessions.deactivation import DeactivationWatcher
 from gateway.sessions.guard import SessionGuard
+from gateway.sessions.identity import IdentityCheck
 from gateway.sessions.manager import SessionManager
 from gateway.sessions.upstream_logout import UpstreamLogout
 from gateway.store import create_store
@@ -92,8 +93,10 @@ async def build_addons(
     remembered = RememberedDevices(keyring.derive("remember-device"), clock=clock)
     completer = LoginCompleter(policy, sessions, lockouts, events, remembered, users)
     support = SupportAccess(services.database, keyring, policy, users, audit.login_history, audit.alerter, clock=clock)
+    identity = IdentityCheck(config, policy, users, audit.alerter)
     addons: list[Addon] = [
         upstream_logout,
+        identity,
         OriginCheck(policy),
         captcha := CaptchaGate(
             policy, users, lockouts, store, keyring.derive("captcha"), audit.geo, clock=clock
@@ -101,9 +104,9 @@ async def build_addons(
         CaptchaPages(captcha),
         LoginInterceptor(
             policy, users, pending, lockouts, events, remembered, completer, clock=clock, support=support,
-            devices=DeviceIds(keyring),
+            devices=DeviceIds(keyring), identity=identity,
         ),
-        SessionGuard(policy, sessions),
+        SessionGuard(policy, sessions, identity),
         challenge := ChallengePages(
             policy, users, pending, completer, lockouts, events, keyring.derive("gateway-forms"), clock=clock,
             support=support,

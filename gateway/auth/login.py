@@ -63,10 +63,12 @@ class LoginInterceptor(Addon):
         completer,
         clock=time.time,
         support=None,  # SupportAccess: vendor support accounts sign in with an access code
+        identity=None,  # IdentityCheck: asks the PMS whom it signed in (login.identity)
         *,
         devices: DeviceIds,
     ) -> None:
         self.support = support
+        self.identity = identity
         self.devices = devices  # gw_device values are adopted only when the gateway signed them
         self.policy = policy
         self.users = users
@@ -171,6 +173,16 @@ class LoginInterceptor(Addon):
             json=policy.login.format == "json",
             stage="verify",
         )
+        if self.identity is not None and self.identity.rule() is not None:
+            # The PMS may have signed in someone else than the form named (it read the
+            # request differently): its own page says whom, before any second factor.
+            reading = await self.identity.read(vault, ex)
+            if not reading.is_user(context.user):
+                await self.completer.abandon(pending)
+                await self.events.attempt(ex, context.user, "refused", None, f"identity mismatch: {reading.describe()}")
+                ex.deny("refused", f"identity mismatch: {reading.describe()}, not {context.user!r}")
+                await self.identity.alert(context.user, reading, ex.client_ip, "login")
+                return self._error(ex, policy, 403, "the PMS signed in another user than the one named")
         record = await self.users.ensure(context.user)
         pending.has_totp = record.has_totp or not record.has_security_key
         if self.support is not None and self.support.is_support_account(context.user):

@@ -10,7 +10,8 @@ from typing import Any, Literal
 from gateway.notify.throttle import HeldBack
 
 AlertKind = Literal[
-    "new_ip_login", "lockout", "every_login", "blocked_notification", "support_access", "mail_held", "alerts_held",
+    "new_ip_login", "lockout", "every_login", "blocked_notification", "support_access", "identity_mismatch",
+    "mail_held", "alerts_held",
 ]
 
 

@@ -77,6 +77,36 @@ class UsernamePolicy(Section):
     )
 
 
+class LoginIdentity(Section):
+    """Where the PMS itself says who is signed in: the gateway reads it after every login
+    and whenever the vaulted cookies of a session change, and ends a session whose PMS
+    user is not the session's user (a second login form, "switch user", a JSON login)."""
+
+    path: str | None = Field(
+        None, description="A PMS page that shows the signed-in user (e.g. `/reservations`); unset = no identity check."
+    )
+    pattern: Regex | None = Field(
+        None,
+        description="Regular expression with one group that reads the signed-in user from that page "
+        "(demo PMS: `Logged in as <b>([^<]+)</b>`).",
+    )
+    status: list[int] = Field([200], description="Status codes of that page when someone is signed in.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> LoginIdentity:
+        if (self.path is None) != (self.pattern is None):
+            raise ValueError("write both `path` and `pattern` (or neither)")
+        if self.path is not None and not self.path.startswith("/"):
+            raise ValueError(f"path {self.path!r} must start with /")
+        if self.pattern is not None and re.compile(self.pattern).groups != 1:
+            raise ValueError("pattern needs exactly one group: (...) around the user name")
+        return self
+
+    @property
+    def configured(self) -> bool:
+        return self.path is not None
+
+
 class LoginRule(Section):
     path: str = Field("/login", description="The PMS's login form target (canonical path).")
     method: str = Field("POST", description="HTTP method of the login request.")
@@ -105,6 +135,10 @@ class LoginRule(Section):
     public_paths: list[Regex] = Field(
         ["^/login$", "^/static/"],
         description="Reachable without a gateway session: the login page and the assets it needs.",
+    )
+    identity: LoginIdentity = Field(
+        LoginIdentity(),
+        description="Check who the PMS says is signed in; without it, vaulted cookies set outside the login are dropped.",
     )
 
 
@@ -285,11 +319,15 @@ class SupportAccessPolicy(Section):
 
 class AlertsPolicy(Section):
     email_to: list[str] = Field([], description="Operator addresses that receive alerts.")
-    on: list[Literal["new_ip_login", "lockout", "every_login", "blocked_notification", "support_access", "mail_held"]] = Field(
-        ["new_ip_login", "lockout", "blocked_notification", "support_access", "mail_held"],
+    on: list[
+        Literal["new_ip_login", "lockout", "every_login", "blocked_notification", "support_access", "identity_mismatch",
+                "mail_held"]
+    ] = Field(
+        ["new_ip_login", "lockout", "blocked_notification", "support_access", "identity_mismatch", "mail_held"],
         description="Events that alert: a login from an address new for that user, a lockout, every "
         "login, an outbound notification blocked by redaction, a vendor support grant, revocation or login, "
-        "a mail the SMTP relay could not read whole and holds for review (`mail_held`).",
+        "the PMS showing another user than the session's (`login.identity`), a mail the SMTP relay could "
+        "not read whole and holds for review (`mail_held`).",
     )
     min_interval: DurationIn("0s", "7d") = Field(
         600, description="Identical alerts are sent at most once per interval; `every_login` alerts are never deduplicated."

@@ -15,6 +15,8 @@ import re
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.proxy.overrides import OVERRIDE_HEADERS
+
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -66,7 +68,7 @@ _FORWARDING_PREFIX = "x-forwarded"  # -for, -proto, -host, -port, -prefix, -serv
 GATEWAY_SET = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-request-id"})
 
 
-_UPSTREAM_DROP = HOP_BY_HOP | CLIENT_FORWARDING
+_UPSTREAM_DROP = HOP_BY_HOP | CLIENT_FORWARDING | OVERRIDE_HEADERS  # the PMS routes on what the rules judged
 
 
 def _drop_set(headers: CIMultiDictProxy[str] | CIMultiDict[str], base: frozenset[str]) -> frozenset[str]:

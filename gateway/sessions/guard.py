@@ -38,8 +38,9 @@ from gateway.sessions.cookies import (
     set_cookie,
 )
 from gateway.sessions.ending import keep_out_of_cache, session_ended
+from gateway.sessions.identity import IdentityCheck, IdentityReading
 from gateway.sessions.manager import SessionManager
-from gateway.sessions.model import EndedSession
+from gateway.sessions.model import DeviceSession, EndedSession
 from gateway.sessions.revocation import SESSION_ENDED_CHANNEL, USER_REVOKED_CHANNEL
 
 log = structlog.get_logger("gateway.sessions")
@@ -70,9 +71,10 @@ class CompiledAccessRules:
 
 
 class SessionGuard(Addon):
-    def __init__(self, policy: PolicyGetter, sessions: SessionManager) -> None:
+    def __init__(self, policy: PolicyGetter, sessions: SessionManager, identity: IdentityCheck | None = None) -> None:
         self.policy = policy
         self.sessions = sessions
+        self.identity = identity  # asks the PMS who its new cookies belong to (login.identity)
         self._compiled: tuple[int, CompiledAccessRules, CookiePolicy] | None = None
         self._websockets: dict[str, set[web.WebSocketResponse]] = {}
         self._tasks: list[asyncio.Task] = []
@@ -223,8 +225,10 @@ class SessionGuard(Addon):
         if set_cookies:
             updates, passed = cookies.take_vaulted(set_cookies)
             _replace_all(answer.headers, "Set-Cookie", passed)
-            if session is not None and updates and apply_vault_updates(session.vault, updates):
-                await self.sessions.save(session)
+            if session is not None and updates and not ex.notes.get("logout"):
+                refused = await self._update_vault(ex, session, updates)
+                if refused is not None:
+                    return refused
         if session is not None and ex.notes.get("logout"):
             # The PMS just ended its session on this very request.
             await self.sessions.end(session, "logout", upstream_logout=False)
@@ -238,6 +242,46 @@ class SessionGuard(Addon):
         if notice and session is None and ex.path.path == self.policy().login.path and ex.request.method == "GET":
             await self._inject_notice(ex, answer, notice)
         return None
+
+    async def _update_vault(
+        self, ex: Exchange, session: DeviceSession, updates: dict[str, str | None]
+    ) -> web.StreamResponse | None:
+        """New PMS cookies for a live session: they may belong to another user (a second
+        login form, "switch user", a JSON login). With `login.identity` the PMS is asked
+        whose they are; without it only deletions are taken, a new value is dropped."""
+        checking = self.identity is not None and self.identity.rule() is not None
+        if not checking:
+            if dropped := sorted(name for name, value in updates.items() if value is not None):
+                log.warning("vaulted cookie set outside the login dropped", user=session.user,
+                            session_hash=session.id_hash[:16], path=ex.path.path, cookies=dropped)
+                updates = {name: value for name, value in updates.items() if value is None}
+        before = dict(session.vault)
+        if not apply_vault_updates(session.vault, updates):
+            return None
+        if checking:
+            assert self.identity is not None
+            reading = await self.identity.read(session.vault, ex)
+            if not reading.is_user(session.user):
+                return await self._identity_mismatch(ex, session, before, reading)
+        await self.sessions.save(session)
+        return None
+
+    async def _identity_mismatch(
+        self, ex: Exchange, session: DeviceSession, before: dict[str, str], reading: IdentityReading
+    ) -> web.StreamResponse:
+        """End the session and both PMS sessions behind it (the new and the original one)."""
+        assert self.identity is not None
+        await self.sessions.end(session, "revoked")  # logs out the PMS session of the new cookies
+        if before != session.vault:
+            self.sessions.end_upstream(before)
+        ex.deny("denied", f"identity mismatch: {reading.describe()}, not {session.user!r}; session ended")
+        await self.identity.alert(session.user, reading, ex.client_ip, f"{ex.request.method} {ex.path.path}")
+        response = error_response(
+            ex.request, 403, ex.request_id, self.policy().property,
+            detail="the PMS signed in another user: this session was ended",
+        )
+        response.headers.add("Set-Cookie", clear_cookie(SESSION_COOKIE, secure=ex.scheme == "https"))
+        return response
 
     async def _inject_notice(self, ex: Exchange, answer: UpstreamAnswer, reason: str) -> None:
         """Tell the user, on the PMS's own login page, why they have to sign in again."""

@@ -160,6 +160,11 @@ class SessionManager:
             self._spawn(self.upstream_logout(session.vault))
         return True
 
+    def end_upstream(self, vault: dict[str, str]) -> None:
+        """End, in the background, a PMS session no gateway session holds any more."""
+        if vault and self.upstream_logout is not None:
+            self._spawn(self.upstream_logout(vault))
+
     async def end_user(self, user: str, reason: str) -> int:
         ended = await end_user_sessions(self.store, user, reason)
         await self.finish_revoked()
