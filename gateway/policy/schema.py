@@ -378,8 +378,8 @@ class Policy(Section):
             raise ValueError(
                 f"default_group {self.default_group!r} is not a group; define it under `groups:`"
             )
-        self._group_sessions  # every group's effective session rules, built (and checked) now
-        return self
+        self._merge_group_sessions()  # every group's effective rules checked now (not cached:
+        return self                   # model_copy would carry a cache past its overrides)
 
     def expand_networks(self, names: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         result = []
@@ -400,6 +400,9 @@ class Policy(Section):
 
     @cached_property
     def _group_sessions(self) -> dict[str | None, SessionPolicy]:
+        return self._merge_group_sessions()
+
+    def _merge_group_sessions(self) -> dict[str | None, SessionPolicy]:
         """Each group's effective session rules, merged as typed values (never from text:
         a duration dumped to `"1m"` and copied back would be a string where a float is
         compared) and validated again as a whole, so `policy check` fails where a group's
