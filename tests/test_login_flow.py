@@ -442,7 +442,7 @@ async def test_group_network_refuses_login_before_the_password_is_forwarded(tmp_
         browser = Browser(env)
         try:
             status, _, page = await browser.password("alice")  # from 127.0.0.1: not back_office
-            assert status == 403 and "not allowed from this network" in page
+            assert status == 403 and "may not be used from the network you are on" in page
             assert await env.pms_users_alive() == []  # the PMS never saw the password
             status, headers, _ = await browser.password("manager")  # another group: no network rule
             assert headers["Location"] == "/_gateway/2fa"

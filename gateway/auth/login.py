@@ -12,6 +12,7 @@ import ipaddress
 import re
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from urllib.parse import urljoin, urlsplit
 
 import structlog
@@ -103,22 +104,22 @@ class LoginInterceptor(Addon):
             await self.lockouts.record_failure(None, ex.client_ip)
             await self.events.attempt(ex, user, "refused", None, "unknown user")
             ex.deny("refused", "username unknown to the policy")
-            return self._error(ex, policy, 403, "unknown user")
+            return self._refusal(ex, policy, 403, "refused_unknown_user")
         if not policy.network_allows(group, ex.client_ip):
             # Checked before the password goes anywhere: the group may not log in from here.
             await self.events.attempt(ex, user, "refused", None, "network not allowed for the group")
             ex.deny("refused", "client network not allowed for group")
-            return self._error(ex, policy, 403, "logins for this account are not allowed from this network")
+            return self._refusal(ex, policy, 403, "refused_network")
         lock = await self.lockouts.current(user, ex.client_ip)
         if lock is not None:
             await self.events.attempt(ex, user, "locked_out", None, f"{lock.scope} locked")
             ex.deny("locked_out", f"{lock.scope} locked out")
-            return self._error(ex, policy, 429, "too many failed attempts; try again later")
+            return self._refusal(ex, policy, 429, "refused_locked", until=self._until(lock))
         record = await self.users.get(user)
         if record is not None and not record.active:
             await self.events.attempt(ex, user, "refused", None, "deactivated")
             ex.deny("refused", "user deactivated")
-            return self._error(ex, policy, 403, "account deactivated")
+            return self._refusal(ex, policy, 403, "refused_deactivated")
         ex.notes["login"] = LoginContext(user, group)
         return None
 
@@ -137,7 +138,17 @@ class LoginInterceptor(Addon):
         return None
 
     def _error(self, ex: Exchange, policy: Policy, status: int, detail: str) -> web.StreamResponse:
+        """A request the gateway cannot read safely: a generic page with a technical detail."""
         return error_response(ex.request, status, ex.request_id, policy.property, detail=detail)
+
+    def _refusal(self, ex: Exchange, policy: Policy, status: int, key: str, **values: str) -> web.StreamResponse:
+        """A refusal a person must understand: its own title and sentence (messages.json
+        `key`, `key_text`) in the browser's language, no English detail."""
+        return error_response(ex.request, status, ex.request_id, policy.property, key=key, values=values)
+
+    def _until(self, lock) -> str:
+        """When `lock` ends, as the refusal page says it (UTC: the gateway knows no time zone)."""
+        return datetime.fromtimestamp(self.clock() + int(lock.retry_after), UTC).strftime("%H:%M:%S UTC")
 
     # -- the PMS's answer ----------------------------------------------------------------
 
@@ -182,7 +193,7 @@ class LoginInterceptor(Addon):
                 await self.events.attempt(ex, context.user, "refused", None, f"identity mismatch: {reading.describe()}")
                 ex.deny("refused", f"identity mismatch: {reading.describe()}, not {context.user!r}")
                 await self.identity.alert(context.user, reading, ex.client_ip, "login")
-                return self._error(ex, policy, 403, "the PMS signed in another user than the one named")
+                return self._refusal(ex, policy, 403, "refused_identity")
         record = await self.users.ensure(context.user)
         pending.has_totp = record.has_totp or not record.has_security_key
         if self.support is not None and self.support.is_support_account(context.user):
@@ -196,7 +207,7 @@ class LoginInterceptor(Addon):
             await self.completer.abandon(pending)
             await self.events.attempt(ex, context.user, "refused", None, "enrollment not allowed from this network")
             ex.deny("refused", "no second factor and enrollment not allowed here")
-            return self._error(ex, policy, 403, "second factor enrollment is only possible from the hotel network")
+            return self._refusal(ex, policy, 403, "refused_enrollment_network")
         pending.stage = stage
         token = await self.pending.create(pending)
         ex.deny("challenged", "second factor required")

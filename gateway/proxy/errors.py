@@ -12,6 +12,7 @@ _KEYS = {
     404: "not_found",
     413: "too_large",
     421: "bad_request",
+    429: "too_many_requests",
     500: "internal_error",
     502: "bad_gateway",
     503: "unavailable",
@@ -27,13 +28,18 @@ def error_response(
     *,
     key: str | None = None,
     detail: str | None = None,
+    values: dict[str, str] | None = None,
 ) -> web.Response:
-    """An error answer. `detail` is a short fixed reason, never an echo of the request."""
+    """An error answer. `key` names its title in messages.json (`key + "_text"` its
+    sentence, formatted with `values`), so a person reads it in their own language.
+    `detail` is a short fixed technical reason (shown as is, in English), never an echo of
+    the request: refusals a person should understand get a key of their own instead."""
     key = key or _KEYS.get(status, "bad_request")
+    values = values or {}
     headers = {"X-Request-Id": request_id}
     if wants_json(request):
-        message = translator("en")(key + "_text")
-        body = {"error": key, "message": message, "request_id": request_id}
+        message = translator("en")(key + "_text", **values)
+        body = {"error": key, "message": message, "request_id": request_id, **values}
         if detail:
             body["detail"] = detail
         return web.json_response(body, status=status, headers=headers)
@@ -47,4 +53,5 @@ def error_response(
         message_key=key + "_text",
         request_id=request_id,
         detail=detail,
+        values=values,
     )

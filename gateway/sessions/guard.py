@@ -148,7 +148,7 @@ class SessionGuard(Addon):
         ex.notes["session"] = session
         if not policy.network_allows(session.group, ex.client_ip):
             ex.deny("denied", "client network not allowed for group")
-            return error_response(ex.request, 403, ex.request_id, policy.property, detail="network not allowed")
+            return error_response(ex.request, 403, ex.request_id, policy.property, key="refused_network")
         if not access.allowed(session.group, ex.request.method, ex.path.path):
             ex.deny("denied", "access rule")
             return error_response(ex.request, 403, ex.request_id, policy.property, detail="access rule")
