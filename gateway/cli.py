@@ -33,6 +33,9 @@ app.add_typer(support_app, name="support")
 from gateway.redact.mail_commands import mail_app  # noqa: E402
 
 app.add_typer(mail_app, name="mail")
+from gateway.discover.commands import login_app  # noqa: E402  (lazy inside)
+
+app.add_typer(login_app, name="login")
 app.command("logins")(logins_command)
 
 @policy_app.command("check")
