@@ -86,7 +86,7 @@ async def build_addons(
     store, keyring, users = services.store, services.keyring, services.users
     upstream_logout = UpstreamLogout(config, policy)
     sessions = SessionManager(store, keyring, policy, upstream_logout=upstream_logout, clock=clock)
-    lockouts = Lockouts(store, policy)
+    lockouts = Lockouts(store, policy, clock=clock)
     audit = services.audit = await build_audit(config, policy, services.database)
     events = LoginEvents(audit.login_history, audit.alerter)
     pending = PendingLogins(store, keyring, lambda: policy().second_factor.pending_login_timeout, clock=clock)

@@ -20,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.audit.sql import insert_or_ignore, write_transaction
 from gateway.db import Database, known_ips, users
 from gateway.policy.schema import Policy
-from gateway.risk.geoip import GeoInfo, parse_address
+from gateway.risk.geoip import GeoInfo
+from gateway.risk.networks import network_key
 
 
 class PermissionDenied(PermissionError):
@@ -38,13 +39,9 @@ class KnownIp:
 
 
 def ip_prefix(ip: str, ipv6_prefix: int) -> str:
-    """What a known-IP entry stores for `ip`: the IPv4 address or the IPv6 network."""
-    address = parse_address(ip)
-    if address is None:
-        return ip[:64]
-    if isinstance(address, ipaddress.IPv4Address):
-        return str(address)
-    return str(ipaddress.ip_network(f"{address}/{ipv6_prefix}", strict=False))
+    """What a known-IP entry stores for `ip`: the IPv4 address or the IPv6 network, the
+    same key lockouts and captcha triggers count by (gateway.risk.networks)."""
+    return network_key(ip, ipv6_prefix)
 
 
 async def is_known(conn: AsyncConnection, user_id: int, prefix: str, now: datetime, keep_for: float) -> bool:

@@ -4,6 +4,13 @@ They run on the reserved prefix /_gateway/ and act on the pending login the inte
 created. Every form carries a token bound to that pending login (and the request must
 come from the gateway's own origin); codes are compared in constant time; five wrong
 codes end the pending login and count against the user.
+
+Every code (app code, recovery code, support access code, invite code, enrollment code,
+security key assertion) first claims one of the pending login's attempts from a counter
+in the ephemeral store (`claim_attempt`): the claim is one atomic increment, shared by all
+workers, so however many codes arrive in parallel, at most `max_attempts` are ever
+evaluated, and the login ends as its attempts run out. A locked user or address is
+refused before any claim.
 """
 
 from __future__ import annotations
@@ -257,6 +264,9 @@ class ChallengePages(Addon):
             return await self._recovery(request, token, pending, form.get("recovery_code", ""), ip)
         if pending.stage == "verify":
             return await self._verify(request, token, pending, form.get("code", ""), ip)
+        if pending.stage in ("invite", "enroll"):
+            if (refused := await self.claim_attempt(request, token, pending, ip)) is not None:
+                return refused
         if pending.stage == "invite":
             if await self.users.redeem_invite(pending.user, form.get("invite_code", "").strip()):
                 pending.stage = "enroll"
@@ -283,6 +293,8 @@ class ChallengePages(Addon):
         return self._render(request, token, pending)
 
     async def _verify(self, request, token: str, pending: PendingLogin, code: str, ip: str) -> web.StreamResponse:
+        if (refused := await self.claim_attempt(request, token, pending, ip)) is not None:
+            return refused
         result = await self.users.verify_totp(pending.user, code.strip().replace(" ", ""))
         if not result.ok:
             return await self._wrong(request, token, pending, ip, "code_replayed" if result.reason == "replayed" else "code_invalid")
@@ -294,6 +306,8 @@ class ChallengePages(Addon):
         return await self.completer.complete(request, settled, ip)
 
     async def _recovery(self, request, token: str, pending: PendingLogin, code: str, ip: str) -> web.StreamResponse:
+        if (refused := await self.claim_attempt(request, token, pending, ip)) is not None:
+            return refused
         remaining = await self.users.use_recovery_code(pending.user, code.strip())
         if remaining is None:
             return await self._wrong(request, token, pending, ip, "recovery_invalid")
@@ -305,6 +319,8 @@ class ChallengePages(Addon):
 
     async def _support(self, request, token: str, pending: PendingLogin, code: str, ip: str) -> web.StreamResponse:
         """A vendor support account: the operator's one-time access code replaces the second factor."""
+        if (refused := await self.claim_attempt(request, token, pending, ip)) is not None:
+            return refused
         expires = await self.support.redeem(pending.user, code) if self.support is not None else None
         if expires is None:
             return await self._wrong(request, token, pending, ip, "support_code_invalid")
@@ -322,19 +338,52 @@ class ChallengePages(Addon):
             )
         return response
 
-    async def _wrong(self, request, token: str, pending: PendingLogin, ip: str, error: str) -> web.StreamResponse:
+    async def claim_attempt(self, request, token: str, pending: PendingLogin, ip: str) -> web.StreamResponse | None:
+        """Call before evaluating any code: None when the code may be evaluated, else the
+        refusal. A locked user or address is refused (a hard lock also ends the pending
+        login; a wait inside the known networks keeps it); then one attempt is claimed
+        atomically in the store, and a claim past `max_attempts` ends the login unevaluated."""
         policy = self.policy()
-        pending.attempts += 1
+        lock = await self.lockouts.current(pending.user, ip)
+        if lock is not None:
+            if lock.delay:
+                await self.events.pending_attempt(pending, ip, "locked_out", None, f"{lock.scope} slowed down")
+                if wants_json(request):
+                    response: web.StreamResponse = web.json_response(
+                        {"error": "wait", "retry_after": int(lock.retry_after)}, status=429
+                    )
+                else:
+                    response = self._render(request, token, pending, status=429, error="security_key_wait")
+            else:
+                await self._end(token, pending, ip, "locked_out", f"{lock.scope} locked")
+                response = self._ended(request, policy, 429)
+            response.headers["Retry-After"] = lock.retry_after
+            return response
+        pending.attempts = await self.pending.claim_attempt(token, pending)
+        if pending.attempts > policy.second_factor.max_attempts:
+            await self._end(token, pending, ip, "refused", "no attempts left")
+            return self._ended(request, policy, 401)
+        return None
+
+    async def _end(self, token: str, pending: PendingLogin, ip: str, outcome: str, reason: str) -> None:
+        """End the pending login (once, whichever request gets there first) and its PMS session."""
+        ended = await self.pending.take(token)
+        await self.events.pending_attempt(pending, ip, outcome, None, reason)
+        if ended is not None:
+            await self.completer.abandon(ended)
+
+    def _ended(self, request, policy: Policy, status: int) -> web.StreamResponse:
+        response = _message(request, policy, status, "too_many_attempts", link=policy.login.path)
+        response.headers.add("Set-Cookie", clear_cookie(PENDING_COOKIE, secure=_secure(request), path=PREFIX))
+        return response
+
+    async def _wrong(self, request, token: str, pending: PendingLogin, ip: str, error: str) -> web.StreamResponse:
+        """A code evaluated and found wrong; its attempt was claimed by `claim_attempt`."""
+        policy = self.policy()
         await self.lockouts.record_failure(pending.user, ip)  # every wrong code counts toward lockout
         if pending.attempts >= policy.second_factor.max_attempts:
-            ended = await self.pending.take(token)
-            await self.events.pending_attempt(pending, ip, "second_factor_failed", None, "too many wrong codes")
-            if ended is not None:
-                await self.completer.abandon(ended)
-            response = _message(request, policy, 401, "too_many_attempts", link=policy.login.path)
-            response.headers.add("Set-Cookie", clear_cookie(PENDING_COOKIE, secure=_secure(request), path=PREFIX))
-            return response
-        await self._save(token, pending)
+            await self._end(token, pending, ip, "second_factor_failed", "too many wrong codes")
+            return self._ended(request, policy, 401)
         await self.events.pending_attempt(pending, ip, "second_factor_failed", None, error)
         if wants_json(request):
             return web.json_response({"error": error, "attempts_left": policy.second_factor.max_attempts - pending.attempts}, status=401)

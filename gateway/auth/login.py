@@ -112,9 +112,12 @@ class LoginInterceptor(Addon):
             return self._refusal(ex, policy, 403, "refused_network")
         lock = await self.lockouts.current(user, ex.client_ip)
         if lock is not None:
-            await self.events.attempt(ex, user, "locked_out", None, f"{lock.scope} locked")
-            ex.deny("locked_out", f"{lock.scope} locked out")
-            return self._refusal(ex, policy, 429, "refused_locked", until=self._until(lock))
+            what = "slowed down" if lock.delay else "locked"
+            await self.events.attempt(ex, user, "locked_out", None, f"{lock.scope} {what}")
+            ex.deny("locked_out", f"{lock.scope} {what}")
+            response = self._refusal(ex, policy, 429, "refused_locked", until=self._until(lock))
+            response.headers["Retry-After"] = lock.retry_after
+            return response
         record = await self.users.get(user)
         if record is not None and not record.active:
             await self.events.attempt(ex, user, "refused", None, "deactivated")

@@ -31,7 +31,7 @@ class PendingLogin:
     set_cookies: list[str]
     json: bool
     stage: str  # verify | invite | enroll | recovery_codes
-    attempts: int = 0
+    attempts: int = 0  # codes claimed so far: read from the store's counter, never written from here
     enroll_secret: str | None = None
     recovery_codes: list[str] = field(default_factory=list)
     login_type: str = "password+totp"
@@ -42,6 +42,10 @@ class PendingLogin:
 # Records outlive their deadline by this much so the sweeper can still read the vault of
 # an abandoned login and end the PMS session behind it.
 SWEEP_GRACE = 3600.0
+
+
+def _attempts_key(id_hash: str) -> str:
+    return f"pending-attempts:{id_hash}"
 
 
 class PendingLogins:
@@ -65,13 +69,35 @@ class PendingLogins:
         return token
 
     async def get(self, token: str) -> PendingLogin | None:
-        data = await self.records.get(token_hash(token))
+        id_hash = token_hash(token)
+        data = await self.records.get(id_hash)
         pending = PendingLogin(**json.loads(data)) if data is not None else None
-        return None if pending is None or self._expired(pending) else pending
+        if pending is None or self._expired(pending):
+            return None
+        claimed = await self.store.get(_attempts_key(id_hash))
+        pending.attempts = int(claimed) if claimed else 0
+        return pending
+
+    async def claim_attempt(self, token: str, pending: PendingLogin) -> int:
+        """Claim one code attempt: the number of attempts claimed including this one.
+
+        One atomic increment in the store, so parallel requests on any worker each get a
+        distinct number, and a caller evaluates a code only when its number is within the
+        limit. The counter is separate from the record and is not deleted when the login
+        ends (it expires with the record): a request still in flight then claims past the
+        limit instead of starting again at 1."""
+        return await self.store.incr(_attempts_key(token_hash(token)), ttl=self._ttl(pending))
+
+    async def refund_attempt(self, token: str, pending: PendingLogin) -> None:
+        """Give back a claimed attempt whose code was never evaluated (an expired security
+        key challenge, say). Safe: a later claim still sees every evaluated attempt."""
+        await self.store.incr(_attempts_key(token_hash(token)), -1, ttl=self._ttl(pending))
+
+    def _ttl(self, pending: PendingLogin) -> float:
+        return max(1.0, pending.created + self.timeout() - self.clock()) + SWEEP_GRACE
 
     async def save(self, token: str, pending: PendingLogin) -> None:
-        ttl = max(1.0, pending.created + self.timeout() - self.clock()) + SWEEP_GRACE
-        await self.records.put(token_hash(token), json.dumps(asdict(pending)).encode(), ttl=ttl)
+        await self.records.put(token_hash(token), json.dumps(asdict(pending)).encode(), ttl=self._ttl(pending))
 
     async def take(self, token: str) -> PendingLogin | None:
         """Remove and return: a pending login completes or is abandoned exactly once."""

@@ -210,12 +210,15 @@ class SecurityKeyPages(Addon):
     async def login(self, request: web.Request, body: dict, token: str, pending: PendingLogin) -> web.StreamResponse:
         ip = request[CLIENT].ip
         pending.remember = body.get("remember") is True
+        if (refused := await self.challenge.claim_attempt(request, token, pending, ip)) is not None:
+            return refused
         try:
             await self.keys.authenticate(pending.user, body.get("credential"), purpose="login",
                                          binding=token_hash(token), origin=request[CLIENT].origin)
         except CeremonyError as exc:
             error, counts = _LOGIN_ERRORS.get(exc.reason, ("security_key_invalid", True))
             if not counts:
+                await self.challenge.pending.refund_attempt(token, pending)
                 return _error(error, 400)
             if exc.reason == "sign_count":
                 log.warning("security key refused: counter went backwards (cloned key?)", user=pending.user, ip=ip)

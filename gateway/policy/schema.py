@@ -218,6 +218,13 @@ class LockoutRule(Section):
 class LockoutPolicy(Section):
     per_user: LockoutRule = LockoutRule()
     per_ip: LockoutRule = LockoutRule(failures=20, within=15 * 60, lock_for=3600)
+    inside_known_networks: Literal["delay", "lock"] = Field(
+        "delay",
+        description="Inside `captcha.known_networks` (the hotel's own networks): `delay` never locks but makes "
+        "each failure past a rule's limit wait twice as long (1 s, 2 s, ... up to `delay_max`; 429 with "
+        "Retry-After); the lock still applies outside. `lock`: locked there too.",
+    )
+    delay_max: DurationIn("1s", "1h") = Field(60, description="Longest wait for `inside_known_networks: delay`.")
 
 
 class CaptchaPolicy(Section):

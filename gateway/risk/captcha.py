@@ -30,7 +30,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import ipaddress
 import json
 import secrets
 import time
@@ -46,8 +45,9 @@ from gateway.policy.schema import Policy
 from gateway.proxy.exchange import Addon, Exchange
 from gateway.readers.credentials import AmbiguousCredentials, read_login
 from gateway.readers.redirects import is_local_target
-from gateway.risk.geoip import GeoLocator, parse_address
+from gateway.risk.geoip import GeoLocator
 from gateway.risk.lockout import Lockouts
+from gateway.risk.networks import KnownNetworks
 from gateway.sessions.cookies import CAPTCHA_COOKIE, cookie_value
 from gateway.store.base import EphemeralStore
 
@@ -113,9 +113,10 @@ class Challenges:
         self.store = store
         self.clock = clock
 
-    async def may_issue(self, ip: str) -> bool:
-        """At most ISSUE_LIMIT challenges per address and window: images cost CPU."""
-        return await self.store.incr(f"captcha:issued:{ip}", ttl=ISSUE_WINDOW) <= ISSUE_LIMIT
+    async def may_issue(self, network: str) -> bool:
+        """At most ISSUE_LIMIT challenges per client network (`network_key`) and window:
+        images cost CPU."""
+        return await self.store.incr(f"captcha:issued:{network}", ttl=ISSUE_WINDOW) <= ISSUE_LIMIT
 
     async def proof_of_work(self, difficulty: int, valid_for: float) -> dict:
         """A signed ALTCHA challenge whose counter is somewhere in 0..difficulty."""
@@ -187,7 +188,7 @@ class CaptchaGate(Addon):
         self.geo = geo
         self.passes = CaptchaPasses(_subkey(key, "pass"), store, clock)
         self.challenges = Challenges(_subkey(key, "altcha"), store, clock)
-        self._known: tuple[int, list] = (0, [])
+        self.known = KnownNetworks()
 
     async def shutdown(self) -> None:
         self.geo.close()
@@ -225,10 +226,10 @@ class CaptchaGate(Addon):
             for flag, attribute, label in GEO_FLAGS:
                 if flag in when and getattr(info, attribute):
                     return label
-        if "unknown_network" in when and not self._is_known(ip, policy):
+        if "unknown_network" in when and not self.known.contains(ip, policy):
             return "unknown network"
         if "after_failures" in when:
-            failures = max(await self._failures("user", user), await self._failures("ip", ip))
+            failures = await self.lockouts.most_failures(user, ip)  # per user and per network
             if failures >= rules.after_failures:
                 return f"{failures} failed attempts"
         return None
@@ -244,19 +245,6 @@ class CaptchaGate(Addon):
         except (AmbiguousCredentials, ValueError):
             return None
 
-    async def _failures(self, scope: str, subject: str | None) -> int:
-        # The lockout counters (gateway.risk.lockout): fixed windows per user and per IP.
-        if subject is None:
-            return 0
-        value = await self.store.get(f"fail:{scope}:{subject}")
-        return int(value) if value else 0
-
-    def _is_known(self, ip: str, policy: Policy) -> bool:
-        if self._known[0] != id(policy):
-            self._known = (id(policy), _networks(policy))
-        address = parse_address(ip)
-        return address is not None and any(address in net for net in self._known[1])
-
     def _challenge(self, ex: Exchange, policy: Policy, reason: str) -> web.StreamResponse:
         target = f"{CAPTCHA_PATH}?next={quote(_login_page(ex, policy), safe='')}"
         if policy.login.format == "json" or wants_json(ex.request):
@@ -268,20 +256,6 @@ class CaptchaGate(Addon):
         response.headers["Cache-Control"] = "no-store"
         response.headers["X-Request-Id"] = ex.request_id
         return response
-
-
-def _networks(policy: Policy) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    """`captcha.known_networks` (names or CIDRs), or every named network when empty.
-    A name that is neither is skipped (and logged): its addresses then count as unknown."""
-    names = policy.captcha.known_networks or list(policy.networks)
-    result = []
-    for name in names:
-        for cidr in policy.networks.get(name, [name]):
-            try:
-                result.append(ipaddress.ip_network(cidr, strict=False))
-            except ValueError:
-                log.warning("captcha.known_networks: not a network name or CIDR", value=name)
-    return result
 
 
 def _login_page(ex: Exchange, policy: Policy) -> str:

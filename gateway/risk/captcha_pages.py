@@ -22,6 +22,7 @@ from gateway.pages.render import choose_language, form_or_json, render_page, see
 from gateway.policy.schema import Policy
 from gateway.proxy.exchange import CLIENT, Addon
 from gateway.risk.captcha import CAPTCHA_PATH, PASS_COOKIE, CaptchaGate, local_next
+from gateway.risk.networks import client_key
 from gateway.sessions.cookies import set_cookie
 
 log = structlog.get_logger("gateway.captcha")
@@ -79,7 +80,7 @@ class CaptchaPages(Addon):
     async def _challenge(
         self, request: web.Request, policy: Policy, target: str, mode: str, *, status: int = 200, error: str | None = None
     ) -> web.StreamResponse:
-        if not await self.challenges.may_issue(request[CLIENT].ip):
+        if not await self.challenges.may_issue(client_key(request[CLIENT].ip, policy)):
             return _message(request, policy, 429, "captcha_too_many")
         rules = policy.captcha
         if wants_json(request):
