@@ -21,7 +21,7 @@ from gateway.auth.events import LoginEvents
 from gateway.auth.keys import KeyRing
 from gateway.auth.login import LoginInterceptor
 from gateway.auth.pending import PendingLogins
-from gateway.auth.remember import RememberedDevices
+from gateway.auth.remember import RememberedDevices, RememberWithdrawal
 from gateway.auth.security_key_pages import SecurityKeyPages
 from gateway.auth.security_keys import SecurityKeys
 from gateway.auth.support import SupportAccess
@@ -107,6 +107,7 @@ async def build_addons(
             devices=DeviceIds(keyring), identity=identity,
         ),
         SessionGuard(policy, sessions, identity),
+        RememberWithdrawal(policy, remembered),  # after the guard: it needs the session
         challenge := ChallengePages(
             policy, users, pending, completer, lockouts, events, keyring.derive("gateway-forms"), clock=clock,
             support=support,

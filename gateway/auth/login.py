@@ -214,7 +214,11 @@ class LoginInterceptor(Addon):
         pending.stage = stage
         token = await self.pending.create(pending)
         ex.deny("challenged", "second factor required")
-        return self._challenge(ex, policy, token, device_id)
+        response = self._challenge(ex, policy, token, device_id)
+        # A remember cookie the group's rules ended is deleted here, not left to revive.
+        self.remembered.withdraw_ended(ex.request, response.headers, context.user, policy.sessions_for(context.group),
+                                       secure=ex.scheme == "https")
+        return response
 
     async def _support_stage(
         self, ex: Exchange, policy: Policy, context: LoginContext, pending: PendingLogin
