@@ -155,7 +155,8 @@ class SessionPolicy(Section):
         "replace", description="When a login would exceed max_devices: end the oldest, or refuse."
     )
     remember_device: Literal[False] | DurationIn("10s", "400d") = Field(
-        False, description="Skip 2FA on a remembered browser for this long; false = never."
+        False, description="Skip 2FA on a remembered browser for this long; false = never. Read at every use: "
+        "turning it off or shortening it ends remembered browsers."
     )
     bind_to_ip: bool = Field(
         False,
