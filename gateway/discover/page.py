@@ -356,9 +356,18 @@ def script_call(scripts: list[str]) -> ScriptCall | None:
     return best if best.method in ("POST", "PUT") else None
 
 
-def error_texts(page: Page, before: Page | None) -> list[str]:
-    """Visible texts of an answer that were not on the login page: the error message
-    first, then other new texts (to find the failure text of a refused login)."""
-    seen = {t.text for t in before.texts} if before is not None else set()
+_FAILURE_WORDS = re.compile(
+    r"invalid|incorrect|wrong|fail|denied|unknown|not (?:match|valid|found|recogni)|error|try again|"
+    r"ungültig|falsch|fehl|incorrecte?|erreur|nesprávn|chyb",
+    re.I,
+)
+
+
+def error_texts(page: Page, before: Page) -> list[str]:
+    """Visible texts of an answer that were not on the login page, to find the failure
+    text of a refused login: texts of elements marked as errors first, then other new
+    texts that read like one (not a clock or a counter that changed between requests)."""
+    seen = {t.text for t in before.texts}
     new = [t for t in page.texts if t.text not in seen and len(t.text) >= 4]
-    return [t.text for t in new if t.marked_as_error] + [t.text for t in new if not t.marked_as_error]
+    marked = [t.text for t in new if t.marked_as_error]
+    return marked + [t.text for t in new if not t.marked_as_error and _FAILURE_WORDS.search(t.text)]

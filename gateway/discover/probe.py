@@ -247,14 +247,15 @@ async def _post_login(browser: _Browser, page: Page, form: LoginForm, username: 
     return await browser.send(form.method, form.url, headers=headers, data=body.encode("ascii"))
 
 
-def _failure_text(answer: Answer, page: Page) -> str | None:
+def _failure_text(answer: Answer, page: Page, username: str) -> str | None:
     """A text in the failure answer that the login page did not have, as it appears in
-    the raw body (the gateway looks for it there, in UTF-8)."""
+    the raw body (the gateway looks for it there, in UTF-8), and not naming the random
+    user (`unknown user discover-1a2b` would never match another login's failure)."""
     candidates = [answer.json_message()] if "json" in answer.content_type else []
     if "html" in answer.content_type or not answer.content_type:
         candidates += error_texts(parse_page(answer.url, answer.text), page)
     for text in candidates:
-        if text and text.encode() in answer.body:
+        if text and username not in text and text.encode() in answer.body:
             return text
     return None
 
@@ -278,7 +279,7 @@ async def discover(url: str, username: str | None = None, password: str | None =
         wrong_username = "discover-" + secrets.token_hex(5)
         failure = await _post_login(browser, page, form, wrong_username, secrets.token_urlsafe(18))
         discovery = Discovery(page, form, page_cookies, wrong_username, failure,
-                              _failure_text(failure, page), _looks_like_csrf_refusal(failure))
+                              _failure_text(failure, page, wrong_username), _looks_like_csrf_refusal(failure))
         if username is not None and password is not None:
             discovery.real = await _real_login(_Browser(client), url, discovery, username, password)
     return discovery
@@ -302,7 +303,8 @@ async def _real_login(browser: _Browser, url: str, discovery: Discovery, usernam
     if _same_as_failure(answer, discovery):
         raise DiscoverError(
             f"the login of {username!r} at {form.url} was answered like the wrong one ({answer.status}): "
-            "check --username and the password in the --password-env variable"
+            "check --username and the password in the --password-env variable (if they are right, the PMS "
+            "answers both alike: write the success rule by hand, README: Writing the login rule)"
         )
     login_paths = {urlsplit(page.url).path, urlsplit(form.url).path}
     landing = answer.location if answer.redirect_path is not None else _origin(page.url) + "/"
