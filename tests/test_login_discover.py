@@ -150,3 +150,26 @@ async def test_errors_are_one_line_with_the_url_and_exit_status_2(tmp_path):
                                     env={"SPA_PW": "not-her-passphrase"})
         assert result.exit_code == 2 and "answered like the wrong one" in result.stderr
         assert "not-her-passphrase" not in result.output
+
+
+def test_a_webforms_style_page_is_read_as_the_browser_would_send_it():
+    """No labels to go by: ids, a named submit button, a verification token, a legacy charset."""
+    from gateway.discover.page import login_form, parse_page
+
+    html = """<html><head><meta http-equiv="Content-Type" content="text/html; charset=windows-1252"></head>
+    <body><form method="post" action="./Logon.aspx?ReturnUrl=%2f" id="form1">
+    <input type="hidden" name="__RequestVerificationToken" value="tok">
+    <input type="hidden" name="__VIEWSTATE" value="vs"><input type="hidden" name="ReturnUrl" value="/">
+    <input name="txtSearch" type="text" placeholder="Search">
+    <input name="ctl00$Main$txtUser" type="text" id="txtUser">
+    <input name="ctl00$Main$txtPwd" type="password" id="txtPwd">
+    <input type="checkbox" name="chkRemember"><input type="submit" name="ctl00$Main$btnLogon" value="Log on">
+    </form><a href="/Account/LogOff.aspx">Abmelden</a></body></html>"""
+    form = login_form(parse_page("http://pms.test/Account/Logon.aspx", html), [])
+    assert (form.url, form.method, form.format) == ("http://pms.test/Account/Logon.aspx?ReturnUrl=%2f", "POST", "form")
+    assert (form.username_field, form.password_field) == ("ctl00$Main$txtUser", "ctl00$Main$txtPwd")
+    assert form.other_fields == {"__RequestVerificationToken": "tok", "__VIEWSTATE": "vs", "ReturnUrl": "/",
+                                 "ctl00$Main$btnLogon": "Log on"}
+    assert form.csrf_fields == ["__RequestVerificationToken"] and form.next_fields == ["ReturnUrl"]
+    assert form.charset == "windows-1252"
+    assert parse_page("http://pms.test/", html).logout_links == ["/Account/LogOff.aspx"]

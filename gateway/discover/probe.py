@@ -183,12 +183,14 @@ async def _open_page(browser: _Browser, url: str) -> tuple[Answer, Page, list[Se
             url = answer.location
             continue
         break
-    if answer.status >= 400 or answer.location:
+    page = parse_page(url, answer.text)
+    has_password = any(i.type == "password" for i in [*page.loose_inputs, *(i for f in page.forms for i in f.inputs)])
+    if answer.location or (answer.status >= 400 and not has_password):  # some PMSs draw the form with a 401
         raise DiscoverError(
             f"{url} answered {answer.status}" + (f" with a redirect to {answer.location}" if answer.location else "")
             + ": give the URL of the PMS's login page itself (the page with the password field)"
         )
-    return answer, parse_page(url, answer.text), cookies
+    return answer, page, cookies
 
 
 async def _scripts(browser: _Browser, page: Page) -> list[str]:
