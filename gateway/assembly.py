@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gateway.access.hidden_links import HiddenLinks
 from gateway.access.origin_check import OriginCheck
 from gateway.admin.metrics import Metrics
 from gateway.audit.services import AuditServices, build_audit, build_login_history  # noqa: F401  (re-exported)
@@ -118,6 +119,7 @@ async def build_addons(
             challenge, sessions, events, store,
         ),
         DeactivationWatcher(users, sessions),
+        HiddenLinks(policy),  # access.hide_links: needs the guard's session
         BodyUrlRewriter(policy, config.upstream.url),
         Metrics(),
         audit.addon,  # last: sees every decision

@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--session-idle-seconds", type=float, default=defaults.session_idle_seconds
     )
+    parser.add_argument("--compress", action="store_true", help="gzip answers when the browser accepts it")
     args = parser.parse_args(argv)
 
     settings = DemoSettings(
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         ca_file=args.ca_file,
         public_url=args.public_url,
         session_idle_seconds=args.session_idle_seconds,
+        compress=args.compress,
     )
     print(f"Demo PMS on http://{args.host}:{args.port}/ — staff accounts:")
     for name, password, role in DEMO_USERS:

@@ -62,6 +62,9 @@ class DemoSettings:
     public_url: str = "http://127.0.0.1:8080"
     session_idle_seconds: float = 3600
     send_timeout: float = 10.0
+    # Answer gzip-compressed when the browser accepts it, as most real PMSs (IIS, nginx) do:
+    # what the gateway adds to pages must survive that.
+    compress: bool = False
 
 
 STATE = web.AppKey("demo_state", DemoState)
@@ -72,7 +75,7 @@ HTTP = web.AppKey("demo_http", aiohttp.ClientSession)
 
 def create_app(settings: DemoSettings | None = None) -> web.Application:
     settings = settings or DemoSettings()
-    app = web.Application()
+    app = web.Application(middlewares=[_compress] if settings.compress else [])
     app[SETTINGS] = settings
     app[STATE] = DemoState(settings.session_idle_seconds)
     app[TEMPLATES] = _templates()
@@ -114,6 +117,15 @@ async def _http_client(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls)) as http:
         app[HTTP] = http
         yield
+
+
+@web.middleware
+async def _compress(request: web.Request, handler) -> web.StreamResponse:
+    response = await handler(request)
+    accepted = {part.split(";")[0].strip().lower() for part in request.headers.get("Accept-Encoding", "").split(",")}
+    if "gzip" in accepted and type(response) is web.Response and response.body:
+        response.enable_compression(web.ContentCoding.gzip)
+    return response
 
 
 # --- helpers -----------------------------------------------------------------------

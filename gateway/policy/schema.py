@@ -12,7 +12,7 @@ import re
 from functools import cached_property
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Discriminator, Field, Tag, model_validator
 
 from gateway.policy.durations import Duration, DurationIn
 from gateway.policy.types import Cidr, Member, Regex, Section
@@ -266,11 +266,35 @@ class AccessRule(Section):
         return self
 
 
+class AccessPolicy(Section):
+    rules: list[AccessRule] = Field([], description="First match wins; no match = allow.")
+    hide_links: bool = Field(
+        False,
+        description="Hide the group's links and forms to denied paths in the PMS's pages (a same-origin "
+        "stylesheet built from `^/prefix` deny rules); cosmetic, the 403 is the protection.",
+    )
+
+
+def _access_form(value: object) -> str:
+    return "list[rules]" if isinstance(value, list) else "[rules, hide_links]"
+
+
+# `access:` is either the rules alone (a list) or `{rules: [...], hide_links: true}`; the
+# tags contain "[" so validation errors name `access.0.allow`, as the operator wrote it.
+AccessField = Annotated[
+    Annotated[list[AccessRule], Tag("list[rules]")] | Annotated[AccessPolicy, Tag("[rules, hide_links]")],
+    Discriminator(_access_form),
+    AfterValidator(lambda value: value if isinstance(value, AccessPolicy) else AccessPolicy(rules=value)),
+]
+
+
 class GroupPolicy(Section):
     members: list[Member] = Field([], description='Usernames, or patterns written "re:^frontdesk-".')
     networks: list[str] = Field([], description="Network names or CIDRs this group may use; empty = anywhere.")
     sessions: SessionOverrides = SessionOverrides()
-    access: list[AccessRule] = Field([], description="First match wins; no match = allow.")
+    access: AccessField = Field(  # type: ignore[assignment]
+        AccessPolicy(), description="Access rules (`[rules]` or `{rules: [...], hide_links: true}`)."
+    )
     permissions: list[Literal["console", "forget_known_ip", "support_access", "manage_users"]] = []
     enrollment: Literal["invite", "trusted_networks", "open"] | None = None
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from multidict import CIMultiDict
 
 if TYPE_CHECKING:
@@ -110,7 +111,10 @@ class UpstreamAnswer(Protocol):
     headers: CIMultiDict[str]  # mutable copy, hop-by-hop already removed
 
     async def read_body(self, limit: int) -> bytes:
-        """Buffer the body (at most `limit` bytes) so a hook can inspect it; it is still sent."""
+        """Buffer the body (at most `limit` bytes) so a hook can inspect it; it is still sent.
+
+        A larger body raises BodyTooLarge; what was read is kept, so a hook that catches it
+        leaves the answer to be relayed whole, untouched."""
         ...
 
     def replace_body(self, body: bytes) -> None:
@@ -129,6 +133,9 @@ class Addon:
       exchange existed get a minimal Exchange (no upstream, `decision` "gateway", or
       "refused" for an error status), so the audit trail misses nothing.
     - `routes`: the addon's own pages under /_gateway/.
+    - `middlewares`: aiohttp middlewares around every request, for a feature that must also
+      guard the gateway's own pages (they are not exchanges, so `request` never sees them).
+      They run inside the core's own: request id, client and Host are already settled.
     """
 
     async def request(self, ex: Exchange) -> web.StreamResponse | None:
@@ -141,6 +148,9 @@ class Addon:
         return None
 
     def routes(self) -> list[web.RouteDef]:
+        return []
+
+    def middlewares(self) -> list[Middleware]:
         return []
 
     async def startup(self) -> None:

@@ -60,13 +60,14 @@ class UpstreamTimeout(Exception):
 class Answer:
     """The upstream's response as response hooks see it (implements UpstreamAnswer)."""
 
-    __slots__ = ("_response", "status", "headers", "_body")
+    __slots__ = ("_response", "status", "headers", "_body", "_read")
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
         self.status = response.status
         self.headers: CIMultiDict[str] = downstream_response_headers(response.headers)
         self._body: bytes | None = None
+        self._read: list[bytes] = []  # read by a hook that then found the body too large
 
     @property
     def reason(self) -> str | None:
@@ -75,16 +76,20 @@ class Answer:
     async def read_body(self, limit: int) -> bytes:
         if self._body is None:
             length = self._response.content_length
-            if length is not None and length <= limit:
+            if length is not None and length <= limit and not self._read:
                 self._body = await self._response.read()  # one call instead of a chunk loop
                 return self._body
-            chunks, size = [], 0
+            chunks, size = self._read, sum(map(len, self._read))
+            if size > limit:
+                raise BodyTooLarge(f"upstream body larger than {limit} bytes")
             async for chunk in self._response.content.iter_any():
                 size += len(chunk)
-                if size > limit:
-                    raise BodyTooLarge(f"upstream body larger than {limit} bytes")
                 chunks.append(chunk)
+                if size > limit:
+                    # Kept: the answer can still be relayed whole (stream() sends them first).
+                    raise BodyTooLarge(f"upstream body larger than {limit} bytes")
             self._body = b"".join(chunks)
+            self._read = []
         return self._body
 
     def replace_body(self, body: bytes) -> None:
@@ -97,8 +102,12 @@ class Answer:
     def buffered_body(self) -> bytes | None:
         return self._body
 
-    def stream(self) -> AsyncIterator[bytes]:
-        return self._response.content.iter_any()
+    async def stream(self) -> AsyncIterator[bytes]:
+        read, self._read = self._read, []
+        for chunk in read:
+            yield chunk
+        async for chunk in self._response.content.iter_any():
+            yield chunk
 
     def release(self) -> None:
         self._response.release()

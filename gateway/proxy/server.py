@@ -72,6 +72,8 @@ class Gateway:
         app.on_startup.append(self._startup)
         app.on_cleanup.append(self._cleanup)
         app.middlewares.append(self._request_id_middleware)
+        for addon in self.addons:
+            app.middlewares.extend(addon.middlewares())
         return app
 
     async def _startup(self, _app: web.Application) -> None:

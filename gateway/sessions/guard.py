@@ -24,6 +24,7 @@ from gateway.pages.render import see_other, choose_language, render_page, transl
 from gateway.policy.schema import Policy
 from gateway.proxy.errors import error_response
 from gateway.proxy.exchange import Addon, Exchange, UpstreamAnswer
+from gateway.proxy.page_injection import Insertion, inject_html
 from gateway.proxy.server import PolicyGetter
 from gateway.proxy.websocket import is_websocket_upgrade
 from gateway.readers.redirects import is_local_location, is_local_target
@@ -55,7 +56,7 @@ class CompiledAccessRules:
         self.access = {
             name: [
                 (re.compile(rule.allow or rule.deny or ""), rule.allow is not None, rule.methods)
-                for rule in g.access
+                for rule in g.access.rules
             ]
             for name, g in policy.groups.items()
         }
@@ -286,20 +287,15 @@ class SessionGuard(Addon):
     async def _inject_notice(self, ex: Exchange, answer: UpstreamAnswer, reason: str) -> None:
         """Tell the user, on the PMS's own login page, why they have to sign in again."""
         answer.headers.add("Set-Cookie", clear_cookie(NOTICE_COOKIE, secure=ex.scheme == "https"))
-        if reason not in NOTICE_REASONS or "text/html" not in answer.headers.get("Content-Type", ""):
+        if reason not in NOTICE_REASONS:
             return
-        if answer.headers.get("Content-Encoding", "identity") != "identity":
-            return
-        body = await answer.read_body(4 * 1024 * 1024)
         t = translator(choose_language(ex.request.headers.get("Accept-Language")))
         banner = (
             '<div role="status" id="gateway-notice" style="background:#fff8e1;border-left:4px solid #e0a800;'
             'padding:.5em .75em;margin:.5em;font:16px sans-serif">'
-            f"{html.escape(t('notice_' + reason))}</div>"
-        ).encode()
-        match = re.search(rb"<body[^>]*>", body, re.IGNORECASE)
-        at = match.end() if match else 0
-        answer.replace_body(body[:at] + banner + body[at:])
+            f"{html.escape(t('notice_' + reason)).encode('ascii', 'xmlcharrefreplace').decode()}</div>"
+        )
+        await inject_html(ex.request.method, answer, [Insertion(banner, "body")])
 
 
 def _replace_all(headers: CIMultiDict[str], name: str, values: list[str]) -> None:
