@@ -35,6 +35,7 @@ from gateway.proxy.exchange import Addon
 from gateway.risk.captcha import CaptchaGate
 from gateway.risk.captcha_pages import CaptchaPages
 from gateway.risk.lockout import Lockouts
+from gateway.risk.rate_limits import ADDRESS, IDENTITY, GatewayPageLimits, RateLimiter, RateLimits, storage_for
 from gateway.sessions.deactivation import DeactivationWatcher
 from gateway.sessions.guard import SessionGuard
 from gateway.sessions.identity import IdentityCheck
@@ -95,7 +96,10 @@ async def build_addons(
     completer = LoginCompleter(policy, sessions, lockouts, events, remembered, users)
     support = SupportAccess(services.database, keyring, policy, users, audit.login_history, audit.alerter, clock=clock)
     identity = IdentityCheck(config, policy, users, audit.alerter)
+    rate_limiter = RateLimiter(policy, storage_for(store))
     addons: list[Addon] = [
+        GatewayPageLimits(rate_limiter),  # the gateway's own pages, per address
+        RateLimits(rate_limiter, ADDRESS),  # before any work is done for the request
         upstream_logout,
         identity,
         OriginCheck(policy),
@@ -108,6 +112,7 @@ async def build_addons(
             devices=DeviceIds(keyring), identity=identity,
         ),
         SessionGuard(policy, sessions, identity),
+        RateLimits(rate_limiter, IDENTITY),  # the login's username, the session's user, API clients
         RememberWithdrawal(policy, remembered),  # after the guard: it needs the session
         challenge := ChallengePages(
             policy, users, pending, completer, lockouts, events, keyring.derive("gateway-forms"), clock=clock,
@@ -124,4 +129,4 @@ async def build_addons(
         Metrics(),
         audit.addon,  # last: sees every decision
     ]
-    return addons, [audit.close, services.close]
+    return addons, [audit.close, rate_limiter.close, services.close]

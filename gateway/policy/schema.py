@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Discriminator, Field, Tag, model_validator
 
 from gateway.policy.durations import Duration, DurationIn
+from gateway.policy.rate_limits import DEFAULT_RATE_LIMITS, RateLimitRule
 from gateway.policy.types import Cidr, Member, Regex, Section
 from gateway.readers.content_type import codec_name
 from gateway.redact.policy import NotificationsPolicy
@@ -394,6 +395,11 @@ class Policy(Section):
     known_ips: KnownIpsPolicy = KnownIpsPolicy()
     support: SupportAccessPolicy = SupportAccessPolicy()
     alerts: AlertsPolicy = AlertsPolicy()
+    rate_limits: list[RateLimitRule] = Field(
+        default_factory=lambda: list(DEFAULT_RATE_LIMITS),
+        description="Request rate limits, each counted on its own (429 with Retry-After past one); "
+        "setting the list replaces these defaults.",
+    )
     notifications: NotificationsPolicy = Field(
         default_factory=NotificationsPolicy, description="Redaction of guest data in outbound notifications."
     )
