@@ -9,8 +9,7 @@ from typing import Annotated
 
 import typer
 
-from gateway.cli_support import ConfigOption, fail, load_settings
-from gateway.policy import ConfigError
+from gateway.cli_support import ConfigOption, load_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Security gateway for hotel and booking systems.")
 policy_app = typer.Typer(no_args_is_help=True, help="Check policy files and print their schema.")
@@ -40,16 +39,22 @@ app.command("logins")(logins_command)
 
 @policy_app.command("check")
 def policy_check(paths: Annotated[list[Path], typer.Argument(help="Policy files or folders.")]) -> None:
-    """Validate policy files; exit 1 naming file, line and key of every problem."""
-    from gateway.policy import load_policy
+    """Validate policy files; exit 1 naming file, line and key of every problem.
 
-    try:
-        policy = load_policy(*paths)
-    except ConfigError as exc:
-        fail(exc)
-    except Exception as exc:  # a loader bug: still one line for the operator, never a traceback
-        fail(ValueError(f"{', '.join(map(str, paths))}: (top level): cannot be loaded ({type(exc).__name__}: {exc})"))
-    typer.echo(f"ok: {', '.join(map(str, paths))} ({len(policy.groups)} groups)")
+    Prints which files made up the effective policy and warns about settings that are
+    legal but probably wrong."""
+    from gateway.policy.commands import check_policy
+
+    raise typer.Exit(check_policy(paths))
+
+
+@policy_app.command("migrate")
+def policy_migrate(path: Annotated[Path, typer.Argument(help="A policy file refused since the loader grew stricter.")]) -> None:
+    """Rewrite a policy file that was valid before (duplicate keys, durations without a unit), keeping its
+    comments, and print what changed."""
+    from gateway.policy.commands import migrate_policy
+
+    raise typer.Exit(migrate_policy(path))
 
 
 @policy_app.command("schema")
@@ -84,19 +89,36 @@ def config_example_command() -> None:
 
 
 @config_app.command("check")
-def config_check(config: ConfigOption = None) -> None:
-    """Validate config.yaml plus PMS_GATEWAY_* environment overrides."""
-    settings = load_settings(config)
-    typer.echo(f"ok: upstream {settings.upstream.url}, public {', '.join(settings.public_urls)}")
+def config_check(
+    config: ConfigOption = None,
+    connect: Annotated[
+        bool | None,
+        typer.Option("--connect/--no-connect", help="Also reach the PMS, Redis, the database and mail servers "
+                     "(default: on when the output is a terminal)."),
+    ] = None,
+) -> None:
+    """Check what `run` needs: config.yaml plus PMS_GATEWAY_* overrides, the policy, data dir and key,
+    GeoIP files and (with --connect) every server; one OK/FAIL line each, exit 1 on any FAIL."""
+    from gateway.preflight import check_config
+
+    raise typer.Exit(check_config(load_settings(config), sys.stdout.isatty() if connect is None else connect))
+
+
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show the traceback of a start-up error.")]
 
 
 @app.command()
-def run(config: ConfigOption = None) -> None:
+def run(config: ConfigOption = None, debug: DebugOption = False) -> None:
     """Run every listener the configuration enables."""
+    import asyncio
+
+    from gateway.preflight import before_start, listener_keys, operator_errors
     from gateway.serve import serve
 
-    settings = load_settings(config)
-    serve(settings)
+    settings = load_settings(config, status=2)
+    with operator_errors(debug, listener_keys(settings)):
+        asyncio.run(before_start(settings))
+        serve(settings)
 
 
 @app.command()
@@ -104,11 +126,15 @@ def demo(
     port: Annotated[int, typer.Option(help="Port of the gateway.")] = 8080,
     pms_port: Annotated[int, typer.Option(help="Port of the demo PMS (loopback only).")] = 8081,
     data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its database and keys.")] = Path("var/demo"),
+    debug: DebugOption = False,
 ) -> None:
     """Start the demo PMS and the gateway in front of it, on the embedded defaults."""
+    from gateway.preflight import check_data_dir, operator_errors, refuse_unless
     from gateway.serve import serve_demo
 
-    serve_demo(port=port, pms_port=pms_port, data_dir=data_dir)
+    with operator_errors(debug, {port: "--port", pms_port: "--pms-port"}):
+        refuse_unless(check_data_dir(data_dir, "--data-dir"))
+        serve_demo(port=port, pms_port=pms_port, data_dir=data_dir)
 
 
 egress_app = typer.Typer(no_args_is_help=True, help="The egress proxy that redacts the PMS's SMS/e-mail API calls.")

@@ -34,15 +34,16 @@ def fail(error: Exception) -> NoReturn:
     raise typer.Exit(1)
 
 
-def load_settings(config_path: Path | None) -> Config:
-    """The deployment settings; an invalid file ends the command (exit status 1)."""
+def load_settings(config_path: Path | None, status: int = 1) -> Config:
+    """The deployment settings; an invalid file ends the command (exit `status`: 2 for `run`)."""
     from gateway.config import load_config
     from gateway.policy import ConfigError
 
     try:
         return load_config(config_path)
     except ConfigError as exc:
-        fail(exc)
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(status) from None
 
 
 def load_config_and_policy(config_path: Path | None) -> tuple[Config, Policy]:

@@ -15,10 +15,10 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import ByteSize, Field, ValidationError, field_validator
+from pydantic import ByteSize, Field, ValidationError, ValidationInfo, field_validator
 
 from gateway.policy.durations import Duration
-from gateway.policy.errors import ConfigError, ConfigProblem, problems_from_validation
+from gateway.policy.errors import CONFIG_KEYS_HINT, ConfigError, ConfigProblem, problems_from_validation
 from gateway.policy.types import Cidr, Section
 from gateway.redact.settings import EgressSettings, SmtpRelaySettings
 from gateway.policy.yaml_source import PolicyYamlLoader, YamlError, YamlSource, load_yaml
@@ -141,6 +141,18 @@ class Config(Section):
                 raise ValueError(f"{value!r} is not an http(s) URL")
         return [v.rstrip("/") for v in values]
 
+    @field_validator("store_url")
+    @classmethod
+    def _workers_share_a_store(cls, value: str, info: ValidationInfo) -> str:
+        listen = info.data.get("listen")  # validated before: declared above
+        if listen is not None and listen.workers > 1 and value.startswith("memory"):
+            raise ValueError(
+                f"listen.workers is {listen.workers}, but memory:// is one process's memory: each worker would "
+                "keep its own sessions (a login on one unknown to the others); set store_url to "
+                "redis://HOST:6379/0, or listen.workers to 1"
+            )
+        return value
+
     @cached_property
     def public_hosts(self) -> frozenset[str]:
         """Host header values accepted: `host` and `host:port` for every public URL."""
@@ -208,4 +220,4 @@ def load_config(path: Path | str | None, environ: dict[str, str] | None = None) 
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(problems_from_validation(exc, sources)) from None
+        raise ConfigError(problems_from_validation(exc, sources, keys_hint=CONFIG_KEYS_HINT)) from None

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import structlog
 
-from gateway.policy.errors import ConfigError
-from gateway.policy.loader import load_policy
+from gateway.policy.errors import ConfigError, migrate_hint
+from gateway.policy.loader import load_policy_files, policy_file_candidates
 from gateway.policy.schema import Policy
 
 log = structlog.get_logger("gateway.policy")
@@ -23,7 +23,8 @@ log = structlog.get_logger("gateway.policy")
 class PolicyHolder:
     def __init__(self, paths: list[Path], policy: Policy | None = None) -> None:
         self.paths = paths
-        self.current: Policy = policy if policy is not None else load_policy(*paths)
+        self._loaded_files: list[Path] = []  # incl. bases named by `extends`, watched too
+        self.current: Policy = policy if policy is not None else self._load()
         self._stamp = self._mtimes()
         self._task: asyncio.Task | None = None
         self.last_rejection: str | None = None  # why the newest files were refused; None once loaded
@@ -31,11 +32,13 @@ class PolicyHolder:
     def __call__(self) -> Policy:
         return self.current
 
+    def _load(self) -> Policy:
+        loaded = load_policy_files(*self.paths)
+        self._loaded_files = loaded.files
+        return loaded.policy
+
     def _files(self) -> list[Path]:
-        files: list[Path] = []
-        for path in self.paths:
-            files.extend(sorted(path.glob("*.yaml")) if path.is_dir() else [path])
-        return files
+        return list(dict.fromkeys([*policy_file_candidates(self.paths), *self._loaded_files]))
 
     def _mtimes(self) -> tuple:
         stamp = []
@@ -51,10 +54,12 @@ class PolicyHolder:
         """Load the files again; True when a new policy took effect."""
         self._stamp = self._mtimes()
         try:
-            self.current = load_policy(*self.paths)
+            self.current = self._load()
         except ConfigError as exc:
             self.last_rejection = str(exc)
-            log.error("policy reload rejected; keeping the last good policy", errors=str(exc).splitlines())
+            fix = migrate_hint(exc)  # a file valid before the loader grew stricter
+            log.error("policy reload rejected; keeping the last good policy", errors=str(exc).splitlines(),
+                      **({"fix": f"run: {fix}"} if fix else {}))
             return False
         except Exception as exc:  # a loader bug must not end the watcher nor swap in half a policy
             self.last_rejection = f"{type(exc).__name__}: {exc}"

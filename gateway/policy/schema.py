@@ -12,11 +12,11 @@ import re
 from functools import cached_property
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Discriminator, Field, Tag, model_validator
+from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, Tag, model_validator
 
 from gateway.policy.durations import Duration, DurationIn
 from gateway.policy.rate_limits import DEFAULT_RATE_LIMITS, RateLimitRule
-from gateway.policy.types import Cidr, Member, Regex, Section
+from gateway.policy.types import Cidr, Member, NetworkRef, Regex, Section, network_ref_problem
 from gateway.readers.content_type import codec_name
 from gateway.redact.policy import NotificationsPolicy
 
@@ -203,7 +203,7 @@ class SecondFactorPolicy(Section):
     enrollment: Literal["invite", "trusted_networks", "open"] = Field(
         "invite", description="How a user without a factor may enroll one."
     )
-    enrollment_networks: list[str] = Field(
+    enrollment_networks: list[NetworkRef] = Field(
         [], description="For `trusted_networks`: network names or CIDRs enrollment is allowed from."
     )
     invite_valid_for: DurationIn("10s", "90d") = Field(72 * 3600, description="Lifetime of an enrollment invite code.")
@@ -240,7 +240,7 @@ class CaptchaPolicy(Section):
     after_failures: int = Field(
         3, ge=1, le=100_000, description="For `after_failures`: failed attempts (per user or per IP, lockout window) before it."
     )
-    known_networks: list[str] = Field(
+    known_networks: list[NetworkRef] = Field(
         [],
         description="For `unknown_network`: network names or CIDRs that are known; empty = every network under `networks:`.",
     )
@@ -291,7 +291,7 @@ AccessField = Annotated[
 
 class GroupPolicy(Section):
     members: list[Member] = Field([], description='Usernames, or patterns written "re:^frontdesk-".')
-    networks: list[str] = Field([], description="Network names or CIDRs this group may use; empty = anywhere.")
+    networks: list[NetworkRef] = Field([], description="Network names or CIDRs this group may use; empty = anywhere.")
     sessions: SessionOverrides = SessionOverrides()
     access: AccessField = Field(  # type: ignore[assignment]
         AccessPolicy(), description="Access rules (`[rules]` or `{rules: [...], hide_links: true}`)."
@@ -380,6 +380,12 @@ class CsrfPolicy(Section):
 
 
 class Policy(Section):
+    extends: Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] = Field(
+        [],
+        description="Policy files this file builds on, relative to it (`extends: default.yaml`): they load first "
+        "and this file's keys override theirs. A file that extends another is a policy of its own: a folder "
+        "in `policy_paths` loads it only when it is named.",
+    )
     property: str = Field("Hotel Demo", description="The property's name, shown on every gateway page.")
     upstream: UpstreamPolicy = UpstreamPolicy()
     login: LoginRule = LoginRule()
@@ -412,6 +418,8 @@ class Policy(Section):
                 _check_network_ref(net, known, f"groups.{name}.networks")
         for net in self.second_factor.enrollment_networks:
             _check_network_ref(net, known, "second_factor.enrollment_networks")
+        for net in self.captcha.known_networks:
+            _check_network_ref(net, known, "captcha.known_networks")
         if self.default_group is not None and self.default_group not in self.groups:
             raise ValueError(
                 f"default_group {self.default_group!r} is not a group; define it under `groups:`"
@@ -484,11 +492,6 @@ class Policy(Section):
 
 
 def _check_network_ref(ref: str, known: set[str], where: str) -> None:
-    if ref in known:
-        return
-    try:
-        ipaddress.ip_network(ref, strict=False)
-    except ValueError:
-        raise ValueError(
-            f"{where}: {ref!r} is neither a name under `networks:` nor a CIDR"
-        ) from None
+    """For policies built in code; the loader checks each item at its own line (NetworkRef)."""
+    if problem := network_ref_problem(ref, known):
+        raise ValueError(f"{where}: {problem}")

@@ -6,7 +6,9 @@ import ipaddress
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
+
+NETWORK_NAMES = "network_names"  # validation-context key: the names under `networks:` (set by the loader)
 
 
 class Section(BaseModel):
@@ -45,3 +47,27 @@ def _check_network(value: str) -> str:
 Regex = Annotated[str, AfterValidator(_check_regex)]
 Member = Annotated[str, AfterValidator(_check_member)]
 Cidr = Annotated[str, AfterValidator(_check_network)]
+
+
+def network_ref_problem(ref: str, known: set[str] | frozenset[str]) -> str | None:
+    """Why `ref` (a name under `networks:` or a CIDR) is not usable, or None."""
+    if ref in known:
+        return None
+    try:
+        ipaddress.ip_network(ref, strict=False)
+    except ValueError:
+        names = ", ".join(sorted(known)) or "none"
+        return f"{ref!r} is neither a name under `networks:` nor a CIDR (names defined: {names})"
+    return None
+
+
+def _check_network_ref(value: str, info: ValidationInfo) -> str:
+    """Checked item by item when the loader passes the defined names, so the error names
+    the exact key and line; Policy's own check covers policies built in code."""
+    known = (info.context or {}).get(NETWORK_NAMES)
+    if known is not None and (problem := network_ref_problem(value, known)):
+        raise ValueError(problem)
+    return value
+
+
+NetworkRef = Annotated[str, AfterValidator(_check_network_ref)]
