@@ -57,7 +57,11 @@ async def start_gateway(
         reuse_port=reuse_port or None,
         backlog=1024,
     )
-    await site.start()
+    try:
+        await site.start()
+    except BaseException:  # e.g. the port is taken: close the addons' clients before the CLI explains
+        await runner.cleanup()
+        raise
     port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
     return RunningGateway(gateway=gateway, runner=runner, port=port)
 

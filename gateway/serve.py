@@ -38,26 +38,37 @@ async def run_gateway(
         warn_if_upstream_exposed(config)
     services = await open_services(config, policy)
     addons, cleanups = await build_addons(config, policy, services)
-    running = await start_gateway(config, policy, addons, reuse_port=config.listen.workers > 1)
+    try:
+        running = await start_gateway(config, policy, addons, reuse_port=config.listen.workers > 1)
+    except BaseException:  # e.g. the port is taken: close what is open, the CLI says why
+        for cleanup in reversed(cleanups):
+            await cleanup()
+        raise
     running.cleanups.extend(cleanups)
     outbound_stops: list = []
-    if primary:
-        audit = services.audit
-        outbound_stops = (
-            await start_outbound(
-                config,
-                policy,
-                services.keyring.derive("redaction-pseudonyms"),
-                audit=audit.outbound if audit else None,
-                on_blocked=audit.alerter.blocked_notification if audit else None,
-                hold=HoldQueue(hold_dir(config.data_dir), services.keyring),
-                on_held=audit.alerter.mail_held if audit else None,
+    try:
+        if primary:
+            audit = services.audit
+            outbound_stops = (
+                await start_outbound(
+                    config,
+                    policy,
+                    services.keyring.derive("redaction-pseudonyms"),
+                    audit=audit.outbound if audit else None,
+                    on_blocked=audit.alerter.blocked_notification if audit else None,
+                    hold=HoldQueue(hold_dir(config.data_dir), services.keyring),
+                    on_held=audit.alerter.mail_held if audit else None,
+                )
             )
-        )
-        if config.admin.enabled:
-            metrics = next(a for a in addons if isinstance(a, Metrics))
-            admin = await start_admin(config.admin.host, config.admin.port, services, metrics)
-            running.cleanups.append(admin.cleanup)
+            if config.admin.enabled:
+                metrics = next(a for a in addons if isinstance(a, Metrics))
+                admin = await start_admin(config.admin.host, config.admin.port, services, metrics)
+                running.cleanups.append(admin.cleanup)
+    except BaseException:  # a taken admin or relay port: stop what already listens, the CLI says why
+        for stop in reversed(outbound_stops):
+            await stop()
+        await running.stop()
+        raise
     policy.start_watching()
     settle_garbage_collector()
     log.info("gateway listening", url=config.public_urls[0], port=running.port, upstream=config.upstream.url)
