@@ -106,7 +106,7 @@ class AuditAddon(Addon):
         elif length is not None and length.isdigit():
             entry.bytes_out = int(length)
         else:
-            entry.extra = {"bytes_out": "streamed"}
+            entry.extra["bytes_out"] = "streamed"
         ex.notes[_COMMITTED] = True
         try:
             await self.writer.put_durable(entry)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
 from gateway.audit.entry import AuditEntry
+from gateway.audit.path_secrets import compile_path_secrets, hash_path_secrets
 from gateway.policy.schema import Policy
 from gateway.proxy.exchange import Exchange
 from gateway.risk.geoip import GeoLocator
@@ -28,6 +29,8 @@ SECRET_PARAMETER = re.compile(
 )
 """Query parameters whose values are never kept, even with `query_values: keep`."""
 REDACTED = "[redacted]"
+AREA_NOTE = "area"
+"""`Exchange.notes` key: the public area or API client a request was judged as (recorded in `extra`)."""
 
 
 def entry_from_exchange(ex: Exchange) -> AuditEntry:
@@ -49,6 +52,7 @@ def entry_from_exchange(ex: Exchange) -> AuditEntry:
         duration_ms=(time.perf_counter() - ex.started) * 1000.0,
         upstream_ms=None if upstream is None else upstream * 1000.0,
         reason=ex.reason,
+        extra={"area": area} if (area := ex.notes.get(AREA_NOTE)) is not None else {},
     )
 
 
@@ -94,6 +98,7 @@ class _Rules:
     keep_values: bool
     secret_names: frozenset[str]
     identifiers: tuple[tuple[str, re.Pattern[str]], ...]
+    path_secrets: tuple[re.Pattern[str], ...]
 
     @classmethod
     def of(cls, policy: Policy) -> _Rules:
@@ -101,6 +106,7 @@ class _Rules:
             keep_values=policy.audit.query_values == "keep",
             secret_names=frozenset({policy.login.password_field.lower(), policy.login.username_field.lower()}),
             identifiers=tuple((name, re.compile(p)) for name, p in policy.audit.identifiers.items()),
+            path_secrets=compile_path_secrets(policy.audit.path_secrets),
         )
 
 
@@ -125,6 +131,7 @@ class EntryPreparer:
         if entry.query:
             entry.query = scrub_query(entry.query, keep_values=rules.keep_values, secret_names=rules.secret_names)
         if entry.channel == "http":
+            entry.path = hash_path_secrets(entry.path, rules.path_secrets)  # before identifiers are read
             entry.identifiers = extract_identifiers(entry.path, rules.identifiers)
         if self._geo is not None and entry.client_ip and entry.country is None:
             info = self._geo.lookup(entry.client_ip)

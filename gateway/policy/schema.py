@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, Tag, model_validator
 
+from gateway.policy.areas import ApiClient, ApiClientName, CompiledAreas, PublicArea
 from gateway.policy.durations import Duration, DurationIn
 from gateway.policy.rate_limits import DEFAULT_RATE_LIMITS, RateLimitRule
 from gateway.policy.types import Cidr, Member, NetworkRef, Regex, Section, network_ref_problem
@@ -108,6 +109,68 @@ class LoginIdentity(Section):
         return self.path is not None
 
 
+class PasswordForm(Section):
+    """Another form of the PMS that takes a password (`login.password_forms`). None of them
+    may change who is signed in: see `gateway.auth.password_forms`."""
+
+    kind: Literal["reauth", "change", "reset"] = Field(
+        description="`reauth`: the password asked again before a dangerous action; `change`: the user's own "
+        "password change; both only inside a live gateway session. `reset`: the form an e-mailed reset link "
+        "opens, without a session (its answer never signs anyone in).",
+    )
+    path: Regex = Field(description="Regular expression searched in the canonical path (anchor it: `^/account/password$`).")
+    method: Annotated[str, AfterValidator(str.upper)] = Field("POST", description="HTTP method of the form's submission.")
+    format: Literal["form", "json"] = Field("form", description="Body format of the submission.")
+    password_field: str | None = Field(
+        "password", description="The current password's field (`reauth`, `change`); `null` for `reset`."
+    )
+    username_field: str | None = Field(
+        None,
+        description="A username field of the form, if it has one: inside a session it must name the session's "
+        "own user; on a `reset` form it names whose sessions end.",
+    )
+    new_password_fields: list[str] = Field([], description="The new password's fields (`change`, `reset`).")
+    success: LoginSuccessRule | None = Field(
+        None, description="How the PMS answers a right password on this form; unset = `login.success`."
+    )
+    step_up: bool = Field(
+        False,
+        description="`reauth` only: ask the gateway's own second factor again before the form goes to the PMS "
+        "(a password typed at an unattended desk proves little).",
+    )
+    request_path: Regex | None = Field(
+        None,
+        description="`reset` only: the form that asks for a reset link (e.g. `^/password/forgot$`): "
+        "rate-limited (`rate_limits` with `password_reset: true`) and captcha'd like the login.",
+    )
+    request_method: Annotated[str, AfterValidator(str.upper)] = Field("POST", description="Method of that request form.")
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> PasswordForm:
+        if self.kind in ("reauth", "change") and not self.password_field:
+            raise ValueError(f"a `{self.kind}` form needs `password_field` (the current password)")
+        if self.kind == "reset" and self.password_field:
+            raise ValueError("a `reset` form has no current password: write `password_field: null`")
+        if self.kind in ("change", "reset") and not self.new_password_fields:
+            raise ValueError(f"a `{self.kind}` form needs `new_password_fields`")
+        if self.step_up and self.kind != "reauth":
+            raise ValueError("`step_up` is for `reauth` forms")
+        if self.request_path is not None and self.kind != "reset":
+            raise ValueError("`request_path` is for `reset` forms")
+        names = [n for n in (self.password_field, self.username_field, *self.new_password_fields) if n]
+        if len(set(names)) != len(names):
+            raise ValueError("each field of a password form is named once")
+        return self
+
+    @cached_property
+    def pattern(self) -> re.Pattern[str]:
+        return re.compile(self.path)
+
+    @cached_property
+    def request_pattern(self) -> re.Pattern[str] | None:
+        return re.compile(self.request_path) if self.request_path is not None else None
+
+
 class LoginRule(Section):
     path: str = Field("/login", description="The PMS's login form target (canonical path).")
     method: str = Field("POST", description="HTTP method of the login request.")
@@ -141,6 +204,37 @@ class LoginRule(Section):
         LoginIdentity(),
         description="Check who the PMS says is signed in; without it, vaulted cookies set outside the login are dropped.",
     )
+    password_forms: list[PasswordForm] = Field(
+        [],
+        description="The PMS's other password forms (re-authentication, password change, reset link); "
+        "a password anywhere else is refused with 400.",
+    )
+
+    @model_validator(mode="after")
+    def _password_forms_apart(self) -> LoginRule:
+        for index, form in enumerate(self.password_forms):
+            if form.method == self.method and form.pattern.search(self.path):
+                raise ValueError(
+                    f"password_forms.{index}.path {form.path!r} matches the login path {self.path!r}: "
+                    "a password form must never be read as, or instead of, the login"
+                )
+            if form.request_pattern is not None and form.request_method == self.method and form.request_pattern.search(self.path):
+                raise ValueError(f"password_forms.{index}.request_path {form.request_path!r} matches the login path")
+        return self
+
+    def password_form_for(self, path: str, method: str) -> PasswordForm | None:
+        """The password form a request submits, if any (the first whose path and method match)."""
+        for form in self.password_forms:
+            if form.method == method and form.pattern.search(path):
+                return form
+        return None
+
+    def is_reset_request(self, path: str, method: str) -> bool:
+        """Whether a request submits a reset form's request form (asks for a reset link)."""
+        return any(
+            form.request_pattern is not None and form.request_method == method and form.request_pattern.search(path)
+            for form in self.password_forms
+        )
 
 
 class SessionPolicy(Section):
@@ -235,10 +329,12 @@ class CaptchaPolicy(Section):
     ] = Field(
         ["anonymous_vpn", "tor", "hosting_provider", "public_proxy", "after_failures"],
         description="When a login needs a captcha before the password goes to the PMS; empty = never. "
-        "VPN, Tor, hosting and proxy flags come from the GeoIP Anonymous-IP file.",
+        "VPN, Tor, hosting and proxy flags come from the GeoIP Anonymous-IP file if any, the network list "
+        "(`risk.networks`) on the GeoLite2-ASN owner or RDAP answer, and the Tor exit list (`pms-gateway risk tor-list`).",
     )
     after_failures: int = Field(
-        3, ge=1, le=100_000, description="For `after_failures`: failed attempts (per user or per IP, lockout window) before it."
+        3, ge=1, le=100_000, description="For `after_failures`: failed attempts (lockout window) before it: per user or "
+        "per address outside `known_networks`; inside them per user and per (user, address) pair, never per address."
     )
     known_networks: list[NetworkRef] = Field(
         [],
@@ -253,6 +349,44 @@ class CaptchaPolicy(Section):
         600, description="A solved captcha lets this browser, from the same IP, try to sign in for this long ..."
     )
     pass_uses: int = Field(1, ge=1, le=10_000, description="... and for this many login attempts (1 = a new captcha per attempt).")
+    on_unknown: Literal["allow", "captcha"] = Field(
+        "allow",
+        description="A public address outside `known_networks` that nothing is known about (no GeoIP ASN record, no "
+        "network-list or Tor-list entry, no RDAP answer yet): `allow` lets the login through, `captcha` asks first.",
+    )
+
+
+class NetworkOwnerRule(Section):
+    """One entry of the hosting/VPN network list (`gateway/risk/data/networks.yaml` or `risk.networks`)."""
+
+    asn: int | None = Field(None, ge=1, le=4_294_967_295)
+    name: Regex | None = None  # searched, case-insensitive, in the owner's name (GeoIP ASN org or RDAP)
+    kind: Literal["hosting", "vpn", "proxy"] = "hosting"
+    owner: str | None = None  # for people reading the list
+
+    @model_validator(mode="after")
+    def _one_key(self) -> NetworkOwnerRule:
+        if (self.asn is None) == (self.name is None):
+            raise ValueError("a network rule has exactly one of `asn: NUMBER` or `name: REGEX`")
+        return self
+
+
+class RiskPolicy(Section):
+    networks: list[NetworkOwnerRule] = Field(
+        [],
+        description="Hosting, cloud, VPN and proxy networks added to the shipped list (gateway/risk/data/networks.yaml): "
+        "`{asn: 64500, kind: hosting}` or `{name: 'example hosting', kind: vpn}`.",
+    )
+    rdap: bool = Field(
+        True,
+        description="Look up the owner of a new login address by RDAP in the background (never on the login's path); "
+        "`false` tells the registries nothing about which addresses staff use.",
+    )
+    rdap_url: str = Field(
+        "https://rdap.org", description="RDAP service asked for `<url>/ip/<address>` (rdap.org redirects to the registry)."
+    )
+    rdap_timeout: DurationIn("1s", "1m") = Field(10, description="Longest wait for one RDAP answer (in the background).")
+    rdap_concurrency: int = Field(4, ge=1, le=64, description="RDAP lookups running at once; more wait their turn.")
 
 
 class AccessRule(Section):
@@ -306,6 +440,11 @@ class AuditPolicy(Section):
         description="Path patterns whose first capture is recorded as a business identifier.",
     )
     query_values: Literal["keep", "drop"] = Field("drop", description="Keep query values in the audit trail.")
+    path_secrets: list[Regex] = Field(
+        [],
+        description="Path patterns whose capture groups are secrets (reset tokens, guest order links): "
+        "recorded as a digest (`~` and 16 hex digits), never in clear.",
+    )
     retention: DurationIn("1d", "3650d") = Field(400 * 86400, description="Audit records older than this are purged.")
     on_store_failure: Literal["spool", "refuse"] = Field(
         "spool",
@@ -394,6 +533,7 @@ class Policy(Section):
     second_factor: SecondFactorPolicy = SecondFactorPolicy()
     captcha: CaptchaPolicy = CaptchaPolicy()
     lockout: LockoutPolicy = LockoutPolicy()
+    risk: RiskPolicy = RiskPolicy()
     csrf: CsrfPolicy = CsrfPolicy()
     groups: dict[str, GroupPolicy] = Field({}, description="Staff groups and their rules.")
     default_group: str | None = Field(None, description="Group of users no group lists.")
@@ -405,6 +545,16 @@ class Policy(Section):
         default_factory=lambda: list(DEFAULT_RATE_LIMITS),
         description="Request rate limits, each counted on its own (429 with Retry-After past one); "
         "setting the list replaces these defaults.",
+    )
+    public_areas: dict[str, PublicArea] = Field(
+        {},
+        description="Named guest areas on the PMS's host (booking engine, guest portal, e-mailed order links): "
+        "no session needed, never a staff session's cookies, audited under the name.",
+    )
+    api_clients: dict[ApiClientName, ApiClient] = Field(
+        {},
+        description="Integrations calling the PMS's API without a person: a token or header, paths, methods, "
+        "source networks, a rate limit; audited as `api:<name>`.",
     )
     notifications: NotificationsPolicy = Field(
         default_factory=NotificationsPolicy, description="Redaction of guest data in outbound notifications."
@@ -420,6 +570,9 @@ class Policy(Section):
             _check_network_ref(net, known, "second_factor.enrollment_networks")
         for net in self.captcha.known_networks:
             _check_network_ref(net, known, "captcha.known_networks")
+        for name, client in self.api_clients.items():
+            for net in client.networks:
+                _check_network_ref(net, known, f"api_clients.{name}.networks")
         if self.default_group is not None and self.default_group not in self.groups:
             raise ValueError(
                 f"default_group {self.default_group!r} is not a group; define it under `groups:`"
@@ -437,11 +590,18 @@ class Policy(Section):
     @cached_property
     def _public_paths(self) -> re.Pattern[str]:
         # One alternation: a single C-level search per request instead of one per pattern.
-        patterns = ["^" + re.escape(self.login.path) + "$", *self.login.public_paths]
+        resets = [p for f in self.login.password_forms if f.kind == "reset" for p in (f.path, f.request_path) if p]
+        patterns = ["^" + re.escape(self.login.path) + "$", *self.login.public_paths, *resets]
         return re.compile("|".join(f"(?:{p})" for p in patterns))
 
+    @cached_property
+    def areas(self) -> CompiledAreas:
+        """`public_areas` and `api_clients`, compiled for matching requests."""
+        return CompiledAreas(self.public_areas, self.api_clients, self.expand_networks)
+
     def is_public_path(self, path: str) -> bool:
-        """Reachable without a session: the login form's own path and the listed paths."""
+        """Reachable without a session: the login form's own path, the listed paths and the
+        reset forms of `login.password_forms` (with their request forms)."""
         return self._public_paths.search(path) is not None
 
     @cached_property
