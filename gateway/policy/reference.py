@@ -52,7 +52,7 @@ def markdown_reference(model: BaseModel, prefix: str = "") -> list[str]:
         if nested is not None and type(nested).model_fields:
             rows.extend(markdown_reference(nested, key + "."))
             continue
-        default = json.dumps(dumped[name], ensure_ascii=False)
+        default = json.dumps(dumped[name], ensure_ascii=False).replace("|", "\\|")  # GFM: a bare | ends the cell
         description = (field.description or field.title or "").replace("|", "\\|")
         rows.append(f"| `{key}` | `{default}` | {description} |")
     return rows
