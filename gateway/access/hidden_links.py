@@ -4,7 +4,8 @@ The protection is the access rule itself: a denied path gets the gateway's 403 a
 reaches the PMS, whatever the page shows. With `hide_links`, the group's menu entries to
 denied sections disappear as well: the gateway links a same-origin stylesheet into the
 PMS's HTML pages (`/_gateway/hide/<hash>.css`, named after its content) that hides
-`a[href^="/reports"]`, `form[action^="/reports"]` and the like. The PMS's markup is not
+`a[href^="/reports"]`, `form[action^="/reports"]` and the like, and a list item that holds
+nothing but such a link (a menu entry with its separator). The PMS's markup is not
 rewritten otherwise.
 
 Only deny rules whose set of paths a CSS prefix selector describes exactly become
@@ -113,6 +114,8 @@ def hiding_stylesheet(rules: list[AccessRule], case_insensitive: bool = False) -
             unless = f":not({', '.join(exceptions)})" if exceptions else ""
             for selector in denied.selectors(attribute, flag):
                 blocks.append(f"{element}{method_filter}{selector}{unless}")
+                if element == "a":  # a menu entry that is nothing but the link goes with it
+                    blocks.append(f"li:has(> a{selector}{unless}:only-child)")
     if not blocks:
         return ""
     return ",\n".join(blocks) + " {\n  display: none !important;\n}\n"
