@@ -35,6 +35,8 @@ from gateway.proxy.exchange import Addon
 from gateway.risk.captcha import CaptchaGate
 from gateway.risk.captcha_pages import CaptchaPages
 from gateway.risk.lockout import Lockouts
+from gateway.risk.ownership import TorExits, tor_list_path
+from gateway.risk.rdap import RdapLookups
 from gateway.risk.rate_limits import ADDRESS, IDENTITY, GatewayPageLimits, RateLimiter, RateLimits, storage_for
 from gateway.sessions.deactivation import DeactivationWatcher
 from gateway.sessions.guard import SessionGuard
@@ -104,7 +106,8 @@ async def build_addons(
         identity,
         OriginCheck(policy),
         captcha := CaptchaGate(
-            policy, users, lockouts, store, keyring.derive("captcha"), audit.geo, clock=clock
+            policy, users, lockouts, store, keyring.derive("captcha"), audit.geo, clock=clock,
+            tor=TorExits(tor_list_path(config.data_dir)), rdap=RdapLookups(store, policy),
         ),
         CaptchaPages(captcha),
         LoginInterceptor(

@@ -104,7 +104,7 @@ class LoginCompleter:
             await self.abandon(pending)
             await self.events.pending_attempt(pending, ip, "refused", pending.login_type, "signed in on another device")
             return _message(request, policy, 409, "too_many_devices", link=policy.login.path)
-        await self.lockouts.clear_user(pending.user)
+        await self.lockouts.clear_user(pending.user, ip)
         await self.events.pending_attempt(pending, ip, "success", pending.login_type)
         location = pending.location or "/"
         if not is_local_location(location, request[CLIENT].origin):

@@ -2,12 +2,21 @@
 
 On the login request (policy `login.path` and `login.method`) the gate applies
 `captcha.when`: `always`; the client address is an anonymous VPN, a Tor exit, a hosting
-provider or a public proxy (GeoIP Anonymous-IP file); it lies outside the known networks
-(`unknown_network`); or the user or the address already has `after_failures` failed
-attempts in the lockout window. A login that needs a captcha and carries no valid pass is
-not forwarded: a browser is sent (303) to `/_gateway/captcha?next=<its login page>`, a
-JSON client gets 403 naming that URL. The body is read only to learn the username and is
-dropped with the request: the password is never stored and never reaches the PMS.
+provider or a public proxy (`gateway.risk.ownership`: the network list on the GeoLite2-ASN
+owner, the Tor exit list, RDAP answers, the paid Anonymous-IP file if any); it lies
+outside the known networks (`unknown_network`); or `after_failures` failed attempts in
+the lockout window: outside the known networks by the user or the address (spraying from
+one address is caught), inside them by the user or the (user, address) pair, so behind
+the hotel's one NAT address a colleague's typos captcha nobody else. With
+`captcha.on_unknown: captcha`, a public address outside the known networks that nothing
+is known about is asked too. Every login from outside the known networks also starts a
+background RDAP lookup of its address (`gateway.risk.rdap`) for the next one.
+
+A login that needs a captcha and carries no valid pass is not forwarded: a browser is
+sent (303) to `/_gateway/captcha?next=<its login page>` and its form post is held,
+encrypted under a key only its cookie has (`gateway.risk.held_login`), to be replayed
+once the captcha is solved; a JSON client gets 403 naming that URL. The password never
+reaches the PMS before the captcha is solved, and is never readable from the store.
 
 Challenges (see `captcha_pages`) are ALTCHA proofs of work made by the `altcha` library
 (v2 format, SHA-256, a server-chosen counter the browser has to find), or an image with
@@ -34,7 +43,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import altcha
 import structlog
@@ -47,8 +56,11 @@ from gateway.readers.credentials import AmbiguousCredentials, read_login
 from gateway.readers.redirects import is_local_target
 from gateway.risk.geoip import GeoLocator
 from gateway.risk.lockout import Lockouts
-from gateway.risk.networks import KnownNetworks
-from gateway.sessions.cookies import CAPTCHA_COOKIE, cookie_value
+from gateway.risk.held_login import FORM, HOLD_FOR, MAX_HELD, HeldLogins
+from gateway.risk.networks import KnownNetworks, client_key
+from gateway.risk.ownership import NetworkOwners, Owner, TorExits
+from gateway.risk.rdap import RdapLookups, cached_names
+from gateway.sessions.cookies import CAPTCHA_COOKIE, HELD_LOGIN_COOKIE, cookie_value, set_cookie
 from gateway.store.base import EphemeralStore
 
 log = structlog.get_logger("gateway.captcha")
@@ -61,13 +73,14 @@ IMAGE_LENGTH = 5
 ISSUE_WINDOW = 300.0  # seconds
 ISSUE_LIMIT = 60  # challenges one address may ask for per window (images cost CPU)
 
-# policy flag -> GeoInfo attribute -> reason recorded on the exchange
+# policy flag -> Owner kind -> reason recorded on the exchange
 GEO_FLAGS = (
-    ("anonymous_vpn", "is_anonymous_vpn", "vpn"),
-    ("tor", "is_tor", "tor"),
-    ("hosting_provider", "is_hosting", "hosting provider"),
-    ("public_proxy", "is_public_proxy", "public proxy"),
+    ("anonymous_vpn", "vpn", "vpn"),
+    ("tor", "tor", "tor"),
+    ("hosting_provider", "hosting", "hosting provider"),
+    ("public_proxy", "proxy", "public proxy"),
 )
+REPLAY_FIELDS = frozenset({"altcha", "image_id", "answer", "next"})  # the captcha form, posted again by the 307
 
 
 def _subkey(key: bytes, purpose: str) -> bytes:
@@ -180,27 +193,44 @@ class CaptchaGate(Addon):
         key: bytes,
         geo: GeoLocator,
         clock: Callable[[], float] = time.time,
+        *,
+        tor: TorExits | None = None,
+        rdap: RdapLookups | None = None,
     ) -> None:
         self.policy = policy
         self.users = users
         self.lockouts = lockouts
         self.store = store
         self.geo = geo
+        self.owners = NetworkOwners(geo, tor)
+        self.rdap = rdap
+        self.held = HeldLogins(store)
         self.passes = CaptchaPasses(_subkey(key, "pass"), store, clock)
         self.challenges = Challenges(_subkey(key, "altcha"), store, clock)
         self.known = KnownNetworks()
 
     async def shutdown(self) -> None:
+        if self.rdap is not None:
+            await self.rdap.close()
         self.geo.close()
 
     async def request(self, ex: Exchange) -> web.StreamResponse | None:
         policy = self.policy()
         rule = policy.login
-        if ex.request.method != rule.method or ex.path.path != rule.path or not policy.captcha.when:
+        if ex.request.method != rule.method or ex.path.path != rule.path:
+            if rule.password_forms and rule.is_reset_request(ex.path.path, ex.request.method):
+                return await self._reset_request(ex, policy)
             return None
+        if not policy.captcha.when and policy.captcha.on_unknown == "allow":
+            return None
+        replayed = await self._replay_held(ex, policy)
+        if replayed is False:
+            return see_other(_login_page(ex, policy))  # the held login is gone: sign in again
         user = await self._username(ex, policy)
         if user is None:
             return None  # not a readable login: the interceptor refuses it with 400, unforwarded
+        if self.rdap is not None and not self.known.contains(ex.client_ip, policy):
+            self.rdap.schedule(ex.client_ip)  # background: judged at the next login
         reason = await self.reason(ex.client_ip, user, policy)
         if reason is None:
             return None
@@ -208,12 +238,28 @@ class CaptchaGate(Addon):
             return None  # the interceptor answers 429; a captcha would change nothing
         token = cookie_value(ex.request.headers.get("Cookie"), PASS_COOKIE)
         if await self.passes.redeem(token, ex.client_ip, policy.captcha.pass_uses):
-            ex.notes["captcha"] = f"passed: {reason}"
+            ex.notes["captcha"] = f"passed: {reason}" + (" (held login replayed)" if replayed else "")
             return None
         ex.user = user
         ex.deny("challenged", f"captcha required: {reason}")
         log.info("captcha required", user=user, ip=ex.client_ip, reason=reason, had_pass=bool(token))
-        return self._challenge(ex, policy, reason)
+        return await self._challenge(ex, policy, reason)
+
+    async def _reset_request(self, ex: Exchange, policy: Policy) -> web.StreamResponse | None:
+        """A form asking for a password-reset link (`request_path` of a `reset` form under
+        `login.password_forms`): captcha'd under `captcha.when` like the login, judged by
+        the address alone (the gateway does not read whom it names); its body is not held."""
+        if not policy.captcha.when and policy.captcha.on_unknown == "allow":
+            return None
+        reason = await self.reason(ex.client_ip, None, policy)
+        if reason is None:
+            return None
+        token = cookie_value(ex.request.headers.get("Cookie"), PASS_COOKIE)
+        if await self.passes.redeem(token, ex.client_ip, policy.captcha.pass_uses):
+            ex.notes["captcha"] = f"passed: {reason}"
+            return None
+        ex.deny("challenged", f"captcha required before a password reset link: {reason}")
+        return await self._challenge(ex, policy, reason)
 
     async def reason(self, ip: str, user: str | None, policy: Policy) -> str | None:
         """Why a login from `ip` as `user` needs a captcha under `policy`, or None."""
@@ -221,18 +267,26 @@ class CaptchaGate(Addon):
         when = rules.when
         if "always" in when:
             return "always"
-        if any(flag in when for flag, _, _ in GEO_FLAGS):
-            info = self.geo.lookup(ip)
-            for flag, attribute, label in GEO_FLAGS:
-                if flag in when and getattr(info, attribute):
+        inside = self.known.contains(ip, policy)
+        if rules.on_unknown == "captcha" or any(flag in when for flag, _, _ in GEO_FLAGS):
+            owner = await self.owner(ip, policy)
+            for flag, kind, label in GEO_FLAGS:
+                if flag in when and kind in owner.kinds:
                     return label
-        if "unknown_network" in when and not self.known.contains(ip, policy):
+            if rules.on_unknown == "captcha" and not inside and not owner.known:
+                return "nothing known about the address"
+        if "unknown_network" in when and not inside:
             return "unknown network"
         if "after_failures" in when:
-            failures = await self.lockouts.most_failures(user, ip)  # per user and per network
+            failures = await self.lockouts.most_failures(user, ip)  # see Lockouts.most_failures
             if failures >= rules.after_failures:
                 return f"{failures} failed attempts"
         return None
+
+    async def owner(self, ip: str, policy: Policy) -> Owner:
+        """Who owns `ip`'s network, from the local sources and a finished RDAP lookup."""
+        names = await cached_names(self.store, ip, policy) if policy.risk.rdap else None
+        return self.owners.owner(ip, policy, names)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -245,7 +299,27 @@ class CaptchaGate(Addon):
         except (AmbiguousCredentials, ValueError):
             return None
 
-    def _challenge(self, ex: Exchange, policy: Policy, reason: str) -> web.StreamResponse:
+    async def _replay_held(self, ex: Exchange, policy: Policy) -> bool | None:
+        """The captcha page's 307 brings the captcha form back to the login URL with the
+        `gw_held` cookie: swap in the held login (True); False when it is gone (expired,
+        used, another address); None for any other request, left as it is."""
+        cookie = cookie_value(ex.request.headers.get("Cookie"), HELD_LOGIN_COOKIE)
+        if cookie is None or _media(ex) != FORM:
+            return None
+        body = await ex.read_body(MAX_HELD)
+        fields = set(parse_qs(body.decode("latin-1"), keep_blank_values=True)) if body is not None else set()
+        if not fields or not fields <= REPLAY_FIELDS or not fields & {"altcha", "image_id"}:
+            return None  # a login typed again: it goes through as it is
+        held = await self.held.take(cookie, client_key(ex.client_ip, policy))
+        if held is None:
+            return False
+        ex.body = held.body
+        if "Content-Length" in ex.upstream_headers:
+            ex.upstream_headers["Content-Length"] = str(len(held.body))
+        log.info("held login replayed after the captcha", ip=ex.client_ip)
+        return True
+
+    async def _challenge(self, ex: Exchange, policy: Policy, reason: str) -> web.StreamResponse:
         target = f"{CAPTCHA_PATH}?next={quote(_login_page(ex, policy), safe='')}"
         if policy.login.format == "json" or wants_json(ex.request):
             response: web.StreamResponse = web.json_response(
@@ -253,9 +327,21 @@ class CaptchaGate(Addon):
             )
         else:
             response = see_other(target)
+            held = None
+            if _media(ex) == FORM and ex.body is not None:
+                held = await self.held.hold(ex.body, ex.query, client_key(ex.client_ip, policy))
+            if held is not None:
+                response.headers.add("Set-Cookie", set_cookie(
+                    HELD_LOGIN_COOKIE, held, secure=ex.scheme == "https", max_age=HOLD_FOR, same_site="Strict"
+                ))
         response.headers["Cache-Control"] = "no-store"
         response.headers["X-Request-Id"] = ex.request_id
         return response
+
+
+def _media(ex: Exchange) -> str:
+    """The request's media type, lower case, without parameters ('' when none)."""
+    return ex.request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
 
 
 def _login_page(ex: Exchange, policy: Policy) -> str:

@@ -4,7 +4,8 @@ GET shows a proof-of-work challenge that `static/captcha.js` solves in the brows
 typing, a second or two), or with `mode=image` a picture of characters to type, for
 browsers without JavaScript (the page's `<noscript>` and "use a picture" links lead
 there). POST checks the answer; a right one sets the pass cookie and redirects (303) to
-`next`, which must be a path on this site. A JSON client may GET the challenge as JSON and
+`next`, which must be a path on this site, or, when the browser's login was held
+(`gateway.risk.held_login`), 307 to the login URL, where the held login is replayed. A JSON client may GET the challenge as JSON and
 POST `{"altcha": payload}`.
 """
 
@@ -23,7 +24,7 @@ from gateway.policy.schema import Policy
 from gateway.proxy.exchange import CLIENT, Addon
 from gateway.risk.captcha import CAPTCHA_PATH, PASS_COOKIE, CaptchaGate, local_next
 from gateway.risk.networks import client_key
-from gateway.sessions.cookies import set_cookie
+from gateway.sessions.cookies import HELD_LOGIN_COOKIE, cookie_value, set_cookie
 
 log = structlog.get_logger("gateway.captcha")
 
@@ -68,6 +69,13 @@ class CaptchaPages(Addon):
         log.info("captcha solved", ip=client.ip, mode=mode)
         if wants_json(request) or request.content_type == "application/json":
             response: web.StreamResponse = web.json_response({"status": "ok", "next": target})
+        elif held := await self.gate.held.peek(
+            cookie_value(request.headers.get("Cookie"), HELD_LOGIN_COOKIE), client_key(client.ip, policy)
+        ):
+            # 307 repeats this POST at the login URL; the gate swaps in the held login there
+            # and runs every check on it again (gateway.risk.held_login).
+            location = policy.login.path + (f"?{held.query}" if held.query else "")
+            response = web.Response(status=307, headers={"Location": location})
         else:
             response = see_other(target)
         response.headers.add(

@@ -84,16 +84,26 @@ class Lockouts:
         return int(value) if value else 0
 
     async def most_failures(self, user: str | None, ip: str) -> int:
-        """The larger of the user's and the address's failure counts (captcha trigger)."""
+        """The captcha trigger's count. Outside the known networks: the larger of the user's
+        and the address's counts (password spraying from one address is caught). Inside them
+        the address is the whole hotel behind one NAT, so the user's count and the
+        (user, address) pair's: one colleague's typos never captcha the others."""
         policy = self.policy()
-        counts = [await self.store.get(f"fail:{scope}:{subject}") for scope, subject, _ in self._subjects(policy, user, ip)]
-        return max(int(value) if value else 0 for value in counts)
+        if self.known.contains(ip, policy):
+            if user is None:
+                return 0
+            keys = [f"fail:user:{user}", f"fail:pair:{_pair(user, client_key(ip, policy))}"]
+        else:
+            keys = [f"fail:{scope}:{subject}" for scope, subject, _ in self._subjects(policy, user, ip)]
+        return max(int(value) if value else 0 for value in [await self.store.get(key) for key in keys])
 
     async def record_failure(self, user: str | None, ip: str) -> Lock | None:
         """Count one failure; returns the lock (or first wait) it triggered, if any."""
         policy = self.policy()
         inside = self.slows_down(ip, policy)
         triggered = None
+        if user is not None:  # the captcha trigger inside the known networks (most_failures)
+            await self.store.incr(f"fail:pair:{_pair(user, client_key(ip, policy))}", ttl=policy.lockout.per_user.within)
         for scope, subject, rule in self._subjects(policy, user, ip):
             count = await self.store.incr(f"fail:{scope}:{subject}", ttl=rule.within)
             if count < rule.failures:
@@ -117,5 +127,15 @@ class Lockouts:
         await self.store.raise_to(f"wait:{scope}:{subject}", until_ms, ttl=max(delay, 1.0) + policy.lockout.delay_max)
         return Lock(scope, delay, delay=True) if past_limit == 0 else None
 
-    async def clear_user(self, user: str) -> None:
-        await self.store.delete(f"fail:user:{user}", f"wait:user:{user}")
+    async def clear_user(self, user: str, ip: str | None = None) -> None:
+        """After a successful login: the user's counts, and the pair's from `ip`."""
+        keys = [f"fail:user:{user}", f"wait:user:{user}"]
+        if ip is not None:
+            keys.append(f"fail:pair:{_pair(user, client_key(ip, self.policy()))}")
+        await self.store.delete(*keys)
+
+
+def _pair(user: str, network: str) -> str:
+    """One store key part for a (user, address) pair; `|` appears in neither a normalised
+    username's key use nor an address, and the user is cut so the key stays short."""
+    return f"{user[:128]}|{network}"
