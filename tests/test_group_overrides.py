@@ -19,7 +19,7 @@ from gateway.policy import load_policy
 from gateway.policy.schema import Policy, SessionPolicy
 from tests.login_env import Browser, login_env
 
-_DURATIONS = st.sampled_from(["30s", "1m", "90", "2h", "1d", 45, 600.5])
+_DURATIONS = st.sampled_from(["30s", "1m", "90s", "2h", "1d", "45s", "600.5s"])  # policy files need units
 _OVERRIDES = st.fixed_dictionaries(
     {},
     optional={
