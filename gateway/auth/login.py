@@ -23,9 +23,10 @@ from gateway.auth.events import LoginEvents
 from gateway.auth.pending import PendingLogin, PendingLogins
 from gateway.auth.remember import RememberedDevices
 from gateway.pages.render import see_other, wants_json
-from gateway.policy.schema import LoginRule, Policy
+from gateway.policy.schema import LoginRule, LoginSuccessRule, Policy
 from gateway.proxy.errors import error_response
 from gateway.proxy.exchange import Addon, Exchange, UpstreamAnswer
+from gateway.proxy.page_injection import read_decoded
 from gateway.proxy.server import PolicyGetter
 from gateway.readers.credentials import AmbiguousCredentials, read_login, refuse_stray_credentials
 from gateway.readers.redirects import is_local_location, unsafe_targets
@@ -42,7 +43,6 @@ from gateway.sessions.cookies import (
 
 log = structlog.get_logger("gateway.auth")
 
-MAX_FAILURE_BODY = 1024 * 1024
 CHALLENGE_PATH = "/_gateway/2fa"
 
 
@@ -86,6 +86,8 @@ class LoginInterceptor(Addon):
         policy = self.policy()
         rule = policy.login
         if ex.path.path != rule.path or ex.request.method != rule.method:
+            if rule.password_forms and rule.password_form_for(ex.path.path, ex.request.method) is not None:
+                return None  # read under its own form's rules (gateway.auth.password_forms)
             return await self._refuse_stray_password(ex, policy)
         try:
             credentials, body = await read_login(ex, rule)
@@ -276,14 +278,19 @@ class LoginInterceptor(Addon):
 
 async def login_succeeded(answer: UpstreamAnswer, rule: LoginRule, public_origin: str) -> bool:
     """Apply the policy's success rule to the PMS's answer to a login request."""
-    success = rule.success
+    return await password_accepted(answer, rule.success, public_origin, rule.path)
+
+
+async def password_accepted(answer: UpstreamAnswer, success: LoginSuccessRule, public_origin: str, path: str) -> bool:
+    """Whether the PMS's answer to a password posted to `path` says it accepted it, by
+    `success` (the login's rule, or a password form's own)."""
     if answer.status not in success.status:
         return False
     location = answer.headers.get("Location")
     if location is not None:
         if not is_local_location(location, public_origin):
             return False  # a redirect off-site is never a successful login to this PMS
-        target = urlsplit(urljoin(public_origin + rule.path, location))
+        target = urlsplit(urljoin(public_origin + path, location))
         if success.redirect_not_to and re.search(success.redirect_not_to, target.path):
             return False
         if success.redirect_to and not re.search(success.redirect_to, target.path):
@@ -295,7 +302,12 @@ async def login_succeeded(answer: UpstreamAnswer, rule: LoginRule, public_origin
         if success.cookie_set not in names:
             return False
     if success.failure_text:
-        body = await answer.read_body(MAX_FAILURE_BODY)
-        if success.failure_text.encode() in body:
+        # Read as the browser would see it: a PMS that gzips its pages must not hide its
+        # failure text. An answer that cannot be decoded with certainty is no success.
+        body = await read_decoded(answer)
+        if body is None:
+            return False
+        spellings = {success.failure_text.encode(), success.failure_text.encode("cp1252", "ignore")}
+        if any(spelling in body for spelling in spellings):
             return False
     return True

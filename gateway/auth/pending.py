@@ -37,6 +37,7 @@ class PendingLogin:
     login_type: str = "password+totp"
     remember: bool = False
     has_totp: bool = True  # offer the code field; a user with only a security key is not asked for one
+    step_up: str | None = None  # a step-up of a live session (auth/step_up.py): its held request's token, no new session
 
 
 # Records outlive their deadline by this much so the sweeper can still read the vault of

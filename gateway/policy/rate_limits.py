@@ -51,6 +51,11 @@ class RateLimitRule(Section):
     login: bool = Field(
         False, description="Count the login form instead of `path` (`login.path` with `login.method`)."
     )
+    password_reset: bool = Field(
+        False,
+        description="Count the forms that ask for a password-reset link instead of `path` (`request_path` of "
+        "the `reset` forms under `login.password_forms`, with their `request_method`).",
+    )
     methods: Annotated[list[str], AfterValidator(_upper)] = Field(
         [], description="HTTP methods counted; empty = every method."
     )
@@ -70,10 +75,10 @@ class RateLimitRule(Section):
 
     @model_validator(mode="after")
     def _one_target(self) -> RateLimitRule:
-        if (self.path is None) == (not self.login):
-            raise ValueError("a rate limit needs either `path` or `login: true` (not both)")
-        if self.login and self.methods:
-            raise ValueError("`login: true` counts the login rule's own method: leave `methods` out")
+        if (self.path is not None) + self.login + self.password_reset != 1:
+            raise ValueError("a rate limit needs exactly one of `path`, `login: true` or `password_reset: true`")
+        if (self.login or self.password_reset) and self.methods:
+            raise ValueError("`login: true` and `password_reset: true` count their forms' own methods: leave `methods` out")
         return self
 
 
@@ -81,4 +86,5 @@ DEFAULT_RATE_LIMITS = [
     RateLimitRule(login=True, key="address", rate="60/minute"),
     RateLimitRule(login=True, key="user", rate="20/minute"),
     RateLimitRule(path="^/_gateway/(2fa|captcha)$", methods=["POST"], key="address", rate="60/minute"),
+    RateLimitRule(password_reset=True, key="address", rate="10/hour"),
 ]

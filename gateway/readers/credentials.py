@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl, unquote_plus
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from gateway.policy.schema import LoginRule
+from gateway.policy.schema import LoginRule, PasswordForm
 from gateway.proxy.exchange import Exchange
 from gateway.readers.content_type import ContentType, UnclearContentType, read_content_type
 from gateway.sessions.cookies import parse_cookie_header
@@ -124,41 +124,52 @@ def check_query(query: str, rule: LoginRule) -> None:
 def parse_credentials(body: bytes, content_type: ContentType | None, rule: LoginRule) -> Credentials:
     """The one username (and whether a password came) of a login body, read exactly as
     a PMS honouring `login.charset` reads it, or AmbiguousCredentials."""
+    pairs = _credential_pairs(body, content_type, rule.charset, rule.format, _fields(rule), "login")
+    return _from_pairs(pairs, rule)
+
+
+def _credential_pairs(
+    body: bytes, content_type: ContentType | None, charset: str, form_format: str, fields: Sequence[str], what: str
+) -> list[tuple[str, object]]:
+    """The top-level (name, value) pairs of a credential body (`what`: "login", "password
+    form"), read in `charset` and `form_format` only, with every spelling of `fields` other
+    than the exact one refused; or AmbiguousCredentials."""
     media = content_type.media if content_type else "unspecified"
-    if content_type is not None and content_type.charset not in (None, rule.charset):
-        raise AmbiguousCredentials(f"login charset {content_type.charset!r} is not the policy's {rule.charset!r}")
+    if content_type is not None and content_type.charset not in (None, charset):
+        raise AmbiguousCredentials(f"{what} charset {content_type.charset!r} is not the policy's {charset!r}")
     try:
-        text = body.decode(rule.charset)
+        text = body.decode(charset)
     except UnicodeDecodeError:
-        raise AmbiguousCredentials(f"login body does not decode as {rule.charset}") from None
-    if rule.format == "form":
+        raise AmbiguousCredentials(f"{what} body does not decode as {charset}") from None
+    if form_format == "form":
         if content_type is None or not content_type.is_form:
-            raise AmbiguousCredentials(f"login must be form-encoded, not {media}")
+            raise AmbiguousCredentials(f"{what} must be form-encoded, not {media}")
         if ";" in text:
             raise AmbiguousCredentials("raw ';' in a form body (a browser encodes it)")
         try:
-            pairs = parse_qsl(
-                text, keep_blank_values=True, strict_parsing=bool(text), encoding=rule.charset, errors="strict"
-            )
+            pairs: list[tuple[str, object]] = list(parse_qsl(
+                text, keep_blank_values=True, strict_parsing=bool(text), encoding=charset, errors="strict"
+            ))
         except (UnicodeDecodeError, ValueError):
             raise AmbiguousCredentials("malformed form body") from None
-        return _from_pairs(pairs, rule)
-    if content_type is None or not content_type.is_json:
-        raise AmbiguousCredentials(f"login must be JSON, not {media}")
-    document = _load_json(text, refuse_duplicates=True)
-    if not isinstance(document, dict):
-        raise AmbiguousCredentials("login JSON must be an object")
-    for depth, key in _json_keys(document):
-        if depth > 0 and any(is_credential_name(key, field) for field in _fields(rule)):
-            raise AmbiguousCredentials(f"credential key {key!r} nested in the login JSON")
-    return _from_pairs(list(document.items()), rule)
+    else:
+        if content_type is None or not content_type.is_json:
+            raise AmbiguousCredentials(f"{what} must be JSON, not {media}")
+        document = _load_json(text, refuse_duplicates=True)
+        if not isinstance(document, dict):
+            raise AmbiguousCredentials(f"{what} JSON must be an object")
+        for depth, key in _json_keys(document):
+            if depth > 0 and any(is_credential_name(key, field) for field in fields):
+                raise AmbiguousCredentials(f"credential key {key!r} nested in the {what} JSON")
+        pairs = list(document.items())
+    for key, _ in pairs:
+        for field in fields:
+            if key != field and is_credential_name(key, field):
+                raise AmbiguousCredentials(f"ambiguous credential field {key!r}")
+    return pairs
 
 
 def _from_pairs(pairs: list[tuple[str, object]], rule: LoginRule) -> Credentials:
-    for key, _ in pairs:
-        for field in _fields(rule):
-            if key != field and is_credential_name(key, field):
-                raise AmbiguousCredentials(f"ambiguous credential field {key!r}")
     usernames = [v for k, v in pairs if k == rule.username_field]
     passwords = [v for k, v in pairs if k == rule.password_field]
     if len(usernames) != 1 or not isinstance(usernames[0], str):
@@ -194,6 +205,46 @@ async def read_login(ex: Exchange, rule: LoginRule) -> tuple[Credentials, bytes]
     if body is None:
         raise UnreadBody(f"login body over {MAX_CREDENTIAL_BODY // 1024} KiB")
     return parse_credentials(body, content_type, rule), body
+
+
+# -- the PMS's other password forms -------------------------------------------------------------
+
+
+def password_form_fields(form: PasswordForm, rule: LoginRule) -> tuple[str, ...]:
+    """Every credential name a password form's request is checked for: its own fields and
+    the login's (a login field the form does not declare must not ride along)."""
+    names = (form.username_field, form.password_field, *form.new_password_fields, rule.username_field, rule.password_field)
+    return tuple(dict.fromkeys(name for name in names if name))
+
+
+async def read_password_form(ex: Exchange, form: PasswordForm, rule: LoginRule) -> str | None:
+    """Read a password form's request whole, as the login is read (`login.charset`, one
+    format, no credential name in the query or cookies, each field at most once, the
+    current password exactly once); return the username it names (its `username_field`),
+    None when it names none, or raise AmbiguousCredentials.
+
+    A login field the form does not declare (`login.username_field` on a form without a
+    username field, say) is refused: a PMS could read it as whom to sign in."""
+    fields = password_form_fields(form, rule)
+    refuse_in_query(ex.query, fields)
+    refuse_in_cookies(ex.request.headers.getall("Cookie", []), fields)
+    content_type = request_content_type(ex)
+    body = await ex.read_body(MAX_CREDENTIAL_BODY)
+    if body is None:
+        raise UnreadBody(f"password form body over {MAX_CREDENTIAL_BODY // 1024} KiB")
+    pairs = _credential_pairs(body, content_type, rule.charset, form.format, fields, "password form")
+    declared = {form.username_field, form.password_field, *form.new_password_fields}
+    for field in fields:
+        values = [value for key, value in pairs if key == field]
+        if field not in declared and values:
+            raise AmbiguousCredentials(f"field {field!r} is not part of this password form")
+        if len(values) > 1 or any(not isinstance(value, str) for value in values):
+            raise AmbiguousCredentials(f"at most one {field!r} field is allowed")
+        if field in (form.password_field, form.username_field) and len(values) != 1:
+            raise AmbiguousCredentials(f"exactly one {field!r} field is needed")
+    if form.username_field is None:
+        return None
+    return next(value for key, value in pairs if key == form.username_field)  # type: ignore[return-value]
 
 
 # -- a password anywhere else -----------------------------------------------------------------
