@@ -87,6 +87,21 @@ async def inject_html(method: str, answer: UpstreamAnswer, insertions: list[Inse
     return True
 
 
+async def read_decoded(answer: UpstreamAnswer) -> bytes | None:
+    """The answer's body with its Content-Encoding undone (the bytes a browser would
+    render), or None when that cannot be done with certainty (unknown or broken coding,
+    too large). The answer itself is relayed unchanged."""
+    codings = _codings(answer)
+    if codings is None:
+        return None
+    try:
+        wire = await answer.read_body(MAX_WIRE_BYTES)
+    except BodyTooLarge:
+        return None
+    decoded = _decode(wire, codings)
+    return None if decoded is None else decoded[0]
+
+
 def _html_type(answer: UpstreamAnswer) -> ContentType | None:
     """The answer's Content-Type if it is one clear text/html."""
     try:
