@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gateway.access.api_clients import ApiClients
+from gateway.access.api_tokens import ApiTokens
 from gateway.access.hidden_links import HiddenLinks
 from gateway.access.origin_check import OriginCheck
 from gateway.admin.metrics import Metrics
@@ -88,10 +90,10 @@ async def build_addons(
     """
     services = services or await open_services(config, policy, clock)
     store, keyring, users = services.store, services.keyring, services.users
-    upstream_logout = UpstreamLogout(config, policy)
+    audit = services.audit = await build_audit(config, policy, services.database)
+    upstream_logout = UpstreamLogout(config, policy, audit.writer)  # its calls are audited
     sessions = SessionManager(store, keyring, policy, upstream_logout=upstream_logout, clock=clock)
     lockouts = Lockouts(store, policy, clock=clock)
-    audit = services.audit = await build_audit(config, policy, services.database)
     events = LoginEvents(audit.login_history, audit.alerter)
     pending = PendingLogins(store, keyring, lambda: policy().second_factor.pending_login_timeout, clock=clock)
     remembered = RememberedDevices(keyring.derive("remember-device"), clock=clock)
@@ -102,6 +104,7 @@ async def build_addons(
     addons: list[Addon] = [
         GatewayPageLimits(rate_limiter),  # the gateway's own pages, per address
         RateLimits(rate_limiter, ADDRESS),  # before any work is done for the request
+        ApiClients(policy, ApiTokens(services.database, keyring), rate_limiter),  # before CSRF and sessions
         upstream_logout,
         identity,
         OriginCheck(policy),

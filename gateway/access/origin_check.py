@@ -17,6 +17,7 @@ import re
 
 from aiohttp import web
 
+from gateway.access.api_clients import is_api_request
 from gateway.proxy.errors import error_response
 from gateway.proxy.exchange import Addon, Exchange
 from gateway.proxy.server import PolicyGetter
@@ -37,6 +38,8 @@ class OriginCheck(Addon):
         return any(p.search(path) for p in self._compiled[1])
 
     async def request(self, ex: Exchange) -> web.StreamResponse | None:
+        if is_api_request(ex):
+            return None  # an API client's token is no ambient credential a page could borrow
         if is_websocket_upgrade(ex.request):
             return self._upgrade(ex)
         if ex.request.method not in STATE_CHANGING or not self.policy().csrf.check_origin:

@@ -30,7 +30,7 @@ from gateway.auth.pending import PendingLogin, PendingLogins
 from gateway.auth.remember import RememberedDevices
 from gateway.pages.render import see_other, choose_language, form_or_json, render_page, translator, wants_json
 from gateway.policy.schema import Policy
-from gateway.proxy.exchange import CLIENT, Addon
+from gateway.proxy.exchange import CLIENT, Addon, Exchange
 from gateway.readers.redirects import is_local_location
 from gateway.risk.lockout import Lockouts
 from gateway.sessions.cookies import (
@@ -43,10 +43,12 @@ from gateway.sessions.cookies import (
 )
 from gateway.sessions.ending import session_ended
 from gateway.sessions.manager import SessionManager, TooManyDevices
+from gateway.sessions.model import LogoutSubject
 
 log = structlog.get_logger("gateway.auth")
 
 PREFIX = "/_gateway/"
+PENDING_USER = web.RequestKey("pending_user", str)  # set when a page found its pending login
 CHALLENGE = PREFIX + "2fa"
 LOGOUT = PREFIX + "logout"
 LOGIN_TYPE_BY_STAGE = {"verify": "password+totp", "recovery": "recovery_code", "support": "support_access"}
@@ -130,8 +132,9 @@ class LoginCompleter:
 
     async def abandon(self, pending: PendingLogin) -> None:
         """A pending login that will not complete: its PMS session must not live on."""
-        if pending.vault and self.sessions.upstream_logout is not None:
-            self.sessions._spawn(self.sessions.upstream_logout(pending.vault))
+        self.sessions.end_upstream(
+            pending.vault, LogoutSubject(pending.user, None, pending.user_agent or None, "pending login abandoned")
+        )
 
 
 class ChallengePages(Addon):
@@ -179,6 +182,10 @@ class ChallengePages(Addon):
             except Exception:
                 log.exception("pending login sweep failed")
 
+    async def done(self, ex: Exchange) -> None:
+        if ex.user is None and (user := ex.request.get(PENDING_USER)) is not None:
+            ex.user = user
+
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get(CHALLENGE, self.show),
@@ -217,7 +224,10 @@ class ChallengePages(Addon):
         if not token:
             return None
         pending = await self.pending.get(token)
-        return (token, pending) if pending is not None else None
+        if pending is None:
+            return None
+        request[PENDING_USER] = pending.user  # the page's audit record names who is signing in
+        return token, pending
 
     def _expired(self, request: web.Request) -> web.StreamResponse:
         policy = self.policy()

@@ -31,6 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 
 from .tables import (
+    api_client_credentials,
+    api_tokens,
     audit_anchors,
     metadata,
     schema_migrations,
@@ -70,11 +72,17 @@ def _support_grants(conn: Connection) -> None:
     support_grants.create(conn, checkfirst=True)
 
 
+def _api_clients(conn: Connection) -> None:
+    api_tokens.create(conn, checkfirst=True)
+    api_client_credentials.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[MigrationStep] = [
     _create_schema,  # 1: initial schema
     _totp_last_step,  # 2: totp_factors.last_step (TOTP replay floor)
     _audit_erasure_and_anchors,  # 3: audit subject keys, purge anchors, tags
     _support_grants,  # 4: support_grants (vendor support access codes)
+    _api_clients,  # 5: api_tokens, api_client_credentials (API clients)
 ]
 """Ordered upgrade steps; append only, never reorder or edit a released step."""
 

@@ -287,3 +287,27 @@ subject_keys = Table(
 )
 """One data key per person (user or anonymous address): destroying it erases their
 personal fields from the audit trail without touching the chained records."""
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    _id(),
+    Column("client", String(64), nullable=False, index=True, doc="the name under `api_clients:`"),
+    Column("token_hash", String(64), nullable=False, unique=True, doc="SHA-256 of the token; never the token"),
+    Column("hint", String(16), nullable=False, doc="the token's first characters, to tell tokens apart"),
+    _created(),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=True),
+)
+"""Tokens of API clients (`pms-gateway api-clients add/rotate/revoke`)."""
+
+api_client_credentials = Table(
+    "api_client_credentials",
+    metadata,
+    Column("client", String(64), primary_key=True),
+    Column("header", String(255), nullable=False, doc="the header the PMS reads its credential from"),
+    Column("secret", LargeBinary, nullable=False, doc="AES-GCM ciphertext of the header value"),
+    Column("key_id", String(64), nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False, default=utcnow, onupdate=utcnow),
+)
+"""The PMS's own credential for an API client, injected in place of the gateway token."""

@@ -23,7 +23,7 @@ import aiohttp
 import jinja2
 from aiohttp import web
 
-from gateway.demo import confirmations, streams
+from gateway.demo import confirmations, guest_api, streams
 from gateway.demo.state import DEMO_USERS, DemoState, Reservation, Session
 
 __all__ = [
@@ -95,6 +95,7 @@ def create_app(settings: DemoSettings | None = None) -> web.Application:
     app.router.add_get("/_demo/sessions", demo_sessions)
     app.router.add_static("/static", _HERE / "static")
     streams.add_routes(app)
+    guest_api.add_routes(app)  # the guest's e-mailed booking page and the channel manager's API
     return app
 
 

@@ -41,7 +41,8 @@ SENT = SendResult(ok=True)
 def build_email(
     reservation: Reservation, settings: DemoSettings, templates: jinja2.Environment
 ) -> EmailMessage:
-    link = f"{settings.public_url.rstrip('/')}/reservations/{reservation.id}"
+    # The guest's own page, reachable without a login by its secret link (a public guest area).
+    link = f"{settings.public_url.rstrip('/')}/guest/booking/{reservation.id}/{reservation.guest_secret}"
     context = {"r": reservation, "property_name": settings.property_name, "link": link}
     message = EmailMessage()
     message["From"] = Address(settings.property_name, addr_spec=settings.mail_from)

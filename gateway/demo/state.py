@@ -94,6 +94,8 @@ class Reservation:
     room: str
     status: str
     notes: str
+    # The secret part of the guest's own link (confirmation e-mail): /guest/booking/<id>/<secret>.
+    guest_secret: str = dataclasses.field(default_factory=lambda: secrets.token_urlsafe(16))
 
     @property
     def nights(self) -> int:

@@ -35,7 +35,7 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RF
 API_CLIENT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
-def _check_header(value: str) -> str:
+def check_header_name(value: str) -> str:
     if not _HEADER_NAME.match(value):
         raise ValueError(f"{value!r} is not a header name")
     if value.lower() in ("cookie", "host", "content-length", "transfer-encoding"):
@@ -47,7 +47,7 @@ def _upper(methods: list[str]) -> list[str]:
     return [m.upper() for m in methods]
 
 
-HeaderName = Annotated[str, AfterValidator(_check_header)]
+HeaderName = Annotated[str, AfterValidator(check_header_name)]
 
 
 class PublicArea(Section):

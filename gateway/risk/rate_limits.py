@@ -94,6 +94,15 @@ class _Compiled:
         return (not self.rule.methods or method in self.rule.methods) and self.pattern.search(path) is not None
 
 
+def _compile(rule: RateLimitRule) -> _Compiled:
+    return _Compiled(
+        rule,
+        limits.parse(rule.rate),
+        re.compile(rule.path) if rule.path is not None else None,
+        hashlib.sha256(rule.model_dump_json().encode()).hexdigest()[:16],  # same rule, same counters
+    )
+
+
 def _digest(value: str) -> str:
     """Key values (usernames, addresses) stored as digests: fixed length, no separators."""
     return hashlib.blake2b(value.encode(), digest_size=16).hexdigest()
@@ -114,16 +123,23 @@ class RateLimiter:
     def _rules(self, policy: Policy) -> tuple[_Compiled, ...]:
         """Compiled once per policy object (a reload replaces the object)."""
         if self._compiled[0] is not policy:
-            self._compiled = (policy, tuple(
-                _Compiled(
-                    rule,
-                    limits.parse(rule.rate),
-                    re.compile(rule.path) if rule.path is not None else None,
-                    hashlib.sha256(rule.model_dump_json().encode()).hexdigest()[:16],
-                )
-                for rule in policy.rate_limits
-            ))
+            self._compiled = (policy, tuple(_compile(rule) for rule in policy.rate_limits))
         return self._compiled[1]
+
+    async def check_rule(self, rule: RateLimitRule, value: str) -> Refusal | None:
+        """Count one request of `value` under a rule a feature owns rather than
+        `rate_limits:` (an API client's `rate_limit`), on the same counters."""
+        return await self._hit(_compile(rule), value)
+
+    async def _hit(self, compiled: _Compiled, value: str) -> Refusal | None:
+        rule = compiled.rule
+        strategy = self._strategies[rule.strategy]
+        identifiers = (compiled.ident, rule.key, _digest(value))
+        if await strategy.hit(compiled.item, *identifiers):
+            return None
+        reset, _ = await strategy.get_window_stats(compiled.item, *identifiers)
+        # `limits` reads time.time() too, so this difference is on its own clock.
+        return Refusal(rule, max(1, math.ceil(reset - time.time())))
 
     async def check(
         self, method: str, path: str, keys: dict[RateKey, str | None], kinds: frozenset[RateKey]
@@ -138,13 +154,8 @@ class RateLimiter:
             value = keys.get(rule.key)
             if value is None:
                 continue
-            strategy = self._strategies[rule.strategy]
-            identifiers = (compiled.ident, rule.key, _digest(value))
-            if await strategy.hit(compiled.item, *identifiers):
-                continue
-            reset, _ = await strategy.get_window_stats(compiled.item, *identifiers)
-            # `limits` reads time.time() too, so this difference is on its own clock.
-            return Refusal(rule, max(1, math.ceil(reset - time.time())))
+            if (refusal := await self._hit(compiled, value)) is not None:
+                return refusal
         return None
 
     async def close(self) -> None:

@@ -18,7 +18,9 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway.access.api_clients import is_api_request
 from gateway.access.origin_check import navigated_from_here
+from gateway.audit.capture import AREA_NOTE
 from gateway.auth.challenge import LOGOUT as LOGOUT_PAGE
 from gateway.pages.render import see_other, choose_language, render_page, translator, wants_json
 from gateway.policy.schema import Policy
@@ -30,18 +32,21 @@ from gateway.proxy.websocket import is_websocket_upgrade
 from gateway.readers.redirects import is_local_location, is_local_target
 from gateway.sessions.cookies import (
     DEVICE_COOKIE,
+    GATEWAY_COOKIES,
     NOTICE_COOKIE,
     SESSION_COOKIE,
     CookiePolicy,
     apply_vault_updates,
     clear_cookie,
     cookie_value,
+    parse_cookie_header,
     set_cookie,
+    set_cookie_name,
 )
 from gateway.sessions.ending import keep_out_of_cache, session_ended
 from gateway.sessions.identity import IdentityCheck, IdentityReading
 from gateway.sessions.manager import SessionManager
-from gateway.sessions.model import DeviceSession, EndedSession
+from gateway.sessions.model import DeviceSession, EndedSession, LogoutSubject, token_hash
 from gateway.sessions.revocation import SESSION_ENDED_CHANNEL, USER_REVOKED_CHANNEL
 
 log = structlog.get_logger("gateway.sessions")
@@ -120,7 +125,13 @@ class SessionGuard(Addon):
     # -- requests ------------------------------------------------------------------------
 
     async def request(self, ex: Exchange) -> web.StreamResponse | None:
+        if is_api_request(ex):
+            return None  # an API client's, judged by its token (gateway.access.api_clients)
         policy = self.policy()
+        area = policy.areas.public_area_of(ex.path.path)
+        if area is not None:
+            _enter_public_area(ex, area)
+            return None
         access, cookies = self._rules()
         headers = ex.request.headers
         session_id = cookie_value(headers.get("Cookie"), SESSION_COOKIE)
@@ -143,6 +154,8 @@ class SessionGuard(Addon):
                 return None
             if session_id:
                 ended = await self.sessions.ended(session_id)
+                if ended is not None:  # audited under the session it was
+                    ex.user, ex.session_hash = ended.user, token_hash(session_id)
             return self._session_required(ex, policy, ended)
 
         ex.user, ex.session_hash, ex.device_id = session.user, session.id_hash, session.device_id
@@ -164,6 +177,24 @@ class SessionGuard(Addon):
         if is_websocket_upgrade(ex.request):
             ex.notes["on_websocket"] = self._register_websocket
         return None
+
+    async def done(self, ex: Exchange) -> None:
+        """A request refused before this guard ran (CSRF, a stray password, a rate limit
+        per address, the audit's own refusal) is still audited under the session it
+        carried, if that session is live or ended."""
+        if ex.user is not None or ex.decision in ("allowed", "gateway") or is_api_request(ex):
+            return
+        session_id = cookie_value(ex.request.headers.get("Cookie"), SESSION_COOKIE)
+        if not session_id:
+            return
+        try:
+            session = await self.sessions.get(session_id)
+            if session is not None:
+                ex.user, ex.session_hash, ex.device_id = session.user, session.id_hash, session.device_id
+            elif (ended := await self.sessions.ended(session_id)) is not None and ended.user is not None:
+                ex.user, ex.session_hash = ended.user, token_hash(session_id)
+        except Exception:  # the store is down: the record goes out without a user, not lost
+            log.warning("session of a refused request not readable", request_id=ex.request_id)
 
     def _stolen(self, ex: Exchange, session) -> str | None:
         """Why this request cannot be the session's own browser, if it cannot."""
@@ -189,7 +220,7 @@ class SessionGuard(Addon):
         ex.deny("challenged" if reason == "required" else "denied", f"no session ({reason})")
         secure = ex.scheme == "https"
         request = ex.request
-        if is_websocket_upgrade(request) or wants_json(request):
+        if is_websocket_upgrade(request) or wants_json(request) or policy.areas.is_api_path(ex.path.path):
             body = {"error": "session_required", "reason": reason, "login": policy.login.path}
             if ended and ended.reason == "replaced":
                 body.update(at=_iso(ended.at), from_ip=ended.by_ip)
@@ -220,8 +251,14 @@ class SessionGuard(Addon):
     # -- answers -------------------------------------------------------------------------
 
     async def response(self, ex: Exchange, answer: UpstreamAnswer) -> web.StreamResponse | None:
-        _, cookies = self._rules()
         set_cookies = answer.headers.getall("Set-Cookie", [])
+        if AREA_NOTE in ex.notes and "session" not in ex.notes:
+            # A guest area's cookies are the guest's, whatever their names: passed on, never
+            # vaulted (only the gateway's own names are never the PMS's to set).
+            if set_cookies:
+                _replace_all(answer.headers, "Set-Cookie", [c for c in set_cookies if _not_gateway_cookie(c)])
+            return None
+        _, cookies = self._rules()
         session = ex.notes.get("session")
         if set_cookies:
             updates, passed = cookies.take_vaulted(set_cookies)
@@ -274,7 +311,7 @@ class SessionGuard(Addon):
         assert self.identity is not None
         await self.sessions.end(session, "revoked")  # logs out the PMS session of the new cookies
         if before != session.vault:
-            self.sessions.end_upstream(before)
+            self.sessions.end_upstream(before, LogoutSubject.of(session, "identity mismatch"))
         ex.deny("denied", f"identity mismatch: {reading.describe()}, not {session.user!r}; session ended")
         await self.identity.alert(session.user, reading, ex.client_ip, f"{ex.request.method} {ex.path.path}")
         response = error_response(
@@ -296,6 +333,23 @@ class SessionGuard(Addon):
             f"{html.escape(t('notice_' + reason)).encode('ascii', 'xmlcharrefreplace').decode()}</div>"
         )
         await inject_html(ex.request.method, answer, [Insertion(banner, "body")])
+
+
+def _enter_public_area(ex: Exchange, label: str) -> None:
+    """A guest area (`public_areas:`): no session is looked up (a staff member's idle timer
+    is not refreshed by it), no vaulted cookie is sent; the browser's own cookies go up as
+    they are, even under a vaulted name (the guest shop's own session), minus the gateway's."""
+    ex.notes[AREA_NOTE] = label
+    pairs = [(k, v) for k, v in parse_cookie_header(ex.request.headers.get("Cookie")) if k not in GATEWAY_COOKIES]
+    if pairs:
+        ex.upstream_headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in pairs)
+    else:
+        ex.upstream_headers.popall("Cookie", None)
+
+
+def _not_gateway_cookie(header: str) -> bool:
+    name = set_cookie_name(header)
+    return bool(name) and name not in GATEWAY_COOKIES
 
 
 def _replace_all(headers: CIMultiDict[str], name: str, values: list[str]) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from gateway.policy.schema import Policy
-from gateway.sessions.model import DeviceSession, EndedSession, new_token, token_hash
+from gateway.sessions.model import DeviceSession, EndedSession, LogoutSubject, new_token, token_hash
 from gateway.sessions.revocation import ENDED_MARKER_TTL, SESSION_ENDED_CHANNEL, end_user_sessions
 from gateway.sessions.sealed import Cipher, SealedRecords, unseal
 from gateway.store.base import EphemeralStore
@@ -152,18 +152,18 @@ class SessionManager:
         await self.store.delete("sess:" + session.id_hash)
         await self.store.set_remove("user-sess:" + session.user, session.id_hash)
         await self.store.set_remove("sess-all", session.id_hash)
-        marker = EndedSession(reason=reason, at=self.clock(), by_ip=by_ip)
+        marker = EndedSession(reason=reason, at=self.clock(), by_ip=by_ip, user=session.user)
         await self.store.set("ended:" + session.id_hash, marker.to_json(), ttl=ENDED_MARKER_TTL)
         await self.store.publish(SESSION_ENDED_CHANNEL, session.id_hash.encode())
         log.info("session ended", user=session.user, session_hash=session.id_hash[:16], reason=reason)
         if upstream_logout and session.vault and self.upstream_logout is not None:
-            self._spawn(self.upstream_logout(session.vault))
+            self._spawn(self.upstream_logout(session.vault, LogoutSubject.of(session, reason)))
         return True
 
-    def end_upstream(self, vault: dict[str, str]) -> None:
+    def end_upstream(self, vault: dict[str, str], subject: LogoutSubject | None = None) -> None:
         """End, in the background, a PMS session no gateway session holds any more."""
         if vault and self.upstream_logout is not None:
-            self._spawn(self.upstream_logout(vault))
+            self._spawn(self.upstream_logout(vault, subject))
 
     async def end_user(self, user: str, reason: str) -> int:
         ended = await end_user_sessions(self.store, user, reason)
@@ -180,7 +180,7 @@ class SessionManager:
             data = unseal(self.cipher, "sess:" + id_hash, sealed) if sealed is not None else None
             session = DeviceSession.from_json(data) if data is not None else None
             if session is not None and session.vault and self.upstream_logout is not None:
-                self._spawn(self.upstream_logout(session.vault))
+                self._spawn(self.upstream_logout(session.vault, LogoutSubject.of(session, "revoked")))
                 finished += 1
         return finished
 

@@ -52,6 +52,7 @@ class EndedSession:
     reason: str  # logout | idle | expired | replaced | deactivated | revoked
     at: float
     by_ip: str | None = None  # for `replaced`: where the newer login came from
+    user: str | None = None  # whose it was: a request presenting it is audited under them
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -59,3 +60,19 @@ class EndedSession:
     @classmethod
     def from_json(cls, data: bytes) -> EndedSession:
         return cls(**json.loads(data))
+
+
+@dataclass(frozen=True, slots=True)
+class LogoutSubject:
+    """Whose PMS session the gateway ends, and why: its upstream logout call is audited
+    under that user and session, and sent with that browser's User-Agent (a PMS that binds
+    sessions to the agent would log a spurious "user agent changed" otherwise)."""
+
+    user: str | None
+    session_hash: str | None
+    user_agent: str | None
+    reason: str
+
+    @classmethod
+    def of(cls, session: DeviceSession, reason: str) -> LogoutSubject:
+        return cls(session.user, session.id_hash, session.user_agent or None, reason)

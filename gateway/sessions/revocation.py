@@ -29,7 +29,7 @@ async def end_user_sessions(store: EphemeralStore, name: str, reason: str = "dea
             continue
         await store.set("revoked-sess:" + id_hash, sealed, ttl=REVOKED_RECORD_TTL)
         await store.set_add("revoked-all", id_hash)
-        marker = EndedSession(reason=reason, at=time.time())
+        marker = EndedSession(reason=reason, at=time.time(), user=name)
         await store.set("ended:" + id_hash, marker.to_json(), ttl=ENDED_MARKER_TTL)
         await store.publish(SESSION_ENDED_CHANNEL, id_hash.encode())
         ended += 1
