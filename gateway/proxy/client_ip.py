@@ -8,6 +8,20 @@ from collections.abc import Iterable
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def canonical_address(address: str) -> str:
+    """One spelling per address, so every feature (lockouts, group networks, known IPs,
+    audit) keys on the same text: IPv4-mapped IPv6 (`::ffff:10.0.0.1`, what a dual-stack
+    socket reports) becomes the IPv4 address, IPv6 is compressed and lower-case, a zone
+    index is dropped. Text that is no address is returned unchanged (and matches nothing)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0].strip())
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
 class ClientResolver:
     def __init__(self, trusted_proxies: Iterable[str]) -> None:
         self._trusted: list[Network] = [ipaddress.ip_network(n, strict=False) for n in trusted_proxies]
@@ -27,7 +41,7 @@ class ClientResolver:
         Only consulted when the TCP peer itself is a trusted proxy; otherwise the header is
         the client's own claim and is ignored (and replaced when forwarding).
         """
-        peer = peer or "0.0.0.0"
+        peer = canonical_address(peer or "0.0.0.0")
         if not forwarded_for or not self._is_trusted(peer):
             return peer
         hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
@@ -38,8 +52,8 @@ class ClientResolver:
             except ValueError:
                 return peer  # a malformed chain proves nothing
             if not self._is_trusted(candidate):
-                return candidate
-        return hops[0].strip("[]") if hops else peer
+                return canonical_address(candidate)
+        return canonical_address(hops[0].strip("[]")) if hops else peer
 
     def scheme(self, peer: str | None, tls: bool, forwarded_proto: str | None) -> str:
         if tls:
