@@ -23,10 +23,12 @@ from gateway.auth.device_ids import DeviceIds
 from gateway.auth.events import LoginEvents
 from gateway.auth.keys import KeyRing
 from gateway.auth.login import LoginInterceptor
+from gateway.auth.password_forms import PasswordForms
 from gateway.auth.pending import PendingLogins
 from gateway.auth.remember import RememberedDevices, RememberWithdrawal
 from gateway.auth.security_key_pages import SecurityKeyPages
 from gateway.auth.security_keys import SecurityKeys
+from gateway.auth.step_up import StepUps
 from gateway.auth.support import SupportAccess
 from gateway.auth.users import UserDirectory
 from gateway.config import Config
@@ -97,9 +99,11 @@ async def build_addons(
     events = LoginEvents(audit.login_history, audit.alerter)
     pending = PendingLogins(store, keyring, lambda: policy().second_factor.pending_login_timeout, clock=clock)
     remembered = RememberedDevices(keyring.derive("remember-device"), clock=clock)
-    completer = LoginCompleter(policy, sessions, lockouts, events, remembered, users)
+    step_ups = StepUps(store, keyring, lambda: policy().second_factor.pending_login_timeout, clock=clock)
+    completer = LoginCompleter(policy, sessions, lockouts, events, remembered, users, step_ups=step_ups)
     support = SupportAccess(services.database, keyring, policy, users, audit.login_history, audit.alerter, clock=clock)
     identity = IdentityCheck(config, policy, users, audit.alerter)
+    password_forms = PasswordForms(policy, users, sessions, lockouts, events, pending, step_ups, identity, clock=clock)
     rate_limiter = RateLimiter(policy, storage_for(store))
     addons: list[Addon] = [
         GatewayPageLimits(rate_limiter),  # the gateway's own pages, per address
@@ -117,7 +121,9 @@ async def build_addons(
             policy, users, pending, lockouts, events, remembered, completer, clock=clock, support=support,
             devices=DeviceIds(keyring), identity=identity,
         ),
+        password_forms.reset_answers(),  # before the guard: a reset's PMS session never meets the vault
         SessionGuard(policy, sessions, identity),
+        password_forms,  # after the guard: reauth and change need its session
         RateLimits(rate_limiter, IDENTITY),  # the login's username, the session's user, API clients
         RememberWithdrawal(policy, remembered),  # after the guard: it needs the session
         challenge := ChallengePages(

@@ -65,7 +65,9 @@ class LoginCompleter:
         events: LoginEvents,
         remembered: RememberedDevices,
         users,
+        step_ups=None,  # StepUps: a settled step-up replays its held request instead of signing in
     ) -> None:
+        self.step_ups = step_ups
         self.policy = policy
         self.sessions = sessions
         self.lockouts = lockouts
@@ -84,6 +86,9 @@ class LoginCompleter:
         **page_context,
     ) -> web.StreamResponse:
         """`expires_at` (epoch seconds) ends the session earlier than the group's lifetime."""
+        if pending.step_up is not None and self.step_ups is not None:
+            log.info("step-up second factor passed", user=pending.user, ip=ip)
+            return await self.step_ups.passed(request, pending)
         policy = self.policy()
         secure = _secure(request)
         record = await self.users.get(pending.user)

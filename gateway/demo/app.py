@@ -96,6 +96,9 @@ def create_app(settings: DemoSettings | None = None) -> web.Application:
     app.router.add_static("/static", _HERE / "static")
     streams.add_routes(app)
     guest_api.add_routes(app)  # the guest's e-mailed booking page and the channel manager's API
+    from gateway.demo import passwords  # it uses this module's helpers
+
+    passwords.add_routes(app)
     return app
 
 

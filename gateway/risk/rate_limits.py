@@ -76,7 +76,7 @@ class Refusal:
 
     @property
     def reason(self) -> str:
-        target = "login form" if self.rule.login else self.rule.path
+        target = "login form" if self.rule.login else "password reset request" if self.rule.password_reset else self.rule.path
         return f"rate limit {self.rule.rate} per {self.rule.key} ({self.rule.strategy}) on {target}"
 
 
@@ -90,6 +90,8 @@ class _Compiled:
     def applies(self, method: str, path: str, policy: Policy) -> bool:
         if self.rule.login:
             return path == policy.login.path and method == policy.login.method
+        if self.rule.password_reset:
+            return policy.login.is_reset_request(path, method)
         assert self.pattern is not None
         return (not self.rule.methods or method in self.rule.methods) and self.pattern.search(path) is not None
 
