@@ -30,7 +30,7 @@ class ClientResolver:
         if not self._trusted:
             return False
         try:
-            ip = ipaddress.ip_address(address)
+            ip = ipaddress.ip_address(canonical_address(address))
         except ValueError:
             return False
         return any(ip in net for net in self._trusted)
