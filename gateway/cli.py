@@ -35,6 +35,9 @@ app.add_typer(mail_app, name="mail")
 from gateway.discover.commands import login_app  # noqa: E402  (lazy inside)
 
 app.add_typer(login_app, name="login")
+from gateway.risk.commands import risk_app  # noqa: E402  (lazy inside)
+
+app.add_typer(risk_app, name="risk")
 from gateway.access.api_commands import api_clients_app  # noqa: E402  (lazy inside)
 
 app.add_typer(api_clients_app, name="api-clients")
