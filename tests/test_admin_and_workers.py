@@ -57,5 +57,6 @@ def test_several_workers_need_a_shared_store(tmp_path):
         [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
-    assert result.returncode != 0
-    assert "listen.workers > 1 needs a store all workers share" in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "listen.workers is 2, but memory:// is one process's memory" in result.stderr
+    assert "set store_url to redis://HOST:6379/0" in result.stderr
