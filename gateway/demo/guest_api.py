@@ -23,6 +23,7 @@ _GUEST_SESSIONS = web.AppKey("demo_guest_sessions", dict)
 def add_routes(app: web.Application) -> None:
     app[_GUEST_SESSIONS] = {}
     app.router.add_get(r"/guest/booking/{id:\d+}/{secret}", guest_booking)
+    app.router.add_post(r"/guest/booking/{id:\d+}/{secret}", guest_booking)
     app.router.add_get("/api/v1/availability", api_availability)
     app.router.add_get("/api/v1/reservations", api_reservations)
     app.router.add_post(r"/api/v1/reservations/{id:\d+}/status", api_set_status)
@@ -41,6 +42,9 @@ async def guest_booking(request: web.Request) -> web.Response:
     sessions = request.app[_GUEST_SESSIONS]
     guest_id = request.cookies.get(GUEST_COOKIE)
     returning = guest_id in sessions
+    # Like real booking engines, a signed-in staff member sees the page with staff tools:
+    # what a gateway must never cause by sending a vaulted staff cookie to a guest page.
+    staff = _state(request).sessions.get(guest_id or "")
     response = web.Response(content_type="text/html", text=(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Your booking</title>"
         "<link rel=\"stylesheet\" href=\"/static/pms.css\"></head><body>"
@@ -50,9 +54,12 @@ async def guest_booking(request: web.Request) -> web.Response:
         f"departure <b>{reservation.departure:%d/%m/%Y}</b>, room {reservation.room}, "
         f"status <b id=\"status\">{reservation.status}</b>.</p>"
         f"<p id=\"visit\">{'Welcome back.' if returning else 'First visit.'}</p>"
+        + (f"<p id=\"staff\">Staff view: {_escape(staff.user)}</p>" if staff is not None else "")
+        + "<form method=\"post\" action=\"\"><label>Note for the hotel <input name=\"note\"></label>"
+        "<button>Send</button></form>"
         "</body></html>"
     ))
-    if not returning:
+    if not returning and staff is None:
         guest_id = "guest-" + secrets.token_urlsafe(16)
         sessions[guest_id] = reservation.id
         response.set_cookie(GUEST_COOKIE, guest_id, path="/guest/", httponly=True, samesite="Lax")
