@@ -135,7 +135,7 @@ async def test_sigterm_mid_load_with_the_database_away_and_back(
 ) -> None:
     target = make_url(postgres_database_url)
     policy_file = tmp_path / "policy.yaml"
-    policy_file.write_text("audit:\n  flush_interval: 0.5\n  batch_size: 200\n"
+    policy_file.write_text("audit:\n  flush_interval: 0.5s\n  batch_size: 200\n"
                            "login:\n  public_paths: ['^/load/', '^/more/']\n")
     async with TcpCut(target.host or "127.0.0.1", target.port or 5432) as cut:
         environ = gateway_environ(upstream, tmp_path / "data", policy_file, cut.url_for(postgres_database_url))

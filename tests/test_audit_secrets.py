@@ -65,7 +65,7 @@ async def cli(environ: dict[str, str], *args: str) -> str:
 
 async def test_planted_secrets_appear_nowhere(tmp_path: Path) -> None:
     policy_file = tmp_path / "policy.yaml"
-    policy_file.write_text("audit:\n  flush_interval: 0.1\n")  # query values dropped (the default)
+    policy_file.write_text("audit:\n  flush_interval: 0.1s\n")  # query values dropped (the default)
     data_dir = tmp_path / "data"
     async with serve_app(create_upstream(tmp_path)) as upstream:
         environ = gateway_environ(upstream, data_dir, policy_file, PMS_GATEWAY_LOG__LEVEL="debug")

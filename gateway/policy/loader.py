@@ -160,9 +160,6 @@ def _read(file: Path) -> YamlSource:
                                          "(`pms-gateway policy reference` lists them), or leave it out")])
     if not isinstance(source.data, dict):
         raise ConfigError([ConfigProblem(file, 1, "", "a policy file is a mapping of sections (key: value)")])
-    if not source.data:
-        raise ConfigError([ConfigProblem(file, 1, "", "the file sets nothing ({}): write the sections it should set, "
-                                         "or leave it out")])
     return source
 
 

@@ -34,6 +34,10 @@ class PolicyHolder:
 
     def _load(self) -> Policy:
         loaded = load_policy_files(*self.paths)
+        if loaded.files != self._loaded_files:  # at start, and when the composition changes
+            log.info("policy files", files=[str(f) for f in loaded.files],
+                     not_loaded=[f"{f} (extends {', '.join(bases)}: name it in policy_paths to use it)"
+                                 for f, bases in loaded.skipped])
         self._loaded_files = loaded.files
         return loaded.policy
 
