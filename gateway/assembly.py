@@ -18,6 +18,7 @@ from gateway.access.origin_check import OriginCheck
 from gateway.admin.metrics import Metrics
 from gateway.audit.services import AuditServices, build_audit, build_login_history  # noqa: F401  (re-exported)
 from gateway.auth.account import AccountPage
+from gateway.auth.account_link import AccountLink
 from gateway.auth.challenge import ChallengePages, LoginCompleter
 from gateway.auth.device_ids import DeviceIds
 from gateway.auth.events import LoginEvents
@@ -137,6 +138,7 @@ async def build_addons(
         ),
         DeactivationWatcher(users, sessions),
         HiddenLinks(policy),  # access.hide_links: needs the guard's session
+        AccountLink(policy),  # pages.account_link: needs the guard's session
         BodyUrlRewriter(policy, config.upstream.url),
         Metrics(),
         audit.addon,  # last: sees every decision

@@ -551,6 +551,14 @@ class Policy(Section):
         description="Named guest areas on the PMS's host (booking engine, guest portal, e-mailed order links): "
         "no session needed, never a staff session's cookies, audited under the name.",
     )
+class PagesPolicy(Section):
+    account_link: bool = Field(
+        False,
+        description="Add a small, dismissable \"My account\" link to /_gateway/account to the PMS's HTML pages "
+        "of signed-in staff (a same-origin stylesheet and element: a strict PMS CSP allows it).",
+    )
+
+
     api_clients: dict[ApiClientName, ApiClient] = Field(
         {},
         description="Integrations calling the PMS's API without a person: a token or header, paths, methods, "
@@ -571,6 +579,7 @@ class Policy(Section):
         for net in self.captcha.known_networks:
             _check_network_ref(net, known, "captcha.known_networks")
         for name, client in self.api_clients.items():
+    pages: PagesPolicy = PagesPolicy()
             for net in client.networks:
                 _check_network_ref(net, known, f"api_clients.{name}.networks")
         if self.default_group is not None and self.default_group not in self.groups:

@@ -46,11 +46,12 @@ class Insertion:
     """ASCII markup and where it goes.
 
     `head`: just before `</head>` (else right after `<body ...>`; a fragment with neither
-    is left alone). `body`: right after `<body ...>` (else at the very start).
+    is left alone). `body`: right after `<body ...>` (else at the very start). `page`:
+    right after `<body ...>` only (a fragment a script fetched into a page is left alone).
     """
 
     markup: str
-    where: Literal["head", "body"]
+    where: Literal["head", "body", "page"]
 
     def __post_init__(self) -> None:
         if not self.markup.isascii():

@@ -19,8 +19,10 @@ NOTICE_COOKIE = "gw_notice"
 CAPTCHA_COOKIE = "gw_captcha"
 STEP_UP_COOKIE = "gw_step_up"  # a re-authentication held for the second factor (auth/step_up.py)
 HELD_LOGIN_COOKIE = "gw_held"  # the key of a login held while its captcha is solved
+ACCOUNT_LINK_COOKIE = "gw_account_link"  # set by injected.js: the "my account" link was hidden
 GATEWAY_COOKIES = frozenset(
-    {SESSION_COOKIE, DEVICE_COOKIE, PENDING_COOKIE, REMEMBER_COOKIE, NOTICE_COOKIE, CAPTCHA_COOKIE, HELD_LOGIN_COOKIE, STEP_UP_COOKIE}
+    {SESSION_COOKIE, DEVICE_COOKIE, PENDING_COOKIE, REMEMBER_COOKIE, NOTICE_COOKIE, CAPTCHA_COOKIE, HELD_LOGIN_COOKIE, STEP_UP_COOKIE,
+     ACCOUNT_LINK_COOKIE}
 )
 DEVICE_COOKIE_MAX_AGE = 400 * 86400  # the longest browsers keep a cookie
 

@@ -9,7 +9,6 @@ into the vault of the session the answer belongs to, and no other.
 from __future__ import annotations
 
 import asyncio
-import html
 import re
 from datetime import datetime, timezone
 from urllib.parse import quote
@@ -22,11 +21,12 @@ from gateway.access.api_clients import is_api_request
 from gateway.access.origin_check import navigated_from_here
 from gateway.audit.capture import AREA_NOTE
 from gateway.auth.challenge import LOGOUT as LOGOUT_PAGE
+from gateway.pages.injected import notice
 from gateway.pages.render import see_other, choose_language, render_page, translator, wants_json
 from gateway.policy.schema import Policy
 from gateway.proxy.errors import error_response
 from gateway.proxy.exchange import Addon, Exchange, UpstreamAnswer
-from gateway.proxy.page_injection import Insertion, inject_html
+from gateway.proxy.page_injection import inject_html
 from gateway.proxy.server import PolicyGetter
 from gateway.proxy.websocket import is_websocket_upgrade
 from gateway.readers.redirects import is_local_location, is_local_target
@@ -327,12 +327,8 @@ class SessionGuard(Addon):
         if reason not in NOTICE_REASONS:
             return
         t = translator(choose_language(ex.request.headers.get("Accept-Language")))
-        banner = (
-            '<div role="status" id="gateway-notice" style="background:#fff8e1;border-left:4px solid #e0a800;'
-            'padding:.5em .75em;margin:.5em;font:16px sans-serif">'
-            f"{html.escape(t('notice_' + reason)).encode('ascii', 'xmlcharrefreplace').decode()}</div>"
-        )
-        await inject_html(ex.request.method, answer, [Insertion(banner, "body")])
+        # Classes and a same-origin stylesheet, not style=: a PMS's CSP blocks inline styles.
+        await inject_html(ex.request.method, answer, notice(t("notice_" + reason)))
 
 
 def _enter_public_area(ex: Exchange, label: str) -> None:
