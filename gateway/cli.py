@@ -38,6 +38,9 @@ app.add_typer(login_app, name="login")
 from gateway.risk.commands import risk_app  # noqa: E402  (lazy inside)
 
 app.add_typer(risk_app, name="risk")
+from gateway.admin.operator_commands import operators_app  # noqa: E402  (lazy inside)
+
+app.add_typer(operators_app, name="operators")
 from gateway.access.api_commands import api_clients_app  # noqa: E402  (lazy inside)
 
 app.add_typer(api_clients_app, name="api-clients")

@@ -64,3 +64,16 @@ def run_command(coro: Coroutine[Any, Any, T], *expected: type[Exception]) -> T:
     except (Refused, ConfigError, FileNotFoundError, ValueError, *expected) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def cli_actor(label: str | None = None) -> str:
+    """Who a command runs as, for the audit trail: the OS user (what the host vouches for),
+    with `--operator` kept only as a label beside it. Console operators are accounts of
+    their own (`pms-gateway operators`); on the command line the shell user is the identity."""
+    import getpass
+
+    try:
+        os_user = getpass.getuser()
+    except (KeyError, OSError):
+        os_user = "uid-unknown"
+    return f"os:{os_user}" + (f" as {label.strip()[:64]}" if label and label.strip() else "")

@@ -3,14 +3,13 @@
 IPv4 addresses are kept as they are; IPv6 addresses are grouped by `known_ips.ipv6_prefix`
 (a /64 is one household or office: privacy extensions rotate the rest hourly). An entry
 counts as known until `known_ips.keep_for` after its last successful sign-in. Forgetting
-one is an operator action that needs the policy's `known_ips.forget_permission` and is
-recorded in the audit trail.
+one is an operator action (the console's `forget_known_ip` permission, or the command
+line on the gateway host) and is recorded in the audit trail.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -22,10 +21,6 @@ from gateway.db import Database, known_ips, users
 from gateway.policy.schema import Policy
 from gateway.risk.geoip import GeoInfo
 from gateway.risk.networks import network_key
-
-
-class PermissionDenied(PermissionError):
-    """The operator's groups lack the permission the policy asks for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,18 +80,6 @@ async def list_known(database: Database, keep_for: float, now: datetime, user: s
     async with database.connect() as conn:
         rows = await conn.execute(statement)
         return [KnownIp(r.name, r.ip_prefix, r.first_seen, r.last_seen, r.country, r.city) for r in rows]
-
-
-def require_permission(policy: Policy, operator: str, group_of: Callable[[str], str | None]) -> str:
-    """The operator's group, if it holds `known_ips.forget_permission`; else PermissionDenied."""
-    needed = policy.known_ips.forget_permission
-    group = group_of(operator)
-    if group is None or needed not in policy.groups[group].permissions:
-        raise PermissionDenied(
-            f"{operator!r} (group {group or 'none'}) lacks the {needed!r} permission; "
-            f"grant it under groups.<name>.permissions"
-        )
-    return group
 
 
 async def forget(database: Database, user: str, ip: str, policy: Policy) -> list[str]:

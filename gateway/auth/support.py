@@ -2,8 +2,8 @@
 
 The usernames under `support.accounts` in the policy are reserved for the vendor. Their
 password alone never opens a session: after it, the 2FA page asks for an access code that
-an IT operator (a member of a group with `support.permission`) issued with
-`pms-gateway support grant ACCOUNT --operator NAME --for 2h`. A code works once, until its
+an IT operator issued on the console (permission `support_access`) or on the gateway host
+with `pms-gateway support grant ACCOUNT --for 2h`. A code works once, until its
 expiry (at most `support.max_duration`), and the session it opens ends at that expiry.
 Codes are stored only as keyed hashes (the recovery-code format and hashing, see
 `gateway.auth.recovery`). Grants and revocations go to the login history with login type
@@ -26,7 +26,7 @@ import typer
 from sqlalchemy import insert, select, update
 
 from gateway.auth.recovery import canonical_code, code_hash, code_matches, random_code
-from gateway.cli_support import ConfigOption, run_command
+from gateway.cli_support import ConfigOption, cli_actor, run_command
 from gateway.db.tables import support_grants, users
 
 if TYPE_CHECKING:
@@ -94,25 +94,11 @@ class SupportAccess:
         normalise = self.directory.normalise
         return normalise(name) in {normalise(a) for a in self.policy().support.accounts}
 
-    def require_operator(self, operator: str) -> str:
-        """The operator's group, if it holds `support.permission`; else PermissionDenied."""
-        from gateway.audit.known_ips import PermissionDenied
-
-        needed = self.policy().support.permission
-        group = self.directory.group_of(operator)
-        if group is None or needed not in self.policy().groups[group].permissions:
-            raise PermissionDenied(
-                f"{operator!r} (group {group or 'none'}) lacks the {needed!r} permission; "
-                "grant it under groups.<name>.permissions"
-            )
-        return group
-
     async def grant(
         self, account: str, *, operator: str, valid_for: float, reason: str | None = None
     ) -> tuple[SupportGrant, str]:
         """A new one-time code for `account`; earlier unused codes of it are revoked."""
-        account, operator = self.directory.normalise(account), self.directory.normalise(operator)
-        group = self.require_operator(operator)
+        account = self.directory.normalise(account)
         if not self.is_support_account(account):
             raise SupportRefused(f"{account!r} is not a support account; list it under support.accounts")
         longest = self.policy().support.max_duration
@@ -140,7 +126,7 @@ class SupportAccess:
         grant = SupportGrant(grant_id, account, operator, reason, now, expires_at, None, None)
         until = expires_at.strftime("%Y-%m-%d %H:%M UTC")
         await self._record(account, "support_granted",
-                           f"granted by {operator} (group {group}) until {until}" + (f": {reason}" if reason else ""))
+                           f"granted by {operator} until {until}" + (f": {reason}" if reason else ""))
         await self.alert(f"Support access granted for {account} until {until}",
                          [f"Account: {account}", f"Granted by: {operator}", f"Valid until: {until}",
                           *([f"Reason: {reason}"] if reason else [])], account)
@@ -190,8 +176,7 @@ class SupportAccess:
 
     async def revoke(self, account: str, *, operator: str) -> int:
         """Revoke every grant of `account` that is not yet expired; the caller ends its sessions."""
-        account, operator = self.directory.normalise(account), self.directory.normalise(operator)
-        group = self.require_operator(operator)
+        account = self.directory.normalise(account)
         if not self.is_support_account(account):
             raise SupportRefused(f"{account!r} is not a support account; list it under support.accounts")
         record = await self.directory.get(account)
@@ -206,7 +191,7 @@ class SupportAccess:
                     .values(revoked_at=now)
                 )
                 revoked = result.rowcount
-        await self._record(account, "support_revoked", f"revoked by {operator} (group {group}): {revoked} grant(s)")
+        await self._record(account, "support_revoked", f"revoked by {operator}: {revoked} grant(s)")
         await self.alert(f"Support access revoked for {account}",
                          [f"Account: {account}", f"Revoked by: {operator}", f"Grants revoked: {revoked}"], account)
         return revoked
@@ -249,8 +234,8 @@ class SupportAccess:
 support_app = typer.Typer(no_args_is_help=True, help="Vendor support access: temporary, audited access codes.")
 
 AccountArgument = Annotated[str, typer.Argument(help="The support account (listed under support.accounts).")]
-OperatorOption = Annotated[str, typer.Option("--operator", help="You: a member of a group with the "
-                                             "support.permission permission.")]
+OperatorOption = Annotated[str | None, typer.Option("--operator", help="Only a label recorded beside the OS "
+                                             "user running the command (who is recorded as the grantor).")]
 
 
 @asynccontextmanager
@@ -280,10 +265,9 @@ async def open_support(config_path: Path | None) -> AsyncIterator[tuple[SupportA
 
 
 def _run(coro: Any) -> Any:
-    from gateway.audit.known_ips import PermissionDenied
     from gateway.auth.keys import KeyFileError, UnknownKeyError
 
-    return run_command(coro, PermissionDenied, KeyFileError, UnknownKeyError)
+    return run_command(coro, KeyFileError, UnknownKeyError)
 
 
 def _stamp(value: datetime | None) -> str:
@@ -293,10 +277,10 @@ def _stamp(value: datetime | None) -> str:
 @support_app.command("grant")
 def support_grant(
     account: AccountArgument,
-    operator: OperatorOption,
     valid_for: Annotated[str, typer.Option("--for", help="How long the code is valid, e.g. 2h (at most "
                                            "support.max_duration); the support session ends then too.")],
     reason: Annotated[str | None, typer.Option("--reason", help="Why (recorded), e.g. a ticket number.")] = None,
+    operator: OperatorOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Print a one-time access code that lets the vendor's support sign in as ACCOUNT."""
@@ -305,7 +289,7 @@ def support_grant(
     async def main() -> tuple[SupportGrant, str]:
         seconds = parse_duration(valid_for)
         async with open_support(config) as (support, _store):
-            return await support.grant(account, operator=operator, valid_for=seconds, reason=reason)
+            return await support.grant(account, operator=cli_actor(operator), valid_for=seconds, reason=reason)
 
     grant, code = _run(main())
     typer.echo(f"Support access code for {grant.account}: {code}")
@@ -336,14 +320,14 @@ def support_list(config: ConfigOption = None) -> None:
 
 
 @support_app.command("revoke")
-def support_revoke(account: AccountArgument, operator: OperatorOption, config: ConfigOption = None) -> None:
+def support_revoke(account: AccountArgument, operator: OperatorOption = None, config: ConfigOption = None) -> None:
     """Revoke ACCOUNT's access codes and end its open sessions (and the PMS sessions behind them)."""
 
     async def main() -> tuple[int, int]:
         from gateway.sessions.revocation import end_user_sessions
 
         async with open_support(config) as (support, store):
-            revoked = await support.revoke(account, operator=operator)
+            revoked = await support.revoke(account, operator=cli_actor(operator))
             ended = await end_user_sessions(store, support.directory.normalise(account), reason="revoked")
             return revoked, ended
 

@@ -35,6 +35,7 @@ from .tables import (
     api_tokens,
     audit_anchors,
     metadata,
+    operators,
     schema_migrations,
     subject_keys,
     support_grants,
@@ -77,12 +78,19 @@ def _api_clients(conn: Connection) -> None:
     api_client_credentials.create(conn, checkfirst=True)
 
 
+def _operators(conn: Connection) -> None:
+    """Console operator accounts; login history searchable by address within a time range."""
+    operators.create(conn, checkfirst=True)
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_login_history_ip_at ON login_history (ip, at)")
+
+
 MIGRATIONS: list[MigrationStep] = [
     _create_schema,  # 1: initial schema
     _totp_last_step,  # 2: totp_factors.last_step (TOTP replay floor)
     _audit_erasure_and_anchors,  # 3: audit subject keys, purge anchors, tags
     _support_grants,  # 4: support_grants (vendor support access codes)
     _api_clients,  # 5: api_tokens, api_client_credentials (API clients)
+    _operators,  # 6: operators (console accounts), login_history (ip, at) index
 ]
 """Ordered upgrade steps; append only, never reorder or edit a released step."""
 

@@ -210,6 +210,7 @@ login_history = Table(
     Column("device_id", String(128), nullable=True),
     Column("new_ip", Boolean, nullable=False, default=False, server_default=false()),
     Column("reason", String(255), nullable=True),
+    Index("ix_login_history_ip_at", "ip", "at"),
 )
 
 audit_records = Table(
@@ -311,3 +312,22 @@ api_client_credentials = Table(
     Column("updated_at", UTCDateTime, nullable=False, default=utcnow, onupdate=utcnow),
 )
 """The PMS's own credential for an API client, injected in place of the gateway token."""
+
+operators = Table(
+    "operators",
+    metadata,
+    _id(),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("permissions", String(255), nullable=False, doc="comma-separated: view, manage_sessions, ..."),
+    Column("password_hash", String(255), nullable=True, doc="argon2id; NULL until enrolled"),
+    Column("totp_ciphertext", LargeBinary, nullable=True, doc="AES-GCM under the key ring; NULL until enrolled"),
+    Column("totp_key_id", String(64), nullable=True),
+    Column("totp_last_step", BigInteger, nullable=True, doc="TOTP replay floor"),
+    Column("enroll_code_hash", String(255), nullable=True, doc="keyed hash of the one-time enrollment code"),
+    Column("enroll_expires_at", UTCDateTime, nullable=True),
+    Column("generation", Integer, nullable=False, default=1, server_default="1",
+           doc="raised when permissions or factors change: console sessions of an older one end"),
+    _created(),
+    Column("updated_at", UTCDateTime, nullable=False, default=utcnow, onupdate=utcnow),
+)
+"""Console operators (`pms-gateway operators add`): accounts of their own, not PMS users."""

@@ -423,6 +423,35 @@ AccessField = Annotated[
 ]
 
 
+_MOVED = ("Removed: operator permissions belong to console operator accounts "
+          "(`pms-gateway operators add NAME --permissions ...`).")
+
+
+def _moved_to_operators(value: object) -> None:
+    """The permissions that lived in the policy moved to operator accounts: one model, not
+    two. A policy still naming them is refused with the command that replaces them."""
+    if value is not None:
+        raise ValueError(
+            "operator permissions moved to console operator accounts: remove this key and run "
+            "`pms-gateway operators add NAME --permissions view,manage_sessions,manage_users,"
+            "forget_known_ip,support_access,console_admin` (the permissions that NAME needs)"
+        )
+
+
+MovedToOperators = Annotated[None, BeforeValidator(_moved_to_operators)]
+
+
+def _time_zone(value: object) -> object:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if isinstance(value, str):
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Prague") from None
+    return value
+
+
 class GroupPolicy(Section):
     members: list[Member] = Field([], description='Usernames, or patterns written "re:^frontdesk-".')
     networks: list[NetworkRef] = Field([], description="Network names or CIDRs this group may use; empty = anywhere.")
@@ -430,7 +459,7 @@ class GroupPolicy(Section):
     access: AccessField = Field(  # type: ignore[assignment]
         AccessPolicy(), description="Access rules (`[rules]` or `{rules: [...], hide_links: true}`)."
     )
-    permissions: list[Literal["console", "forget_known_ip", "support_access", "manage_users"]] = []
+    permissions: MovedToOperators = Field(None, description=_MOVED)
     enrollment: Literal["invite", "trusted_networks", "open"] | None = None
 
 
@@ -470,9 +499,7 @@ class AuditPolicy(Section):
 class KnownIpsPolicy(Section):
     keep_for: DurationIn("1d", "3650d") = Field(100 * 86400, description="Forget a known IP this long after its last use.")
     ipv6_prefix: int = Field(64, ge=32, le=128, description="IPv6 addresses are grouped by this prefix.")
-    forget_permission: Literal["forget_known_ip", "manage_users", "console", "support_access"] = Field(
-        "forget_known_ip", description="Group permission an operator needs to forget a user's known IP."
-    )
+    forget_permission: MovedToOperators = Field(None, description=_MOVED)
 
 
 class SupportAccessPolicy(Section):
@@ -484,9 +511,7 @@ class SupportAccessPolicy(Section):
     max_duration: DurationIn("5m", "30d") = Field(
         8 * 3600, description="Longest validity of an access code; the support session ends with it."
     )
-    permission: Literal["support_access", "manage_users", "console", "forget_known_ip"] = Field(
-        "support_access", description="Group permission an operator needs to grant or revoke support access."
-    )
+    permission: MovedToOperators = Field(None, description=_MOVED)
 
 
 class AlertsPolicy(Section):
@@ -526,6 +551,9 @@ class Policy(Section):
         "in `policy_paths` loads it only when it is named.",
     )
     property: str = Field("Hotel Demo", description="The property's name, shown on every gateway page.")
+    property_timezone: Annotated[str, AfterValidator(_time_zone)] = Field(
+        "UTC", description="The property's IANA time zone (e.g. Europe/Prague): times on the operator console."
+    )
     upstream: UpstreamPolicy = UpstreamPolicy()
     login: LoginRule = LoginRule()
     networks: dict[str, list[Cidr]] = Field({}, description="Named lists of networks, reused below.")
