@@ -89,6 +89,11 @@ class AdminSettings(Section):
     enabled: bool = True
     host: str = Field("127.0.0.1", description="Console, metrics and health; loopback by default.")
     port: int = Field(9090, ge=0, le=65535)
+    tls_cert: Path | None = Field(None, description="PEM certificate chain: the console over TLS (needed off loopback).")
+    tls_key: Path | None = Field(None, description="PEM private key for tls_cert.")
+    metrics_token: str | None = Field(
+        None, description="Bearer token /metrics asks for when the listener is not on loopback (none = refused there)."
+    )
 
 
 class LogSettings(Section):
