@@ -543,6 +543,14 @@ class CsrfPolicy(Section):
     exempt_paths: list[Regex] = Field([], description="Paths exempt from the Origin/Referer check.")
 
 
+class PagesPolicy(Section):
+    account_link: bool = Field(
+        False,
+        description="Add a small, dismissable \"My account\" link to /_gateway/account to the PMS's HTML pages "
+        "of signed-in staff (a same-origin stylesheet and element: a strict PMS CSP allows it).",
+    )
+
+
 class Policy(Section):
     extends: Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] = Field(
         [],
@@ -563,6 +571,7 @@ class Policy(Section):
     lockout: LockoutPolicy = LockoutPolicy()
     risk: RiskPolicy = RiskPolicy()
     csrf: CsrfPolicy = CsrfPolicy()
+    pages: PagesPolicy = PagesPolicy()
     groups: dict[str, GroupPolicy] = Field({}, description="Staff groups and their rules.")
     default_group: str | None = Field(None, description="Group of users no group lists.")
     audit: AuditPolicy = AuditPolicy()
@@ -579,14 +588,6 @@ class Policy(Section):
         description="Named guest areas on the PMS's host (booking engine, guest portal, e-mailed order links): "
         "no session needed, never a staff session's cookies, audited under the name.",
     )
-class PagesPolicy(Section):
-    account_link: bool = Field(
-        False,
-        description="Add a small, dismissable \"My account\" link to /_gateway/account to the PMS's HTML pages "
-        "of signed-in staff (a same-origin stylesheet and element: a strict PMS CSP allows it).",
-    )
-
-
     api_clients: dict[ApiClientName, ApiClient] = Field(
         {},
         description="Integrations calling the PMS's API without a person: a token or header, paths, methods, "
@@ -607,7 +608,6 @@ class PagesPolicy(Section):
         for net in self.captcha.known_networks:
             _check_network_ref(net, known, "captcha.known_networks")
         for name, client in self.api_clients.items():
-    pages: PagesPolicy = PagesPolicy()
             for net in client.networks:
                 _check_network_ref(net, known, f"api_clients.{name}.networks")
         if self.default_group is not None and self.default_group not in self.groups:
