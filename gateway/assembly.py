@@ -19,6 +19,7 @@ from gateway.admin.metrics import Metrics
 from gateway.audit.services import AuditServices, build_audit, build_login_history  # noqa: F401  (re-exported)
 from gateway.auth.account import AccountPage
 from gateway.auth.account_link import AccountLink
+from gateway.auth.account_step_up import AccountStepUp
 from gateway.auth.challenge import ChallengePages, LoginCompleter
 from gateway.auth.device_ids import DeviceIds
 from gateway.auth.events import LoginEvents
@@ -106,6 +107,8 @@ async def build_addons(
     identity = IdentityCheck(config, policy, users, audit.alerter)
     password_forms = PasswordForms(policy, users, sessions, lockouts, events, pending, step_ups, identity, clock=clock)
     rate_limiter = RateLimiter(policy, storage_for(store))
+    security_keys = SecurityKeys(users, store, policy, keyring.derive("webauthn-user-handle"), clock=clock)
+    account_step_up = AccountStepUp(users, security_keys, store, lockouts, clock=clock)
     addons: list[Addon] = [
         GatewayPageLimits(rate_limiter),  # the gateway's own pages, per address
         RateLimits(rate_limiter, ADDRESS),  # before any work is done for the request
@@ -131,11 +134,8 @@ async def build_addons(
             policy, users, pending, completer, lockouts, events, keyring.derive("gateway-forms"), clock=clock,
             support=support,
         ),
-        AccountPage(policy, users, sessions, lockouts, keyring.derive("gateway-forms")),
-        SecurityKeyPages(
-            policy, SecurityKeys(users, store, policy, keyring.derive("webauthn-user-handle"), clock=clock),
-            challenge, sessions, events, store,
-        ),
+        AccountPage(policy, users, sessions, account_step_up, store, keyring, keyring.derive("gateway-forms")),
+        SecurityKeyPages(policy, security_keys, challenge, sessions, events, account_step_up),
         DeactivationWatcher(users, sessions),
         HiddenLinks(policy),  # access.hide_links: needs the guard's session
         AccountLink(policy),  # pages.account_link: needs the guard's session

@@ -8,8 +8,8 @@ Three places use them:
 - the 2FA page, enroll stage (`enroll/...`): a key as the first factor, instead of the
   authenticator app's QR code (only after the invite, like the QR code).
 - the account page (`account/...`): list, add and remove keys. Adding or removing needs a
-  current second factor first: a fresh TOTP code or an assertion of one of the user's
-  keys; five wrong proofs per session and quarter hour, then the endpoint refuses.
+  current second factor first (gateway.auth.account_step_up: a fresh TOTP code or an
+  assertion of one of the user's keys, bound to the session, spent by the change).
 
 Every endpoint is POST with a JSON body (cross-site pages cannot send one without a CORS
 preflight, which is never granted), must come from the gateway's own origin, and acts
@@ -26,6 +26,7 @@ import structlog
 from aiohttp import web
 
 from gateway.access.origin_check import same_origin
+from gateway.auth.account_step_up import AccountStepUp, Proof
 from gateway.auth.challenge import PREFIX, ChallengePages
 from gateway.auth.events import LoginEvents
 from gateway.auth.pending import PendingLogin
@@ -36,14 +37,11 @@ from gateway.proxy.exchange import CLIENT, Addon
 from gateway.sessions.cookies import SESSION_COOKIE, cookie_value
 from gateway.sessions.manager import SessionManager
 from gateway.sessions.model import token_hash
-from gateway.store.base import EphemeralStore
 
 log = structlog.get_logger("gateway.auth.webauthn")
 
 BASE = PREFIX + "webauthn/"
 MAX_BODY = 64 * 1024
-PROOF_FAILURES = 5
-PROOF_WINDOW = 15 * 60.0
 SECURITY_KEY_LOGIN = "password+security_key"
 
 
@@ -120,7 +118,7 @@ class SecurityKeyPages(Addon):
         challenge: ChallengePages,
         sessions: SessionManager,
         events: LoginEvents,
-        store: EphemeralStore,
+        step_up: AccountStepUp,
     ) -> None:
         self.policy = policy
         self.keys = keys
@@ -128,7 +126,7 @@ class SecurityKeyPages(Addon):
         self.users = challenge.users
         self.sessions = sessions
         self.events = events
-        self.store = store
+        self.step_up = step_up
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -263,31 +261,13 @@ class SecurityKeyPages(Addon):
         return {"keys": [_key_json(k) for k in keys], "has_totp": bool(record and record.has_totp)}
 
     async def _proof(self, request: web.Request, body: dict, session) -> web.Response | None:
-        """None when the body proves a current second factor, else the refusal."""
-        failures_key = "webauthn:proof-failures:" + session.id_hash
-        failures = await self.store.get(failures_key)
-        if failures is not None and int(failures) >= PROOF_FAILURES:
-            return _error("security_key_wait", 429)
-        assertion, code = body.get("assertion"), body.get("code")
-        if isinstance(assertion, dict):
-            try:
-                await self.keys.authenticate(session.user, assertion, purpose="confirm", binding=session.id_hash,
-                                             origin=request[CLIENT].origin)
-                return None
-            except CeremonyError as exc:
-                if exc.reason == "no_challenge":
-                    return _error("security_key_expired", 400)
-                error = "security_key_invalid"
-        elif isinstance(code, str) and code.strip():
-            result = await self.users.verify_totp(session.user, code.strip().replace(" ", ""))
-            if result.ok:
-                return None
-            error = "code_replayed" if result.reason == "replayed" else "code_invalid"
-        else:
-            return _error("proof_required", 400)
-        await self.store.incr(failures_key, ttl=PROOF_WINDOW)
-        log.warning("account change refused", user=session.user, ip=request[CLIENT].ip, reason=error)
-        return _error(error, 401)
+        """None when the body proves a current second factor (or an earlier proof of this
+        session is still fresh), else the refusal."""
+        proof = Proof.read(body.get("code"), body.get("assertion"))
+        error = await self.step_up.require(session, proof, ip=request[CLIENT].ip, origin=request[CLIENT].origin)
+        if error is None:
+            return None
+        return _error(error, _PROOF_STATUS.get(error, 401))
 
     @_signed_in
     async def account_keys(self, request: web.Request, body: dict, session) -> web.StreamResponse:
@@ -317,11 +297,14 @@ class SecurityKeyPages(Addon):
 
     @_signed_in
     async def register(self, request: web.Request, body: dict, session) -> web.StreamResponse:
+        if not await self.step_up.fresh(session):  # the options' proof, spent or lapsed
+            return _error("proof_required", 400)
         try:
             key = await self.keys.register(session.user, body.get("credential"), purpose="register",
                                            binding=session.id_hash, origin=request[CLIENT].origin)
         except CeremonyError as exc:
             return _error(_registration_error(exc), 400)
+        await self.step_up.spend(session)
         log.info("security key added", user=session.user, ip=request[CLIENT].ip, key=key.id, label=key.label)
         return _json({"status": "ok", "key": _key_json(key), **await self._listing(session.user)})
 
@@ -338,6 +321,7 @@ class SecurityKeyPages(Addon):
         refused = await self._proof(request, body, session)
         if refused is not None:
             return refused
+        await self.step_up.spend(session)
         if not await self.users.remove_security_key(session.user, key_id):
             return _error("not_found", 404)
         log.info("security key removed", user=session.user, ip=request[CLIENT].ip, key=key_id)
@@ -350,9 +334,13 @@ class SecurityKeyPages(Addon):
         refused = await self._proof(request, body, session)
         if refused is not None:
             return refused
+        await self.step_up.spend(session)
         codes = await self.users.generate_recovery_codes(session.user)
         log.info("recovery codes replaced", user=session.user, ip=request[CLIENT].ip)
         return _json({"status": "ok", "codes": codes, **await self._listing(session.user)})
+
+
+_PROOF_STATUS = {"proof_required": 400, "security_key_expired": 400, "security_key_wait": 429, "too_many_attempts": 429}
 
 
 def _registration_error(exc: CeremonyError) -> str:
