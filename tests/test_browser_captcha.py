@@ -1,5 +1,6 @@
 """The captcha step in a real Chromium (Debian's, via Playwright): the page's own script
-solves the proof of work; without JavaScript the picture fallback works.
+solves the proof of work; without JavaScript the picture fallback works; either way the
+interrupted login is replayed and nobody types the password twice.
 
 The browser reaches the gateway "through a trusted proxy" from an anonymous-VPN address
 of MaxMind's test database. Screenshots go to test-artifacts/browser/.
@@ -48,20 +49,21 @@ async def test_page_script_solves_the_proof_of_work_and_login_continues(browser,
         await page.goto(env.url + "/login")
         await sign_in(page)
         await page.wait_for_url(on_path("/_gateway/captcha"), wait_until="commit")
-        await page.wait_for_selector("#captcha-status")
+        await page.wait_for_selector("#captcha-status", state="attached")  # shown once the script runs
         assert await env.pms_sessions() == []  # the password stayed at the gateway
         assert "Security check" in await page.inner_text("h1")
         await shot(page, "captcha-01-proof-of-work")
 
-        # captcha.js finds the counter, fills the hidden field and submits the form itself
+        # captcha.js finds the counter, fills the hidden field and submits the form itself;
+        # the held login is replayed: straight on to the second factor, no password typed again
         release.set()
-        await page.wait_for_url(on_path("/login"), timeout=30_000)
+        await page.wait_for_selector("#captcha-status:not([hidden])")
+        await page.wait_for_function("document.getElementById('altcha').value !== ''", timeout=30_000)
+        assert await page.inner_text("#captcha-status") == "Check complete. Continuing your sign-in…"
+        await shot(page, "captcha-02-check-complete")  # still on screen: the page does not flash past
+        await page.wait_for_url(on_path("/_gateway/2fa"), timeout=30_000)
         cookies = {c["name"]: c for c in await page.context.cookies()}
         assert cookies["gw_captcha"]["httpOnly"] and cookies["gw_captcha"]["sameSite"] == "Strict"
-        await shot(page, "captcha-02-back-to-login")
-
-        await sign_in(page)
-        await page.wait_for_url(on_path("/_gateway/2fa"))
         await shot(page, "captcha-03-second-factor")
         assert await env.pms_users_alive() == ["alice"]
         assert not errors, errors
@@ -74,6 +76,9 @@ async def test_without_javascript_the_picture_works(browser, tmp_path):
         await sign_in(page)
         await page.wait_for_url(on_path("/_gateway/captcha"))
         assert "JavaScript is turned off" in await page.inner_text("main")
+        # no endless spinner and no "checking..." that never ends
+        assert not await page.is_visible("#captcha-progress")
+        assert not await page.is_visible("#captcha-status")
         await page.click("#captcha-image-link")
         await page.wait_for_selector("#captcha-picture")
         await shot(page, "captcha-04-picture")
@@ -81,9 +86,7 @@ async def test_without_javascript_the_picture_works(browser, tmp_path):
         answer = (await env.services.store.get(f"captcha:img:{image_id}")).decode()
         await page.fill("#answer", answer.lower())
         await page.click("#captcha-image button[type=submit]")
-        await page.wait_for_url(on_path("/login"))
-        await sign_in(page)
-        await page.wait_for_url(on_path("/_gateway/2fa"))
+        await page.wait_for_url(on_path("/_gateway/2fa"))  # the held login replayed, no retyping
         assert await env.pms_users_alive() == ["alice"]
         assert not errors, errors
 

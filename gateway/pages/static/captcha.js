@@ -22,12 +22,15 @@
   var BATCH = 64;
   var MAX_COUNTER = 0xffffffff;
   var GIVE_UP_MS = 120000;
+  var SHOW_AT_LEAST_MS = 1500; // the page says what is happening; it does not flash past
+  var shownAt = performance.now();
 
   function say(key) {
     status.textContent = status.getAttribute("data-" + key) || "";
   }
 
   function unsupported(key) {
+    status.hidden = false;
     say(key);
     if (progress) {
       progress.hidden = true;
@@ -106,6 +109,10 @@
     return null;
   }
 
+  status.hidden = false;
+  if (progress) {
+    progress.hidden = false;
+  }
   say("working");
   solve().then(function (solution) {
     if (!solution) {
@@ -120,7 +127,10 @@
       progress.value = 1;
     }
     button.hidden = false;
-    form.submit();
+    var left = SHOW_AT_LEAST_MS - (performance.now() - shownAt);
+    setTimeout(function () {
+      form.submit();
+    }, Math.max(0, left));
   }, function () {
     unsupported("unsupported");
   });
