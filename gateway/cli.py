@@ -66,6 +66,24 @@ def policy_migrate(path: Annotated[Path, typer.Argument(help="A policy file refu
     raise typer.Exit(migrate_policy(path))
 
 
+@policy_app.command("explain")
+def policy_explain(
+    user: Annotated[str, typer.Option("--user", help="Username as typed at the login (or api:NAME for an API client).")],
+    ip: Annotated[str, typer.Option("--ip", help="Client address.")],
+    method: Annotated[str, typer.Option("--method", help="HTTP method.")],
+    path: Annotated[str, typer.Option("--path", help="Request path, without the query.")],
+    at: Annotated[str | None, typer.Option("--at", help="When (ISO 8601, UTC unless an offset is given); default now.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for scripts.")] = False,
+    config: ConfigOption = None,
+    policy: Annotated[list[Path] | None, typer.Option("--policy", help="Policy files (default: config's policy_paths).")] = None,
+) -> None:
+    """Say what the gateway would do with this request and every rule that took part, in order: group,
+    network, captcha (with the address's network owner), access rule, sessions, path kinds, rate limits."""
+    from gateway.policy.explain import explain_command
+
+    raise typer.Exit(explain_command(user, ip, method, path, at, as_json, config, policy))
+
+
 @policy_app.command("schema")
 def policy_schema() -> None:
     """Print the policy JSON Schema (for editor autocompletion)."""

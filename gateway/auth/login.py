@@ -85,7 +85,7 @@ class LoginInterceptor(Addon):
     async def request(self, ex: Exchange) -> web.StreamResponse | None:
         policy = self.policy()
         rule = policy.login
-        if ex.path.path != rule.path or ex.request.method != rule.method:
+        if not rule.is_login_request(ex.path.path, ex.request.method):
             if rule.password_forms and rule.password_form_for(ex.path.path, ex.request.method) is not None:
                 return None  # read under its own form's rules (gateway.auth.password_forms)
             return await self._refuse_stray_password(ex, policy)

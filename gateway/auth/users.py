@@ -173,15 +173,23 @@ class UserDirectory:
         `re:` patterns (searched, so anchor them: `re:^frontdesk-`); else the
         default group when `login.usernames.unknown` is `default_group`; else None, and
         the caller refuses the login."""
+        return self.membership(name)[0]
+
+    def membership(self, name: str) -> tuple[str | None, str]:
+        """`group_of` with the reason: the member entry that matched (the name, or
+        `re:PATTERN`), `default_group`, or `unknown` (`pms-gateway policy explain` shows it)."""
         name = self.normalise(name)
         membership = self._compiled()
         for group, names, patterns in membership.groups:
-            if name in names or any(p.search(name) for p in patterns):
-                return group
+            if name in names:
+                return group, name
+            for pattern in patterns:
+                if pattern.search(name):
+                    return group, "re:" + pattern.pattern
         policy = membership.policy
-        if policy.login.usernames.unknown == "default_group":
-            return policy.default_group
-        return None
+        if policy.login.usernames.unknown == "default_group" and policy.default_group is not None:
+            return policy.default_group, "default_group"
+        return None, "unknown"
 
     # -- users -----------------------------------------------------------------------
     def _record(self, row: Row) -> UserRecord:

@@ -222,6 +222,10 @@ class LoginRule(Section):
                 raise ValueError(f"password_forms.{index}.request_path {form.request_path!r} matches the login path")
         return self
 
+    def is_login_request(self, path: str, method: str) -> bool:
+        """Whether a request (canonical path) submits the login form itself."""
+        return path == self.path and method == self.method
+
     def password_form_for(self, path: str, method: str) -> PasswordForm | None:
         """The password form a request submits, if any (the first whose path and method match)."""
         for form in self.password_forms:
@@ -267,6 +271,10 @@ class SessionPolicy(Section):
     @cached_property
     def idle_ignore_patterns(self) -> list[re.Pattern[str]]:
         return [re.compile(p) for p in self.idle_ignore_paths]
+
+    def ignores_activity(self, path: str) -> bool:
+        """Whether a request for `path` is polling that does not keep a session alive."""
+        return any(p.search(path) for p in self.idle_ignore_patterns)
 
     @cached_property
     def _cacheable(self) -> re.Pattern[str] | None:

@@ -43,6 +43,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import parse_qs, quote, urlsplit
 
 import altcha
@@ -50,7 +51,7 @@ import structlog
 from aiohttp import web
 
 from gateway.pages.render import see_other, wants_json
-from gateway.policy.schema import Policy
+from gateway.policy.schema import CaptchaPolicy, Policy
 from gateway.proxy.exchange import Addon, Exchange
 from gateway.readers.credentials import AmbiguousCredentials, read_login
 from gateway.readers.redirects import is_local_target
@@ -85,6 +86,57 @@ REPLAY_FIELDS = frozenset({"altcha", "image_id", "answer", "next"})  # the captc
 
 def _subkey(key: bytes, purpose: str) -> bytes:
     return hmac.new(key, purpose.encode(), hashlib.sha256).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """One entry of `captcha.when` (or `captcha.on_unknown`) judged for one address."""
+
+    name: str
+    fired: bool | None  # None: not judged (its input was not given)
+    detail: str  # when it fired: the reason the gate records
+
+
+@dataclass(frozen=True, slots=True)
+class CaptchaVerdict:
+    reason: str | None  # the first trigger that fired, as the gate records it; None = no captcha
+    triggers: tuple[Trigger, ...]
+
+
+def needs_owner(rules: CaptchaPolicy) -> bool:
+    """Whether `captcha_verdict` reads the address's network owner under these rules."""
+    return rules.on_unknown == "captcha" or any(flag in rules.when for flag, _, _ in GEO_FLAGS)
+
+
+def captcha_verdict(rules: CaptchaPolicy, inside: bool, owner: Owner | None, failures: int | None) -> CaptchaVerdict:
+    """The captcha decision from what is known about a login, with no I/O, in the order
+    the gate applies `captcha.when`: `always`, the owner's risk kinds, `on_unknown`,
+    `unknown_network`, `after_failures`. `inside`: the address is in the known networks;
+    `owner`: `NetworkOwners.owner` (None when `needs_owner` is false); `failures`:
+    `Lockouts.most_failures` (None = not counted: that trigger is not judged). The gate
+    and `pms-gateway policy explain` both decide by it."""
+    when = rules.when
+    triggers: list[Trigger] = []
+    if "always" in when:
+        triggers.append(Trigger("always", True, "always"))
+    for flag, kind, label in GEO_FLAGS:
+        if flag in when:
+            hit = owner is not None and kind in owner.kinds
+            triggers.append(Trigger(flag, hit, label if hit else f"not {label}"))
+    if rules.on_unknown == "captcha":
+        hit = owner is not None and not inside and not owner.known
+        triggers.append(Trigger("on_unknown", hit, "nothing known about the address" if hit else (
+            "inside the known networks" if inside else "the address's owner is known")))
+    if "unknown_network" in when:
+        triggers.append(Trigger("unknown_network", not inside, "unknown network" if not inside else "inside the known networks"))
+    if "after_failures" in when:
+        if failures is None:
+            triggers.append(Trigger("after_failures", None, f"not counted (captcha after {rules.after_failures} failures)"))
+        else:
+            hit = failures >= rules.after_failures
+            triggers.append(Trigger("after_failures", hit, f"{failures} failed attempts" + ("" if hit else f" (captcha from {rules.after_failures})")))
+    reason = next((t.detail for t in triggers if t.fired), None)
+    return CaptchaVerdict(reason, tuple(triggers))
 
 
 class CaptchaPasses:
@@ -217,7 +269,7 @@ class CaptchaGate(Addon):
     async def request(self, ex: Exchange) -> web.StreamResponse | None:
         policy = self.policy()
         rule = policy.login
-        if ex.request.method != rule.method or ex.path.path != rule.path:
+        if not rule.is_login_request(ex.path.path, ex.request.method):
             if rule.password_forms and rule.is_reset_request(ex.path.path, ex.request.method):
                 return await self._reset_request(ex, policy)
             return None
@@ -264,24 +316,15 @@ class CaptchaGate(Addon):
     async def reason(self, ip: str, user: str | None, policy: Policy) -> str | None:
         """Why a login from `ip` as `user` needs a captcha under `policy`, or None."""
         rules = policy.captcha
-        when = rules.when
-        if "always" in when:
+        if "always" in rules.when:
             return "always"
+        owner = await self.owner(ip, policy) if needs_owner(rules) else None
         inside = self.known.contains(ip, policy)
-        if rules.on_unknown == "captcha" or any(flag in when for flag, _, _ in GEO_FLAGS):
-            owner = await self.owner(ip, policy)
-            for flag, kind, label in GEO_FLAGS:
-                if flag in when and kind in owner.kinds:
-                    return label
-            if rules.on_unknown == "captcha" and not inside and not owner.known:
-                return "nothing known about the address"
-        if "unknown_network" in when and not inside:
-            return "unknown network"
-        if "after_failures" in when:
+        verdict = captcha_verdict(rules, inside, owner, None)
+        if verdict.reason is None and "after_failures" in rules.when:
             failures = await self.lockouts.most_failures(user, ip)  # see Lockouts.most_failures
-            if failures >= rules.after_failures:
-                return f"{failures} failed attempts"
-        return None
+            verdict = captcha_verdict(rules, inside, owner, failures)
+        return verdict.reason
 
     async def owner(self, ip: str, policy: Policy) -> Owner:
         """Who owns `ip`'s network, from the local sources and a finished RDAP lookup."""

@@ -27,7 +27,7 @@ import hashlib
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import limits
@@ -76,8 +76,14 @@ class Refusal:
 
     @property
     def reason(self) -> str:
-        target = "login form" if self.rule.login else "password reset request" if self.rule.password_reset else self.rule.path
-        return f"rate limit {self.rule.rate} per {self.rule.key} ({self.rule.strategy}) on {target}"
+        return f"rate limit {describe_rule(self.rule)}"
+
+
+def describe_rule(rule: RateLimitRule) -> str:
+    """`10/minute per address (moving-window) on login form`: how refusals and
+    `policy explain` name a rule."""
+    target = "login form" if rule.login else "password reset request" if rule.password_reset else rule.path
+    return f"{rule.rate} per {rule.key} ({rule.strategy}) on {target}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +95,7 @@ class _Compiled:
 
     def applies(self, method: str, path: str, policy: Policy) -> bool:
         if self.rule.login:
-            return path == policy.login.path and method == policy.login.method
+            return policy.login.is_login_request(path, method)
         if self.rule.password_reset:
             return policy.login.is_reset_request(path, method)
         assert self.pattern is not None
@@ -103,6 +109,19 @@ def _compile(rule: RateLimitRule) -> _Compiled:
         re.compile(rule.path) if rule.path is not None else None,
         hashlib.sha256(rule.model_dump_json().encode()).hexdigest()[:16],  # same rule, same counters
     )
+
+
+def _applying(
+    rules: Iterable[_Compiled], method: str, path: str, policy: Policy, kinds: frozenset[RateKey]
+) -> Iterator[_Compiled]:
+    """The rules of `kinds` a request falls under, in policy order."""
+    return (c for c in rules if c.rule.key in kinds and c.applies(method, path, policy))
+
+
+def matching_rules(policy: Policy, method: str, path: str, kinds: frozenset[RateKey]) -> list[RateLimitRule]:
+    """The `rate_limits:` rules of `kinds` that count a request (for `policy explain`;
+    the limiter decides by the same `_applying`)."""
+    return [c.rule for c in _applying(map(_compile, policy.rate_limits), method, path, policy, kinds)]
 
 
 def _digest(value: str) -> str:
@@ -149,11 +168,8 @@ class RateLimiter:
         """Count this request under every rule of `kinds` it falls under; the first rule
         already spent refuses it. A rule whose key the request lacks does not count it."""
         policy = self.policy()
-        for compiled in self._rules(policy):
-            rule = compiled.rule
-            if rule.key not in kinds or not compiled.applies(method, path, policy):
-                continue
-            value = keys.get(rule.key)
+        for compiled in _applying(self._rules(policy), method, path, policy, kinds):
+            value = keys.get(compiled.rule.key)
             if value is None:
                 continue
             if (refusal := await self._hit(compiled, value)) is not None:

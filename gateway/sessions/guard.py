@@ -43,8 +43,8 @@ from gateway.sessions.cookies import (
     set_cookie,
     set_cookie_name,
 )
-from gateway.sessions.ending import keep_out_of_cache, session_ended
 from gateway.sessions.identity import IdentityCheck, IdentityReading
+from gateway.sessions.ending import keep_out_of_cache, session_ended
 from gateway.sessions.manager import SessionManager
 from gateway.sessions.model import DeviceSession, EndedSession, LogoutSubject, token_hash
 from gateway.sessions.revocation import SESSION_ENDED_CHANNEL, USER_REVOKED_CHANNEL
@@ -66,14 +66,20 @@ class CompiledAccessRules:
             for name, g in policy.groups.items()
         }
 
-    def allowed(self, group: str | None, method: str, path: str) -> bool:
-        """First matching rule wins; no rule matching = allowed."""
-        for pattern, allow, methods in self.access.get(group or "", []):
+    def matching_rule(self, group: str | None, method: str, path: str) -> tuple[int, bool] | None:
+        """(index in the group's `access.rules`, allow?) of the first rule matching the
+        request, or None. The guard and `pms-gateway policy explain` both decide by it."""
+        for index, (pattern, allow, methods) in enumerate(self.access.get(group or "", [])):
             if methods and method not in methods:
                 continue
             if pattern.search(path):
-                return allow
-        return True
+                return index, allow
+        return None
+
+    def allowed(self, group: str | None, method: str, path: str) -> bool:
+        """First matching rule wins; no rule matching = allowed."""
+        match = self.matching_rule(group, method, path)
+        return match is None or match[1]
 
 
 class SessionGuard(Addon):

@@ -135,8 +135,7 @@ class SessionManager:
 
     async def touch(self, session: DeviceSession, path: str) -> None:
         """Record activity, unless `path` is polling that must not keep a session alive."""
-        rules = self.policy().sessions_for(session.group)
-        if any(p.search(path) for p in rules.idle_ignore_patterns):
+        if self.policy().sessions_for(session.group).ignores_activity(path):
             return
         now = self.clock()
         if now - session.last_active >= TOUCH_GRANULARITY:
