@@ -30,7 +30,7 @@ POLICY_DATA: dict[str, Any] = {
     "property": "Hotel Test",
     "groups": {
         "reception": {"members": ["alice", "Bob", "re:^frontdesk-"]},
-        "management": {"members": ["manager", r"re:^mgr\d+$", "re:(broken"]},
+        "management": {"members": ["manager", r"re:^mgr\d+$"]},
     },
     "default_group": "reception",
     "second_factor": {"invite_valid_for": "1h"},
@@ -139,6 +139,14 @@ def test_group_of(directory: UserDirectory, policy_box: dict[str, Policy]) -> No
     assert directory.group_of("stranger") is None
     policy_box["policy"] = make_policy(default_group=None)
     assert directory.group_of("stranger") is None  # default_group, but none configured
+
+
+def test_broken_member_pattern_is_refused_at_load() -> None:
+    """A member pattern that does not compile is the operator's mistake, named at load
+    (it used to be skipped in silence, leaving those users in the default group)."""
+    data = {**POLICY_DATA, "groups": {**POLICY_DATA["groups"], "management": {"members": ["re:(broken"]}}}
+    with pytest.raises(ValueError, match="broken"):
+        Policy.model_validate(data)
 
 
 # -- users -------------------------------------------------------------------------------
