@@ -414,7 +414,8 @@ async def test_confirmation_is_sent_by_email_and_sms(make_pms, smtp_server, sms_
     html_body = message.get_body(("html",)).get_content()
     for body in (text, html_body):
         for leaked in ("Amélie Laurent", "5555555555554444", "18AV52731", "+33 1 99 00 12 34",
-                       "https://pms.hotel.example/reservations/1002"):
+                       "https://pms.hotel.example/guest/booking/1002/"
+                       + pms.app[STATE].reservations[1002].guest_secret):  # the guest's own page
             assert leaked in body
 
     [sms] = texts
