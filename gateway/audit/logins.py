@@ -144,10 +144,20 @@ async def _has_signed_in(conn: AsyncConnection, name: str) -> bool:
     return (await conn.execute(statement)).first() is not None
 
 
-async def recent_logins(database: Database, user: str | None = None, limit: int = 100) -> list[dict[str, object]]:
-    """Newest first, for `pms-gateway logins`."""
-    statement = select(login_history).order_by(login_history.c.at.desc(), login_history.c.id.desc()).limit(limit)
-    if user is not None:
-        statement = statement.where(login_history.c.username == user)
+async def recent_logins(
+    database: Database, user: str | None = None, limit: int = 100, *, ip: str | None = None,
+    since: datetime | None = None, until: datetime | None = None, outcome: str | None = None,
+    new_ip: bool | None = None, offset: int = 0,
+) -> list[dict[str, object]]:
+    """Newest first, for `pms-gateway logins` and the console (indexed by user, by (ip, at), by at)."""
+    c = login_history.c
+    statement = select(login_history).order_by(c.at.desc(), c.id.desc()).limit(limit).offset(offset)
+    for column, value in ((c.username, user), (c.ip, ip), (c.outcome, outcome), (c.new_ip, new_ip)):
+        if value is not None:
+            statement = statement.where(column == value)
+    if since is not None:
+        statement = statement.where(c.at >= since)
+    if until is not None:
+        statement = statement.where(c.at < until)
     async with database.connect() as conn:
         return [dict(row._mapping) for row in await conn.execute(statement)]

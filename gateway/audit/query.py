@@ -43,6 +43,7 @@ class QueryFilter:
     until: datetime | None = None
     decision: str | None = None
     instance_id: str | None = None
+    channel: str | None = None  # http | admin | outbound
 
     @property
     def path_regex(self) -> re.Pattern[str] | None:
@@ -62,19 +63,26 @@ class AuditReader:
         self.tags = TagMaker(keys)
 
     async def records(
-        self, filters: QueryFilter = QueryFilter(), *, after_id: int = 0, limit: int | None = None
+        self, filters: QueryFilter = QueryFilter(), *, after_id: int = 0, limit: int | None = None,
+        before_id: int | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Matching records, oldest first, decrypted; `after_id` resumes (for tail -f)."""
+        """Matching records, oldest first, decrypted; `after_id` resumes (for tail -f). With
+        `before_id` (0 = from the newest) newest first instead, below that id (console paging)."""
         produced = 0
+        newest_first = before_id is not None
+        cursor = (before_id or 2**62) if newest_first else after_id
         async with self.database.connect() as conn:
             statement = await self._statement(conn, filters)
             if statement is None:
                 return
+            if newest_first:
+                statement = statement.order_by(None).order_by(audit_records.c.id.desc())
             regex = filters.path_regex
             while True:
-                page = (await conn.execute(statement.where(audit_records.c.id > after_id).limit(PAGE))).all()
+                bound = audit_records.c.id < cursor if newest_first else audit_records.c.id > cursor
+                page = (await conn.execute(statement.where(bound).limit(PAGE))).all()
                 for row in page:
-                    after_id = row.id
+                    cursor = row.id
                     if regex is not None and not (row.path and regex.search(row.path)):
                         continue
                     record = await self.decrypt(conn, row)
@@ -99,6 +107,8 @@ class AuditReader:
             statement = statement.where(c.at < f.until)
         if f.decision is not None:
             statement = statement.where(c.decision == f.decision)
+        if f.channel is not None:
+            statement = statement.where(c.channel == f.channel)
         if f.path is not None and f.path_regex is None:
             statement = statement.where(c.path.like(_like_escape(f.path) + "%", escape="\\"))
         if f.user is not None:

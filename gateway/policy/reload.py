@@ -9,6 +9,7 @@ bug): a watcher that died silently would ignore every later edit, fixes included
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import structlog
@@ -28,6 +29,8 @@ class PolicyHolder:
         self._stamp = self._mtimes()
         self._task: asyncio.Task | None = None
         self.last_rejection: str | None = None  # why the newest files were refused; None once loaded
+        self.loaded_at = time.time()  # when the current policy took effect (the console shows it)
+        self.checked_at = self.loaded_at  # when the files were last read, whatever the outcome
 
     def __call__(self) -> Policy:
         return self.current
@@ -57,6 +60,7 @@ class PolicyHolder:
     def reload(self) -> bool:
         """Load the files again; True when a new policy took effect."""
         self._stamp = self._mtimes()
+        self.checked_at = time.time()
         try:
             self.current = self._load()
         except ConfigError as exc:
@@ -70,6 +74,7 @@ class PolicyHolder:
             log.exception("policy reload failed; keeping the last good policy", error=self.last_rejection)
             return False
         self.last_rejection = None
+        self.loaded_at = self.checked_at
         log.info("policy reloaded", files=[str(f) for f in self._files()])
         return True
 

@@ -134,6 +134,14 @@ class Lockouts:
             keys.append(f"fail:pair:{_pair(user, client_key(ip, self.policy()))}")
         await self.store.delete(*keys)
 
+    async def lift_user(self, user: str) -> bool:
+        """An operator lifts a user's lock (and wait, and count); True when one was set."""
+        return bool(await self.store.delete(f"lock:user:{user}", f"fail:user:{user}", f"wait:user:{user}"))
+
+    async def locked(self, user: str) -> bool:
+        """Whether the user is locked now (outside the known networks)."""
+        return await self.store.get(f"lock:user:{user}") is not None
+
 
 def _pair(user: str, network: str) -> str:
     """One store key part for a (user, address) pair; `|` appears in neither a normalised
