@@ -159,6 +159,11 @@ def explain(policy: Policy, owners, user: str, ip: str, method: str, raw_path: s
         _network(result, policy, group, ip, "may not sign in from here")
         _lockout(result, policy, ip)
     elif staff:
+        if group is None and policy.login.usernames.unknown == "refuse":
+            # The login refuses this name, so no session of it exists: the guard's answer.
+            result.decide("no session possible (the login refuses this username): sent to the login page"
+                          if method in ("GET", "HEAD") else "no session possible (the login refuses this username)",
+                          303 if method in ("GET", "HEAD") else 401)
         _network(result, policy, group, ip, "a session is refused here")
         _access(result, policy, group, method, path)
     else:
