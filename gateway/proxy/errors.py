@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.pages.render import render_page, translator, wants_json
+from gateway.pages.render import choose_language, render_page, translator, wants_json
 
 _KEYS = {
     400: "bad_request",
@@ -38,8 +38,12 @@ def error_response(
     values = values or {}
     headers = {"X-Request-Id": request_id}
     if wants_json(request):
-        message = translator("en")(key + "_text", **values)
-        body = {"error": key, "message": message, "request_id": request_id, **values}
+        # The same title and sentence as the page, in the client's language (a script
+        # shows `message` to its user as it is).
+        lang = choose_language(request.headers.get("Accept-Language"))
+        t = translator(lang)
+        body = {"error": key, "title": t(key), "message": t(key + "_text", **values), "lang": lang,
+                "request_id": request_id, **values}
         if detail:
             body["detail"] = detail
         return web.json_response(body, status=status, headers=headers)
