@@ -17,10 +17,11 @@ from gateway.admin.console import (
     audit_screen, auth, dashboard, logins, operators_screen, outbound, policy_screen, sessions_screen, support_screen,
     users_screen,
 )
-from gateway.admin.console.render import CONSOLE, HEADERS, HERE, Clock, nav, render
+from gateway.admin.console.render import CONSOLE, HEADERS, HERE, OPERATOR, SESSION, Clock, nav, render
 from gateway.admin.operators import OperatorDirectory
 from gateway.audit.query import AuditReader
 from gateway.auth.support import SupportAccess
+from gateway.pages.render import see_other
 from gateway.risk.lockout import Lockouts
 from gateway.sessions.manager import SessionManager
 
@@ -85,11 +86,11 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not request.path.startswith(PUBLIC):
         found = await auth.current(console, request)
         if found is None:
-            response: web.StreamResponse = web.HTTPSeeOther("/login?ended=1" if auth.single_cookie(
+            response: web.StreamResponse = see_other("/login?ended=1" if auth.single_cookie(
                 request, auth.cookie_name(console)) else "/login")
             response.headers.update(HEADERS)
             return response
-        request["console_session"], request["console_operator"] = found
+        request[SESSION], request[OPERATOR] = found
     try:
         response = await handler(request)
     except auth.StepUpFailed:

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from gateway.admin.console.render import CONSOLE, render
+from gateway.admin.console.render import CONSOLE, OPERATOR, SESSION, render
 from gateway.audit.entry import admin_entry
+from gateway.pages.render import see_other
 
 if TYPE_CHECKING:
     from gateway.admin.console.app import Console
@@ -111,7 +112,7 @@ def pre_csrf(console: Console, pre: str) -> str:
 async def checked_form(console: Console, request: web.Request) -> dict[str, str]:
     """The POSTed form, after its CSRF token matched (403 otherwise)."""
     form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
-    session = request.get("console_session")
+    session = request.get(SESSION)
     if session is not None:
         expected = session.csrf
     else:
@@ -125,7 +126,7 @@ async def checked_form(console: Console, request: web.Request) -> dict[str, str]
 async def audit(console: Console, request: web.Request, action: str, *, permission: str,
                 reason: str | None = None, identifiers: dict[str, str] | None = None, **extra: Any) -> None:
     """Every console action, under the operator's name with the permission it used."""
-    operator = request["console_operator"]
+    operator = request[OPERATOR]
     entry = admin_entry(action, operator=f"console:{operator.name}", reason=reason,
                         identifiers=identifiers or {}, extra={"permission": permission, "via": "console", **extra})
     entry.client_ip = request.remote
@@ -136,7 +137,7 @@ async def audit(console: Console, request: web.Request, action: str, *, permissi
 
 async def require(console: Console, request: web.Request, permission: str) -> None:
     """403 (a page, and an audit record of the attempt) unless the operator holds it."""
-    operator = request["console_operator"]
+    operator = request[OPERATOR]
     if operator.can(permission):
         return
     await audit(console, request, "console_denied", permission=permission, reason=f"lacks {permission}")
@@ -146,7 +147,7 @@ async def require(console: Console, request: web.Request, permission: str) -> No
 async def step_up(console: Console, request: web.Request, form: dict[str, str], permission: str) -> None:
     """The second factor asked again (support access, 2FA reset, new operator): a wrong code
     counts as a failed sign-in and refuses the action."""
-    operator = request["console_operator"]
+    operator = request[OPERATOR]
     subject = f"op:{operator.name}"
     if await console.lockouts.current(subject, request.remote or "") is None:
         result = await console.operators.verify_totp(operator.name, form.get("code", ""))
@@ -190,7 +191,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
             await console.writer.put(entry)
         return await login_page(request, error="login.failed", status=401)
     await console.lockouts.clear_user(subject, ip)
-    response = web.HTTPSeeOther("/")
+    response = see_other("/")
     await open_session(console, operator, response)
     response.del_cookie(PRE_COOKIE, path="/")
     if console.writer is not None:
@@ -203,7 +204,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
 async def logout(request: web.Request) -> web.StreamResponse:
     console: Console = request.app[CONSOLE]
     await checked_form(console, request)
-    response = web.HTTPSeeOther("/login")
+    response = see_other("/login")
     await end_session(console, request, response)
     return response
 
@@ -252,4 +253,4 @@ async def enroll_submit(request: web.Request) -> web.StreamResponse:
         entry = admin_entry("operator_enrolled", operator=f"console:{name.strip().lower()}")
         entry.client_ip = ip
         await console.writer.put(entry)
-    return web.HTTPSeeOther("/login?enrolled=1")
+    return see_other("/login?enrolled=1")

@@ -14,6 +14,7 @@ from gateway.admin.console.render import (
 from gateway.audit.known_ips import forget as forget_known_ip
 from gateway.audit.known_ips import list_known
 from gateway.audit.logins import recent_logins
+from gateway.pages.render import see_other
 
 OUTCOMES = ["success", "failure", "locked_out", "refused", "second_factor_failed", "enrolled"]
 
@@ -83,8 +84,8 @@ async def forget(request: web.Request) -> web.StreamResponse:
     await auth.require(console, request, "forget_known_ip")
     user, ip, reason = console.users.normalise(form.get("user", "")), form.get("ip", ""), form.get("reason", "").strip()
     if not reason:
-        raise web.HTTPSeeOther(f"/known-ips?user={user}")
+        return see_other(f"/known-ips?user={user}")
     removed = await forget_known_ip(console.database, user, ip, console.policy())
     await auth.audit(console, request, "forget_known_ip", permission="forget_known_ip", reason=reason[:200],
                      identifiers={"user": user, "ip": ip}, removed=len(removed))
-    return web.HTTPSeeOther(f"/known-ips?user={user}&done=1")
+    return see_other(f"/known-ips?user={user}&done=1")

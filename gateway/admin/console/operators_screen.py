@@ -8,6 +8,7 @@ from aiohttp import web
 from gateway.admin.console import auth
 from gateway.admin.console.render import CONSOLE, Screen, Table, nav, render, screen_response
 from gateway.admin.operators import PERMISSIONS, OperatorRefused
+from gateway.pages.render import see_other
 
 
 async def page(request: web.Request, *, error: str | None = None, status: int = 200) -> web.Response:
@@ -48,4 +49,4 @@ async def act(request: web.Request) -> web.StreamResponse:
         await auth.audit(console, request, "operator_removed", permission="console_admin", identifiers={"operator": name})
     except OperatorRefused:
         return await page(request, error="error.operator_refused", status=400)
-    return web.HTTPSeeOther("/operators?done=1")
+    return see_other("/operators?done=1")

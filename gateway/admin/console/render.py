@@ -37,6 +37,8 @@ HEADERS = {
 }
 PAGE_SIZE = 50
 CONSOLE = web.AppKey("console", Any)  # the Console (gateway.admin.console.app) of this listener
+SESSION = web.RequestKey("console_session", Any)  # auth.ConsoleSession of the request
+OPERATOR = web.RequestKey("console_operator", Any)  # operators.Operator signed in
 
 environment = jinja2.Environment(
     loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -189,6 +191,6 @@ def screen_response(request: web.Request, screen: Screen, nav: dict[str, Any], t
 def nav(request: web.Request) -> dict[str, Any]:
     """What the layout needs: the operator, its CSRF token (sign-out form), the property."""
     console = request.app[CONSOLE]
-    session = request.get("console_session")
-    return {"operator": request.get("console_operator"), "csrf": session.csrf if session else "",
+    session = request.get(SESSION)
+    return {"operator": request.get(OPERATOR), "csrf": session.csrf if session else "",
             "property_name": console.policy().property, "tz": console.policy().property_timezone}

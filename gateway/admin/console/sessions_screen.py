@@ -8,6 +8,7 @@ from aiohttp import web
 from gateway.admin.console import auth
 from gateway.admin.console.logins import place
 from gateway.admin.console.render import CONSOLE, PAGE_SIZE, Screen, Table, nav, page_number, screen_response
+from gateway.pages.render import see_other
 
 
 async def live_sessions(console, user: str | None = None) -> list:
@@ -56,11 +57,11 @@ async def revoke(request: web.Request) -> web.StreamResponse:
         ended = await console.sessions.end_user(user, "revoked")
         await auth.audit(console, request, "session_revoke_all", permission="manage_sessions",
                          identifiers={"user": user}, ended=ended)
-        return web.HTTPSeeOther(f"/sessions?done={ended}")
+        return see_other(f"/sessions?done={ended}")
     session = await console.sessions.load(form.get("session", ""))
     ended = 0
     if session is not None and await console.sessions.end(session, "revoked"):
         ended = 1
         await auth.audit(console, request, "session_revoke", permission="manage_sessions",
                          identifiers={"user": session.user}, session_hash=session.id_hash[:16])
-    return web.HTTPSeeOther(f"/sessions?done={ended}")
+    return see_other(f"/sessions?done={ended}")

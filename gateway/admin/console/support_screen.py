@@ -6,8 +6,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.admin.console import auth
-from gateway.admin.console.render import CONSOLE, Screen, Table, nav, render, screen_response
+from gateway.admin.console.render import CONSOLE, OPERATOR, Screen, Table, nav, render, screen_response
 from gateway.auth.support import SupportRefused
+from gateway.pages.render import see_other
 from gateway.policy.durations import parse_duration
 
 
@@ -37,7 +38,7 @@ async def act(request: web.Request) -> web.StreamResponse:
     action = request.match_info["action"]
     form = await auth.checked_form(console, request)
     await auth.require(console, request, "support_access")
-    operator = f"console:{request['console_operator'].name}"
+    operator = f"console:{request[OPERATOR].name}"
     account = form.get("account", "")
     if action == "grant":
         await auth.step_up(console, request, form, "support_access")
@@ -61,4 +62,4 @@ async def act(request: web.Request) -> web.StreamResponse:
     ended = await console.sessions.end_user(console.users.normalise(account), "revoked")
     await auth.audit(console, request, "support_revoked", permission="support_access",
                      identifiers={"user": account}, revoked=revoked, ended=ended)
-    return web.HTTPSeeOther("/support?done=1")
+    return see_other("/support?done=1")

@@ -9,6 +9,7 @@ from aiohttp import web
 from gateway.admin.console import auth
 from gateway.admin.console.render import CONSOLE, PAGE_SIZE, Screen, Table, nav, page_number, render, screen_response
 from gateway.auth.users import UnknownUserError
+from gateway.pages.render import see_other
 
 ACTIONS = ("invite", "deactivate", "activate", "reset-2fa", "unlock")
 
@@ -53,7 +54,7 @@ async def act(request: web.Request) -> web.StreamResponse:
     try:
         user = console.users.normalise(form.get("user", ""))
     except ValueError:
-        raise web.HTTPSeeOther("/users") from None
+        return see_other("/users")
     ids = {"user": user}
     try:
         if action == "invite":
@@ -78,5 +79,5 @@ async def act(request: web.Request) -> web.StreamResponse:
             await console.lockouts.lift_user(user)
             await auth.audit(console, request, "user_unlocked", permission="manage_users", identifiers=ids)
     except UnknownUserError:
-        raise web.HTTPSeeOther("/users") from None
-    return web.HTTPSeeOther(f"/users?done={action}")
+        return see_other("/users")
+    return see_other(f"/users?done={action}")
