@@ -95,7 +95,8 @@ class LoginCompleter:
         if record is not None and not record.active:  # deactivated while at the second step
             await self.abandon(pending)
             await self.events.pending_attempt(pending, ip, "refused", pending.login_type, "deactivated")
-            return _message(request, policy, 403, "notice_deactivated", link=policy.login.path)
+            return _message(request, policy, 403, "notice_deactivated", link=policy.login.page_url())
+
         try:
             session_id, _ = await self.sessions.create(
                 user=pending.user,
@@ -110,7 +111,8 @@ class LoginCompleter:
         except TooManyDevices:
             await self.abandon(pending)
             await self.events.pending_attempt(pending, ip, "refused", pending.login_type, "signed in on another device")
-            return _message(request, policy, 409, "too_many_devices", link=policy.login.path)
+            return _message(request, policy, 409, "too_many_devices", link=policy.login.page_url())
+
         await self.lockouts.clear_user(pending.user, ip)
         await self.events.pending_attempt(pending, ip, "success", pending.login_type)
         location = pending.location or "/"
@@ -224,6 +226,16 @@ class ChallengePages(Addon):
         context.update(extra)
         return render_page(request, "challenge.html", status=status, property_name=policy.property, **context)
 
+    async def _page(self, request: web.BaseRequest, token: str, pending: PendingLogin) -> web.Response:
+        """The page of the login's stage. Recovery codes are on it once: they are forgotten
+        as the page is made, so a reload (or a second tab) shows that they were shown."""
+        page = self._render(request, token, pending)
+        page.headers["Cache-Control"] = "no-store"
+        if pending.recovery_codes:
+            pending.recovery_codes = []
+            await self._save(token, pending)
+        return page
+
     async def _pending(self, request: web.Request) -> tuple[str, PendingLogin] | None:
         token = cookie_value(request.headers.get("Cookie"), PENDING_COOKIE)
         if not token:
@@ -237,8 +249,9 @@ class ChallengePages(Addon):
     def _expired(self, request: web.Request) -> web.StreamResponse:
         policy = self.policy()
         if wants_json(request):
-            return web.json_response({"error": "no_pending_login", "login": policy.login.path}, status=401)
-        response = see_other(policy.login.path)
+            return web.json_response({"error": "no_pending_login", "login": policy.login.page_url()}, status=401)
+        response = see_other(policy.login.page_url())
+
         response.headers.add("Set-Cookie", set_cookie(NOTICE_COOKIE, "required", secure=_secure(request), max_age=120))
         return response
 
@@ -255,7 +268,7 @@ class ChallengePages(Addon):
         if pending.stage == "enroll" and not pending.enroll_secret:
             pending.enroll_secret = self.users.new_totp_secret()
             await self._save(token, pending)
-        return self._render(request, token, pending)
+        return await self._page(request, token, pending)
 
     async def submit(self, request: web.Request) -> web.StreamResponse:
         found = await self._pending(request)
@@ -294,9 +307,8 @@ class ChallengePages(Addon):
             if secret and await self.users.enroll_totp(pending.user, secret, form.get("code", "").strip()):
                 pending.recovery_codes = await self.users.generate_recovery_codes(pending.user)
                 pending.stage, pending.enroll_secret = "recovery_codes", None
-                await self._save(token, pending)
                 await self.events.attempt(ip, pending.user, "enrolled", "password+totp", "first second factor enrolled")
-                return self._render(request, token, pending)
+                return await self._page(request, token, pending)
             return await self._wrong(request, token, pending, ip, "code_invalid")
         if pending.stage == "recovery_codes" and action == "continue":
             settled = await self.pending.take(token)
@@ -305,7 +317,7 @@ class ChallengePages(Addon):
             if settled.login_type != "password+security_key":  # enrolled with a security key
                 settled.login_type = "password+totp"
             return await self.completer.complete(request, settled, ip)
-        return self._render(request, token, pending)
+        return await self._page(request, token, pending)
 
     async def _verify(self, request, token: str, pending: PendingLogin, code: str, ip: str) -> web.StreamResponse:
         if (refused := await self.claim_attempt(request, token, pending, ip)) is not None:
@@ -388,7 +400,8 @@ class ChallengePages(Addon):
             await self.completer.abandon(ended)
 
     def _ended(self, request, policy: Policy, status: int) -> web.StreamResponse:
-        response = _message(request, policy, status, "too_many_attempts", link=policy.login.path)
+        response = _message(request, policy, status, "too_many_attempts", link=policy.login.page_url())
+
         response.headers.add("Set-Cookie", clear_cookie(PENDING_COOKIE, secure=_secure(request), path=PREFIX))
         return response
 
@@ -420,7 +433,8 @@ class ChallengePages(Addon):
         session = await self.completer.sessions.get(session_id) if session_id else None
         if session is not None:
             await self.completer.sessions.end(session, "logout")
-        response = see_other(policy.login.path)
+        response = see_other(policy.login.page_url())
+
         secure = _secure(request)
         session_ended(response.headers, secure=secure)
         response.headers.add("Set-Cookie", set_cookie(NOTICE_COOKIE, "logout", secure=secure, max_age=120))

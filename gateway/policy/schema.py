@@ -12,13 +12,16 @@ import re
 from functools import cached_property
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, Tag, model_validator
+from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, Tag, field_validator, model_validator
+
 
 from gateway.policy.areas import ApiClient, ApiClientName, CompiledAreas, PublicArea
 from gateway.policy.durations import Duration, DurationIn
 from gateway.policy.rate_limits import DEFAULT_RATE_LIMITS, RateLimitRule
 from gateway.policy.types import Cidr, Member, NetworkRef, Regex, Section, network_ref_problem
 from gateway.readers.content_type import codec_name
+from gateway.readers.redirects import is_local_target
+
 from gateway.redact.policy import NotificationsPolicy
 
 # A charset label, stored as Python's codec name (windows-1252 -> cp1252) so comparisons are exact.
@@ -173,7 +176,14 @@ class PasswordForm(Section):
 
 class LoginRule(Section):
     path: str = Field("/login", description="The PMS's login form target (canonical path).")
+    page: str | None = Field(
+        None,
+        description="The sign-in page a signed-out browser is sent to, when that is not `path` (a single-page app "
+        "whose `path` is its JSON login endpoint: e.g. `/app/` or `/app/#/login`); reachable without a session. "
+        "Unset = `path`.",
+    )
     method: str = Field("POST", description="HTTP method of the login request.")
+
     format: Literal["form", "json"] = Field("form", description="Body format of the login request.")
     username_field: str = Field("username", description="Name of the username field.")
     password_field: str = Field("password", description="Name of the password field.")
@@ -210,8 +220,33 @@ class LoginRule(Section):
         "a password anywhere else is refused with 400.",
     )
 
+    @field_validator("page")
+    @classmethod
+    def _page_is_local(cls, page: str | None) -> str | None:
+        if page is not None:
+            path = page.partition("#")[0]
+            if not is_local_target(path) or "?" in path or path.startswith("/_gateway/"):
+                raise ValueError(
+                    f"{page!r} must be a path of the PMS starting with one / (a #fragment may follow), "
+                    "without a query and outside /_gateway/"
+                )
+        return page
+
+    @property
+
+    def page_path(self) -> str:
+        """The canonical path of the sign-in page (`page` without its #fragment, else `path`)."""
+        return (self.page or self.path).partition("#")[0]
+
+    def page_url(self, query: str = "") -> str:
+        """Where a browser is sent to sign in: the sign-in page, `query` (`next=...`) placed
+        before its #fragment, if any. Every redirect to sign in is built here."""
+        path, mark, fragment = (self.page or self.path).partition("#")
+        return path + (f"?{query}" if query else "") + mark + fragment
+
     @model_validator(mode="after")
     def _password_forms_apart(self) -> LoginRule:
+
         for index, form in enumerate(self.password_forms):
             if form.method == self.method and form.pattern.search(self.path):
                 raise ValueError(
@@ -568,7 +603,8 @@ class Policy(Section):
     )
     property: str = Field("Hotel Demo", description="The property's name, shown on every gateway page.")
     property_timezone: Annotated[str, AfterValidator(_time_zone)] = Field(
-        "UTC", description="The property's IANA time zone (e.g. Europe/Prague): times on the operator console."
+        "UTC", description="The property's IANA time zone (e.g. Europe/Prague): times on the operator console "
+        "and on the \"signed in elsewhere\" page."
     )
     upstream: UpstreamPolicy = UpstreamPolicy()
     login: LoginRule = LoginRule()
@@ -636,7 +672,9 @@ class Policy(Section):
     def _public_paths(self) -> re.Pattern[str]:
         # One alternation: a single C-level search per request instead of one per pattern.
         resets = [p for f in self.login.password_forms if f.kind == "reset" for p in (f.path, f.request_path) if p]
-        patterns = ["^" + re.escape(self.login.path) + "$", *self.login.public_paths, *resets]
+        pages = {self.login.path, self.login.page_path}  # the login form's target and its sign-in page
+        patterns = [*("^" + re.escape(p) + "$" for p in sorted(pages)), *self.login.public_paths, *resets]
+
         return re.compile("|".join(f"(?:{p})" for p in patterns))
 
     @cached_property
@@ -645,7 +683,8 @@ class Policy(Section):
         return CompiledAreas(self.public_areas, self.api_clients, self.expand_networks)
 
     def is_public_path(self, path: str) -> bool:
-        """Reachable without a session: the login form's own path, the listed paths and the
+        """Reachable without a session: the login form's own path and sign-in page, the listed paths and the
+
         reset forms of `login.password_forms` (with their request forms)."""
         return self._public_paths.search(path) is not None
 

@@ -95,31 +95,33 @@ class Gateway:
         started, wall_time = time.perf_counter(), time.time()
         if not self._host_allowed(request):
             response = self._error(request, 421, request_id, "unknown host")
-            await self._done_without_exchange(request, 421, started, wall_time)  # audited too
+            await self._done_without_exchange(request, response, started, wall_time)  # audited too
             return response
         if not request.raw_path.startswith("/"):
             # Absolute form (`GET http://other/ HTTP/1.1`): aiohttp routes on its path and
             # takes its host, a PMS may take either; only origin-form is accepted.
             response = self._error(request, 400, request_id, "absolute-form request target")
-            await self._done_without_exchange(request, 400, started, wall_time)
+            await self._done_without_exchange(request, response, started, wall_time)
             return response
         try:
             response = await handler(request)
         except web.HTTPException as exc:
-            await self._done_without_exchange(request, exc.status, started, wall_time)
+            await self._done_without_exchange(request, exc, started, wall_time)
             raise
         except Exception as exc:
             response, _ = self._failure(request, request_id, exc)
         else:
             if not response.prepared:
                 response.headers.setdefault("X-Request-Id", request_id)
-        await self._done_without_exchange(request, response.status, started, wall_time)
+        await self._done_without_exchange(request, response, started, wall_time)
         return response
 
-    async def _done_without_exchange(self, request: web.Request, status: int, started: float, wall_time: float) -> None:
+    async def _done_without_exchange(
+        self, request: web.Request, response: web.StreamResponse, started: float, wall_time: float
+    ) -> None:
         """Done hooks see every request: the gateway's own pages, and requests refused
         before an exchange existed, get a minimal one (no upstream; decision "gateway",
-        "refused" for a 4xx, "error" for a 5xx)."""
+        "refused" for a 4xx, "error" for a 5xx; the body bytes the answer sends)."""
         if not self._done_hooks or request.get(_EXCHANGED):
             return
         client = request[CLIENT]
@@ -129,7 +131,9 @@ class Gateway:
             host=client.host, path=CanonicalPath(request.path, raw_path), query=query,
             upstream_headers=CIMultiDict(), started=started, wall_time=wall_time,
         )
+        status = response.status
         ex.status, ex.decision = status, "gateway" if status < 400 else "refused" if status < 500 else "error"
+        ex.bytes_out = _body_bytes(request.method, response)
         await self._run_done_hooks(ex)
 
     async def _run_done_hooks(self, ex: Exchange) -> None:
@@ -276,3 +280,13 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(config.listen.tls_cert, config.listen.tls_key)
     return context
+
+
+def _body_bytes(method: str, response: web.StreamResponse) -> int:
+    """Body bytes of one of the gateway's own answers: what a streamed answer already
+    wrote, else what the prepared body will send (none for HEAD, 204 and 304)."""
+    if method == "HEAD" or response.status in (204, 304):
+        return 0
+    if response.prepared:
+        return response.body_length
+    return response.content_length or 0

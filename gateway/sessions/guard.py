@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-from datetime import datetime, timezone
+from datetime import datetime
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 import structlog
 from aiohttp import web
@@ -227,9 +228,10 @@ class SessionGuard(Addon):
         secure = ex.scheme == "https"
         request = ex.request
         if is_websocket_upgrade(request) or wants_json(request) or policy.areas.is_api_path(ex.path.path):
-            body = {"error": "session_required", "reason": reason, "login": policy.login.path}
+            body = {"error": "session_required", "reason": reason, "login": policy.login.page_url()}
+
             if ended and ended.reason == "replaced":
-                body.update(at=_iso(ended.at), from_ip=ended.by_ip)
+                body.update(at=_local_time(ended.at, policy.property_timezone), from_ip=ended.by_ip)
             response = web.json_response(body, status=401, headers={"X-Request-Id": ex.request_id})
         elif ended is not None and ended.reason == "replaced":
             t = translator(choose_language(request.headers.get("Accept-Language")))
@@ -238,18 +240,22 @@ class SessionGuard(Addon):
                 "signed_out.html",
                 status=401,
                 property_name=policy.property,
-                message=t("signed_out_replaced", at=_iso(ended.at), ip=ended.by_ip or "?"),
-                login_url=policy.login.path,
+                message=t("signed_out_replaced", at=_local_time(ended.at, policy.property_timezone),
+                          ip=ended.by_ip or "?"),
+                login_url=policy.login.page_url(),
+
                 request_id=ex.request_id,
             )
         elif request.method in ("GET", "HEAD"):
             target = ex.path.encoded + ("?" + ex.query if ex.query else "")
-            back = f"?next={quote(target, safe='')}" if is_local_target(target) else ""
-            response = see_other(policy.login.path + back)
+            back = f"next={quote(target, safe='')}" if is_local_target(target) else ""
+            response = see_other(policy.login.page_url(back))
+
             response.headers["X-Request-Id"] = ex.request_id
-            response.headers.add("Set-Cookie", set_cookie(NOTICE_COOKIE, reason, secure=secure, max_age=120))
         else:
             response = error_response(request, 401, ex.request_id, policy.property, detail="session required")
+        notice = _next_notice(reason, cookie_value(request.headers.get("Cookie"), NOTICE_COOKIE))
+        response.headers.add("Set-Cookie", set_cookie(NOTICE_COOKIE, notice, secure=secure, max_age=120))
         if ended is not None:
             session_ended(response.headers, secure=secure)
         return response
@@ -274,16 +280,20 @@ class SessionGuard(Addon):
                 if refused is not None:
                     return refused
         if session is not None and ex.notes.get("logout"):
-            # The PMS just ended its session on this very request.
+            # The PMS just ended its session on this very request: its login page, next, says so.
             await self.sessions.end(session, "logout", upstream_logout=False)
             session_ended(answer.headers, secure=ex.scheme == "https")
+            answer.headers.add("Set-Cookie", set_cookie(NOTICE_COOKIE, "logout", secure=ex.scheme == "https", max_age=120))
         location = answer.headers.get("Location")
         if ex.notes.get("logout") and location is not None and not is_local_location(location, ex.public_origin):
-            answer.headers["Location"] = self.policy().login.path  # a logout never bounces off-site
+            answer.headers["Location"] = self.policy().login.page_url()  # a logout never bounces off-site
+
         if session is not None and not ex.notes.get("logout"):
             keep_out_of_cache(answer.headers, self.policy().sessions_for(session.group), ex.path.path)
         notice = cookie_value(ex.request.headers.get("Cookie"), NOTICE_COOKIE)
-        if notice and session is None and ex.path.path == self.policy().login.path and ex.request.method == "GET":
+        if (notice and session is None and ex.path.path == self.policy().login.page_path and
+ ex.request.method == "GET"
+                and _top_level_page(ex.request)):
             await self._inject_notice(ex, answer, notice)
         return None
 
@@ -360,5 +370,25 @@ def _replace_all(headers: CIMultiDict[str], name: str, values: list[str]) -> Non
         headers.add(name, value)
 
 
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+def _next_notice(reason: str, pending: str | None) -> str:
+    """The notice the next login page is to show.
+
+    Why a session ended (idle, expired, logout, ...) is said once, by whichever answer
+    first meets the ended session: often a script's poll, whose 401 nobody reads. The
+    cookie keeps that reason for the next page; the requests after it, which carry no
+    session any more and would each say the generic "required", keep it instead (and its
+    lifetime restarts, so a page polling on still has it when the user comes back)."""
+    if reason == "required" and pending in NOTICE_REASONS:
+        return pending
+    return reason
+
+
+def _top_level_page(request: web.BaseRequest) -> bool:
+    """A page the user sees: a navigation, not a script's fetch (which would spend the
+    notice where nobody reads it). Browsers without Fetch Metadata count as navigations."""
+    return request.headers.get("Sec-Fetch-Dest", "document") in ("document", "iframe", "frame")
+
+
+def _local_time(timestamp: float, zone: str) -> str:
+    """A time for staff: in the property's time zone (policy `property_timezone`), with its abbreviation."""
+    return datetime.fromtimestamp(timestamp, tz=ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M %Z")
