@@ -27,8 +27,9 @@ async def test_sign_in_needs_password_and_totp_and_the_pages_are_locked_down(tmp
         await console.operator("root", "console_admin")
         client = ConsoleClient(console)
         try:
-            status, headers, _ = await client.get("/users")
-            assert status == 303 and headers["Location"] == "/login"
+            for path in ("/users", "/logins", "/login/../logins", "/audit/record/1", "/enroll/x"):
+                status, headers, _ = await client.get(path)
+                assert status in (303, 404) and headers.get("Location", "/login") == "/login", path
             status, headers, page = await client.get("/login")
             assert "script" not in page and "style=" not in page
             assert headers["Cache-Control"] == "no-store"

@@ -25,7 +25,7 @@ from gateway.pages.render import see_other
 from gateway.risk.lockout import Lockouts
 from gateway.sessions.manager import SessionManager
 
-PUBLIC = ("/login", "/enroll", "/static/", "/health", "/metrics")
+PUBLIC = frozenset({"/login", "/enroll", "/health", "/metrics"})  # exact paths: /logins is not /login
 
 
 @dataclass
@@ -83,7 +83,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     console: Console = request.app[CONSOLE]
-    if not request.path.startswith(PUBLIC):
+    if request.path not in PUBLIC and not request.path.startswith("/static/"):
         found = await auth.current(console, request)
         if found is None:
             response: web.StreamResponse = see_other("/login?ended=1" if auth.single_cookie(
