@@ -32,6 +32,9 @@ class ListenSettings(Section):
     tls_cert: Path | None = Field(None, description="PEM certificate chain: TLS at the gateway.")
     tls_key: Path | None = Field(None, description="PEM private key for tls_cert.")
     workers: int = Field(1, ge=1, description="Processes sharing the port (needs a Redis store when > 1).")
+    engine: Literal["aiohttp", "lean"] = Field(
+        "aiohttp", description="HTTP/1.1 engine of the data path: aiohttp, or lean (httptools, fewer objects per request)."
+    )
 
 
 class UpstreamSettings(Section):
@@ -56,6 +59,7 @@ class LimitsSettings(Section):
     max_headers: int = Field(100, ge=10, description="Most request headers accepted.")
     max_body_size: ByteSize = Field("1GiB", description="Largest request body; larger gets 413.")
     request_timeout: Duration = Field(300, description="Longest time a whole request may take.")
+    header_timeout: Duration = Field(15, description="Longest time to receive a request's head (lean engine; slowloris).")
     buffer_below: ByteSize = Field(
         "64KiB", description="Bodies with a known length below this are read whole instead of streamed (faster)."
     )

@@ -20,6 +20,7 @@ from aiohttp import web
 from gateway.config import Config
 from gateway.policy.reload import PolicyHolder
 from gateway.proxy.exchange import Addon
+from gateway.proxy.lean.server import LeanSite
 from gateway.proxy.quiet_errors import GatewayRunner
 from gateway.proxy.server import Gateway, server_kwargs, tls_context
 
@@ -49,14 +50,19 @@ async def start_gateway(
     gateway = Gateway(config, policy, addons)
     runner = GatewayRunner(gateway.build_app(), handle_signals=False, **server_kwargs(config))
     await runner.setup()
-    site = web.TCPSite(
-        runner,
-        config.listen.host,
-        config.listen.port,
-        ssl_context=tls_context(config),
-        reuse_port=reuse_port or None,
-        backlog=1024,
-    )
+    site: web.TCPSite
+    if config.listen.engine == "lean":
+        site = LeanSite(runner, config.listen.host, config.listen.port, limits=config.limits,
+                        ssl_context=tls_context(config), reuse_port=reuse_port or None, backlog=1024)
+    else:
+        site = web.TCPSite(
+            runner,
+            config.listen.host,
+            config.listen.port,
+            ssl_context=tls_context(config),
+            reuse_port=reuse_port or None,
+            backlog=1024,
+        )
     try:
         await site.start()
     except BaseException:  # e.g. the port is taken: close the addons' clients before the CLI explains

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ def gateway_config(upstream_url: str, port: int, **overrides: str) -> Config:
         "PMS_GATEWAY_UPSTREAM__URL": upstream_url,
         "PMS_GATEWAY_POLICY_PATHS": "[]",
     }
+    if engine := os.environ.get("PMS_GATEWAY_LISTEN__ENGINE"):  # the whole suite on another engine
+        environ["PMS_GATEWAY_LISTEN__ENGINE"] = engine
     environ.update({f"PMS_GATEWAY_{k.upper()}": v for k, v in overrides.items()})
     return load_config(None, environ=environ)
 

@@ -29,6 +29,7 @@ from gateway.proxy.errors import error_response
 from gateway.proxy.exchange import CLIENT, REQUEST_ID, Addon, Client, Exchange, overrides
 from gateway.proxy.forward import BodyTooLarge, Forwarder, UpstreamTimeout, UpstreamUnavailable
 from gateway.proxy.headers import UpstreamRewriter, upstream_request_headers
+from gateway.proxy.lean.forward import LeanForwarder
 from gateway.proxy.overrides import overrides_method_in_query
 from gateway.proxy.outages import outage_of
 from gateway.proxy.websocket import bridge_websocket, is_websocket_upgrade
@@ -48,7 +49,7 @@ class Gateway:
         self.config = config
         self.policy = policy
         self.addons = list(addons)
-        self.forwarder = Forwarder(config.upstream, config.limits)
+        self.forwarder = (LeanForwarder if config.listen.engine == "lean" else Forwarder)(config.upstream, config.limits)
         self.resolver = ClientResolver(config.trusted_proxies)
         upstream = urlsplit(config.upstream.url)
         self.upstream_host = upstream.netloc
