@@ -58,10 +58,17 @@ async def run_gateway(
                     on_blocked=audit.alerter.blocked_notification if audit else None,
                     hold=HoldQueue(hold_dir(config.data_dir), services.keyring),
                     on_held=audit.alerter.mail_held if audit else None,
+                    cipher=services.keyring,
+                    on_delayed=audit.alerter.mail_delayed if audit else None,
+                    on_failed=audit.alerter.mail_failed if audit else None,
                 )
             )
             if config.admin.enabled:
                 metrics = next(a for a in addons if isinstance(a, Metrics))
+                if config.smtp_relay.enabled:
+                    from gateway.redact.mail_queue import MailQueue, queue_dir
+
+                    metrics.watch_mail_queue(MailQueue(queue_dir(config.data_dir), services.keyring))
                 admin = await start_admin(config.admin.host, config.admin.port, services, metrics)
                 running.cleanups.append(admin.cleanup)
     except BaseException:  # a taken admin or relay port: stop what already listens, the CLI says why

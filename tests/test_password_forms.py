@@ -22,7 +22,7 @@ from gateway.redact.smtp_relay import start_smtp_relay
 from tests.harness import free_port, serve_app
 from tests.login_env import Browser, login_env
 from tests.test_login_flow import enrolled, new_browser
-from tests.test_smtp_relay import Audit, Sink, start_sink
+from tests.test_smtp_relay import Audit, Sink, delivery_for, start_sink
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -33,9 +33,10 @@ async def mail_world(tmp_path, policy=None):
     sink = Sink()
     controller = start_sink(free_port(), sink)
     default = load_policy("policies/default.yaml")
+    relay_settings = SmtpRelaySettings(enabled=True, port=0, smarthost=SmarthostSettings(port=controller.port, timeout=5))
     relay = await start_smtp_relay(
-        SmtpRelaySettings(enabled=True, port=0, smarthost=SmarthostSettings(port=controller.port, timeout=5)),
-        Redactor(default.notifications), audit=Audit(),
+        relay_settings, Redactor(default.notifications), audit=Audit(),
+        delivery=delivery_for(relay_settings, tmp_path / "relay"),
     )
     try:
         settings = DemoSettings(smtp_port=relay.sockets[0].getsockname()[1], send_timeout=5.0)

@@ -6,13 +6,18 @@ import asyncio
 import email
 import email.policy
 import ssl
+import tempfile
 from email.message import EmailMessage
+from pathlib import Path
 
 import aiosmtplib
 import pytest
 from aiosmtpd.controller import Controller
 
+from gateway.auth.keys import KeyRing
+from gateway.redact.delivery import DeliveryWorker
 from gateway.redact.engine import Redactor
+from gateway.redact.mail_queue import MailQueue, queue_dir
 from gateway.redact.outbound_audit import OutboundRecord
 from gateway.redact.policy import ChannelRule, NotificationsPolicy
 from gateway.redact.settings import SmarthostSettings, SmtpRelaySettings
@@ -82,7 +87,15 @@ def relay_settings(smarthost_port: int, **overrides) -> SmtpRelaySettings:
     )
 
 
+def delivery_for(settings: SmtpRelaySettings, data_dir: Path | None = None, **kw) -> DeliveryWorker:
+    """The relay's delivery queue and worker over `data_dir` (a fresh temporary one by default)."""
+    data_dir = Path(data_dir or tempfile.mkdtemp(prefix="relay-"))
+    keyring = KeyRing.load(data_dir / "secret.key", None)
+    return DeliveryWorker(MailQueue(queue_dir(data_dir), keyring), settings, **kw)
+
+
 async def relay(settings: SmtpRelaySettings, red: Redactor | None = None, **kw) -> tuple[asyncio.Server, int]:
+    kw.setdefault("delivery", delivery_for(settings))
     server = await start_smtp_relay(settings, red or redactor(), **kw)
     return server, server.sockets[0].getsockname()[1]
 
@@ -153,20 +166,25 @@ async def test_quoted_printable_soft_break_inside_card_is_caught(sink):
     assert CARD not in text and "4111 1111 11" not in text
 
 
-async def test_smarthost_down_is_451_and_retry_delivers():
+async def test_smarthost_down_is_queued_and_delivered_when_back():
+    """Store and forward: 250 once queued; the worker delivers when the smarthost is back
+    (the clock is the worker's: advanced, not slept). tests/test_mail_queue.py has more."""
     port = free_port()  # nothing listens here yet
     audit = Audit()
-    server, relay_port = await relay(relay_settings(port), audit=audit)
+    now = [1_700_000_000.0]
+    settings = relay_settings(port)
+    worker = delivery_for(settings, clock=lambda: now[0])
+    server, relay_port = await relay(settings, audit=audit, delivery=worker)
     try:
-        with pytest.raises(aiosmtplib.SMTPResponseException) as refused:
-            await send(relay_port, booking_mail())
-        assert refused.value.code == 451
-        assert audit.records[-1].action == "deferred"
+        _, reply = await send(relay_port, booking_mail())
+        assert reply.startswith("2.0.0 Queued as")
+        assert [r.action for r in audit.records] == ["deferred"]
 
         handler = Sink()
         controller = start_sink(port, handler)
         try:
-            await send(relay_port, booking_mail())  # the PMS retries
+            now[0] += 61
+            await worker.run_due()
         finally:
             controller.stop()
     finally:
@@ -174,19 +192,23 @@ async def test_smarthost_down_is_451_and_retry_delivers():
     (msg,) = handler.messages
     assert CARD not in text_of(msg)
     assert [r.action for r in audit.records] == ["deferred", "forwarded"]
+    assert worker.queue.ids() == []
 
 
-async def test_smarthost_temporary_refusal_is_451():
+async def test_smarthost_temporary_refusal_is_queued():
     handler = Sink(data_reply="452 4.3.1 Insufficient system storage")
     controller = start_sink(free_port(), handler)
-    server, relay_port = await relay(relay_settings(controller.port))
+    settings = relay_settings(controller.port)
+    worker = delivery_for(settings)
+    server, relay_port = await relay(settings, delivery=worker)
     try:
-        with pytest.raises(aiosmtplib.SMTPResponseException) as refused:
-            await send(relay_port, booking_mail())
+        _, reply = await send(relay_port, booking_mail())
     finally:
         server.close()
         controller.stop()
-    assert refused.value.code == 451
+    assert reply.startswith("2.0.0 Queued as")
+    (queued,) = [worker.queue.get(i) for i in worker.queue.ids()]
+    assert [(r.state, r.code) for r in queued.recipients] == [("pending", 452)]
 
 
 async def test_smarthost_permanent_refusal_passes_through():

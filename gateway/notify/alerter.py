@@ -128,6 +128,33 @@ class Alerter:
             {"channel": channel, "reason": reason},
         ))
 
+    async def mail_delayed(self, record: Any) -> bool:
+        """`record`: the delivery queue's OutboundRecord of a late message (its reason: the
+        queue id, how long, the smarthost's reply codes). Never recipients or content."""
+        return await self._queue_alert("mail_delayed", record, "delayed", (
+            "The SMTP relay has kept this message in its queue longer than smtp_relay.delay_warning: the "
+            "smarthost has not accepted it yet. It is retried until smtp_relay.queue_lifetime; see "
+            "`pms-gateway mail queue`, and `pms-gateway mail retry ID` once the smarthost is fixed."))
+
+    async def mail_failed(self, record: Any) -> bool:
+        """`record`: the delivery queue's OutboundRecord of a message that failed for good."""
+        return await self._queue_alert("mail_failed", record, "undeliverable", (
+            "The smarthost refused this message for good, or it was not delivered within "
+            "smtp_relay.queue_lifetime. It was deleted from the queue; the sender was sent a delivery "
+            "status notification (unless it is a bounce itself or a no-reply address)."))
+
+    async def _queue_alert(self, kind: AlertKind, record: Any, what: str, explanation: str) -> bool:
+        channel = str(getattr(record, "channel", "?"))
+        reason = getattr(record, "reason", None)
+        lines = [f"Channel: {channel}", f"Next hop: {getattr(record, 'destination', '?')}"]
+        if reason:
+            lines.append(f"State: {reason}")
+        lines += ["", explanation]
+        return await self.submit(Alert(
+            kind, f"Outbound {channel} message {what}", tuple(lines), None, None,
+            {"channel": channel, "reason": reason},
+        ))
+
     def _locate(self, ip: str, geo: GeoInfo | None) -> GeoInfo:
         if geo is not None:
             return geo

@@ -11,7 +11,7 @@ from gateway.notify.throttle import HeldBack
 
 AlertKind = Literal[
     "new_ip_login", "lockout", "every_login", "blocked_notification", "support_access", "identity_mismatch",
-    "mail_held", "alerts_held",
+    "mail_held", "mail_delayed", "mail_failed", "alerts_held",
 ]
 
 

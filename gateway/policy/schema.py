@@ -561,13 +561,15 @@ class AlertsPolicy(Section):
     email_to: list[str] = Field([], description="Operator addresses that receive alerts.")
     on: list[
         Literal["new_ip_login", "lockout", "every_login", "blocked_notification", "support_access", "identity_mismatch",
-                "mail_held"]
+                "mail_held", "mail_delayed", "mail_failed"]
     ] = Field(
-        ["new_ip_login", "lockout", "blocked_notification", "support_access", "identity_mismatch", "mail_held"],
+        ["new_ip_login", "lockout", "blocked_notification", "support_access", "identity_mismatch", "mail_held",
+         "mail_delayed", "mail_failed"],
         description="Events that alert: a login from an address new for that user, a lockout, every "
         "login, an outbound notification blocked by redaction, a vendor support grant, revocation or login, "
         "the PMS showing another user than the session's (`login.identity`), a mail the SMTP relay could "
-        "not read whole and holds for review (`mail_held`).",
+        "not read whole and holds for review (`mail_held`), a queued mail still undelivered after "
+        "smtp_relay.delay_warning (`mail_delayed`) or failed for good (`mail_failed`, the sender gets a bounce).",
     )
     min_interval: DurationIn("0s", "7d") = Field(
         600, description="Identical alerts are sent at most once per interval; `every_login` alerts are never deduplicated."

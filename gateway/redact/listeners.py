@@ -16,6 +16,7 @@ from gateway.policy.schema import Policy
 from gateway.redact.engine import Redactor
 from gateway.redact.hold_queue import HoldQueue
 from gateway.redact.outbound_audit import LogAudit, OutboundAudit
+from gateway.sessions.sealed import Cipher
 
 log = structlog.get_logger("gateway.redact")
 
@@ -43,11 +44,16 @@ async def start_outbound(
     on_blocked=None,
     hold: HoldQueue | None = None,
     on_held=None,
+    *,
+    cipher: Cipher | None = None,
+    on_delayed=None,
+    on_failed=None,
 ) -> list[Callable[[], Awaitable[None]]]:
     """Start what is enabled; returns the coroutines that stop it again.
 
     `hold` is the relay's hold queue (messages it cannot read whole), `on_held` the alert
-    raised for each.
+    raised for each. `cipher` (the operator's key ring) seals the delivery queue in
+    data_dir; `on_delayed` and `on_failed` alert about late and undeliverable mail.
 
     `audit` is the gateway's audit trail (None: records are only logged); the egress child
     writes to the same trail, as its own chain `<instance id>-egress`."""
@@ -55,10 +61,19 @@ async def start_outbound(
     trail = audit is not None
     audit = audit or LogAudit()
     if config.smtp_relay.enabled:
+        from gateway.redact.delivery import DeliveryWorker
+        from gateway.redact.mail_queue import MailQueue, queue_dir
         from gateway.redact.smtp_relay import start_smtp_relay
 
+        if cipher is None:
+            raise ValueError("the SMTP relay's delivery queue needs the operator's key ring (cipher)")
+        delivery = DeliveryWorker(
+            MailQueue(queue_dir(config.data_dir), cipher), config.smtp_relay, audit=audit,
+            on_delayed=on_delayed, on_failed=on_failed,
+        )
         server = await start_smtp_relay(
-            config.smtp_relay, CurrentRedactor(policy, hash_key), audit, on_blocked, hold=hold, on_held=on_held
+            config.smtp_relay, CurrentRedactor(policy, hash_key), audit, on_blocked, hold=hold, on_held=on_held,
+            delivery=delivery,
         )
 
         async def stop_relay() -> None:

@@ -11,9 +11,13 @@ import os
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
+
+from gateway.policy.durations import Duration
 
 LOOPBACK_ONLY = ["127.0.0.1/32", "::1/128"]
+# Names that reach this host whatever listen_host says (the start-time check resolves the rest).
+_SELF_NAMES = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::"}
 
 
 class _Settings(BaseModel):
@@ -84,6 +88,30 @@ class SmtpRelaySettings(_Settings):
     max_message_size: int = Field(
         10 * 1024 * 1024, gt=0, title="Maximum message size", description="Bytes; larger messages are refused."
     )
+    queue_lifetime: Duration = Field(
+        4 * 86400, title="Queue lifetime",
+        description="How long a queued message is retried (1 min doubling to 1 h) before it fails for good.",
+    )
+    delay_warning: Duration = Field(
+        3600, title="Delay warning", description="Alert the operator (mail_delayed) when a message waits this long.",
+    )
+    disk_reserve: ByteSize = Field(
+        "100MB", title="Disk reserve",
+        description="Below this much free space in data_dir the relay answers 452 (the PMS retries later).",
+    )
+    max_received_headers: int = Field(
+        30, ge=1, le=500, title="Hop limit",
+        description="A message with more Received headers than this is refused (554): a mail loop.",
+    )
+    no_reply_addresses: list[str] = Field(
+        default_factory=list, title="No-reply addresses",
+        description="The PMS's own no-reply senders: never sent a delivery status notification (bounce).",
+    )
+
+    @field_validator("no_reply_addresses")
+    @classmethod
+    def _lowercase(cls, addresses: list[str]) -> list[str]:
+        return [a.strip().lower() for a in addresses]
 
     @field_validator("auth_users")
     @classmethod
@@ -99,6 +127,13 @@ class SmtpRelaySettings(_Settings):
             raise ValueError("starttls_cert and starttls_key go together")
         if self.auth_users and self.starttls_cert is None:
             raise ValueError("auth_users needs starttls_cert/starttls_key: AUTH never travels in clear text")
+        if self.smarthost.port == self.port and self.smarthost.host.strip("[]").lower() in _SELF_NAMES | {
+            self.listen_host.strip("[]").lower()
+        }:
+            raise ValueError(
+                f"smarthost {self.smarthost.host}:{self.smarthost.port} is the relay itself (a mail loop): "
+                "set smtp_relay.smarthost to the mail server that delivers"
+            )
         return self
 
 

@@ -1,12 +1,19 @@
 """SMTP relay: the PMS sends its mail here; guest data is redacted before the smarthost.
 
 It runs in the gateway's own event loop (`loop.create_server`, no aiosmtpd Controller
-thread) with a handler of our own: aiosmtpd's bundled Proxy handler delivers with a
-blocking smtplib call and answers 250 even when the smarthost refused. Here the PMS gets
-250 only once the smarthost accepted the redacted message, 451 when it should try again
-later (smarthost down or busy, nothing lost, nothing sent unredacted), the smarthost's own
-5xx when it refused for good, and 554 when the policy blocks the message (permanent, so
-the PMS does not retry it forever).
+thread) with a handler of our own. It is store and forward: the PMS gets 250 only once
+the redacted message is durably in the delivery queue (`mail_queue`: sealed, fsynced,
+0600, in data_dir), and the delivery worker (`delivery`) takes it to the smarthost with
+retries for `smtp_relay.queue_lifetime`. A PMS that never retries (many do not) thus
+loses no confirmation to a smarthost that is down. The relay tries the smarthost at once
+and waits a few seconds for that attempt, so in the ordinary case the mail has left when
+the PMS hears 250, and a recipient the smarthost refuses for good right away is refused
+to the PMS with the smarthost's own 5xx (nothing is bounced then).
+
+Other answers: 554 when the policy blocks the message (permanent, so the PMS does not
+retry it forever) or when it has passed too many relays (a loop); 452 when the data
+directory is below `smtp_relay.disk_reserve` (the PMS keeps the mail and retries; we do
+not accept what we cannot keep); 451 when redaction or the queue write failed.
 
 A message the relay cannot read whole (see `formats.mime.NotFullyParsed`) is neither sent
 nor refused: it goes to the hold queue (`hold_queue`), the operator is alerted
@@ -20,21 +27,28 @@ import asyncio
 import base64
 import email.parser
 import email.policy
+import email.utils
 import hashlib
 import hmac
 import inspect
 import ipaddress
 import logging
 import os
+import shutil
+import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-import aiosmtplib
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from gateway.redact.delivery import DeliveryWorker
+from gateway.redact.dsn import header_block
 from gateway.redact.hold_queue import HoldQueue
+from gateway.redact.mail_queue import QueuedMessage
 from gateway.redact.outbound_audit import Action, OutboundAudit, OutboundRecord, emit
+from gateway.redact.sealed_files import new_id
 from gateway.redact.settings import SmtpRelaySettings, resolve_secret
 
 if TYPE_CHECKING:
@@ -42,7 +56,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TEMPFAIL = "451 4.4.1 Smarthost unavailable, try again later"
+NO_SPACE = "452 4.3.1 Insufficient system storage, try again later"
+FIRST_ATTEMPT_WAIT = 10.0  # seconds the PMS waits for the first delivery attempt at most
 BlockedHook = Callable[[OutboundRecord], Awaitable[None] | None]
 
 # ---------------------------------------------------------------- AUTH passwords
@@ -112,8 +127,13 @@ class RelayHandler:
         channel: str | None = None,
         hold: HoldQueue | None = None,
         on_held: BlockedHook | None = None,
+        *,
+        delivery: DeliveryWorker,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.delivery = delivery
+        self.clock = clock
         self.hold = hold
         self.on_held = on_held
         # A callable lets a policy reload swap the redactor without restarting the listener.
@@ -148,15 +168,43 @@ class RelayHandler:
         session.host_name = hostname
         return responses
 
+    def _disk_full(self, incoming: int = 0) -> bool:
+        """Below the reserve (counting what is about to be written) nothing is accepted."""
+        try:
+            free = shutil.disk_usage(self.delivery.queue.directory.parent).free
+        except OSError:
+            return False  # the queue write itself will say what is wrong
+        if free - incoming < self.settings.disk_reserve:
+            log.warning("SMTP relay: less than smtp_relay.disk_reserve free in data_dir; answering 452")
+            return True
+        return False
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        if await asyncio.to_thread(self._disk_full):
+            return NO_SPACE
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw: bytes = envelope.original_content or envelope.content  # type: ignore[assignment]
-        message_id = _message_id(raw)
+        message_id = message_id_of(raw)
         channel = self.channel or "mail"
 
         async def record(action: Action, reason: str | None, detectors: dict[str, int], size: int) -> OutboundRecord:
             rec = OutboundRecord(channel, self.destination, detectors, action, reason, message_id, size)
             await emit(self.audit, rec)
             return rec
+
+        hops = _received_count(raw)
+        if hops > self.settings.max_received_headers:
+            log.warning("SMTP relay refused a message with %d Received headers (a mail loop?)", hops)
+            await record("blocked", f"mail loop: {hops} Received headers", {}, len(raw))
+            return "554 5.4.6 Too many hops (mail loop?)"
+        if await asyncio.to_thread(self._disk_full, 2 * len(raw)):
+            return NO_SPACE
 
         try:
             redactor = self._redactor()
@@ -179,11 +227,24 @@ class RelayHandler:
             await _notify(self.on_blocked, rec)
             return f"554 5.7.1 {reason}"
 
-        reply, action, reason = await deliver(
-            self.settings, outcome.data, envelope.mail_from or "", envelope.rcpt_tos, envelope.mail_options
+        now = self.clock()
+        queue_id = new_id(now)
+        data, message_id = _with_trace(outcome.data, message_id, queue_id, session, self.settings.hostname, now)
+        queued = QueuedMessage.new(
+            queue_id, now, data, envelope.mail_from or "", envelope.rcpt_tos, envelope.mail_options,
+            message_id=message_id, channel=channel, detectors=outcome.counts(),
         )
-        await record(action, reason, outcome.counts(), len(outcome.data))
-        return reply
+        try:
+            await asyncio.to_thread(self.delivery.queue.put, queued)
+        except Exception:
+            # Not kept, so not accepted: the PMS keeps it and retries.
+            log.exception("mail queue write failed; message deferred")
+            await record("deferred", "mail queue unavailable", outcome.counts(), len(raw))
+            return "451 4.3.0 Message could not be queued, try again later"
+        refusal = await self.delivery.first_attempt(queue_id, FIRST_ATTEMPT_WAIT)
+        if refusal is not None:
+            return _one_line(refusal)
+        return f"250 2.0.0 Queued as {queue_id} (redacted)"
 
     async def _hold(self, raw: bytes, envelope: Envelope, why: str,
                     record: Callable[..., Awaitable[OutboundRecord]]) -> str:
@@ -205,34 +266,6 @@ class RelayHandler:
         return f"250 2.0.0 Held for operator review as {held_id}, not delivered"
 
 
-async def deliver(
-    settings: SmtpRelaySettings, data: bytes, mail_from: str, rcpt_tos: list[str], mail_options: list[str]
-) -> tuple[str, Action, str | None]:
-    """Deliver redacted `data` to the smarthost; map its answer to ours (reply, action, reason)."""
-    host = settings.smarthost
-    try:
-        errors, _ = await aiosmtplib.send(
-            data,
-            sender=mail_from,
-            recipients=rcpt_tos,
-            # SIZE is stale after redaction; the rest describes the content.
-            mail_options=[o for o in mail_options if o.upper().startswith(("BODY=", "SMTPUTF8"))],
-            hostname=host.host,
-            port=host.port,
-            username=host.username,
-            password=resolve_secret(host.password),
-            use_tls=host.use_tls,
-            start_tls=host.start_tls,
-            cert_bundle=host.ca_file,
-            timeout=host.timeout,
-            local_hostname=settings.hostname,
-        )
-    except Exception as exc:  # noqa: BLE001 - every failure maps to an SMTP answer
-        return _failure_answer(exc)
-    reason = f"{len(errors)} recipient(s) refused by the smarthost" if errors else None
-    return "250 2.0.0 OK: redacted and relayed", "forwarded", reason
-
-
 async def _notify(hook: BlockedHook | None, rec: OutboundRecord) -> None:
     """Call an alert hook; its failure is logged, never the sender's problem."""
     if hook is None:
@@ -245,31 +278,35 @@ async def _notify(hook: BlockedHook | None, rec: OutboundRecord) -> None:
         log.exception("outbound alert hook failed")
 
 
-def _failure_answer(exc: Exception) -> tuple[str, Action, str]:
-    """A permanent refusal of this message passes through; anything else is temporary.
-
-    Refusals about the relay itself (HELO, AUTH at the smarthost) are temporary too: they
-    are fixed by the operator, and the PMS must not drop the message meanwhile.
-    """
-    refusal: aiosmtplib.SMTPResponseException | None = None
-    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
-        if all(500 <= r.code < 600 for r in exc.recipients):
-            refusal = exc.recipients[0]
-    elif isinstance(exc, (aiosmtplib.SMTPSenderRefused, aiosmtplib.SMTPDataError)) and 500 <= exc.code < 600:
-        refusal = exc
-    if refusal is not None:
-        # The smarthost's text may quote an address: it goes to the sender, not the audit.
-        return f"{refusal.code} {_one_line(refusal.message)}", "refused", f"smarthost refused ({refusal.code})"
-    what = type(exc).__name__ + (f" {exc.code}" if isinstance(exc, aiosmtplib.SMTPResponseException) else "")
-    log.warning("smarthost failed (%s); message deferred", what)
-    return TEMPFAIL, "deferred", f"smarthost unavailable ({what})"
-
-
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())[:400] or "refused"
 
 
-def _message_id(raw: bytes) -> str | None:
+def _received_count(raw: bytes) -> int:
+    """How many relays the message has passed (its Received headers)."""
+    try:
+        headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header_block(raw))
+    except Exception:  # noqa: BLE001 - unreadable headers count as none; redaction judges the rest
+        return 0
+    return len(headers.get_all("Received") or [])
+
+
+def _with_trace(
+    data: bytes, message_id: str | None, queue_id: str, session: Session, hostname: str, now: float
+) -> tuple[bytes, str]:
+    """Our Received header on top (so a loop back through us is counted), and a Message-ID
+    when the PMS gave none: a copy sent twice (at-least-once) is then recognisable."""
+    helo = _one_line(session.host_name or "unknown").replace(";", "")[:100]
+    peer = str(session.peer[0]) if session.peer else "unknown"
+    trace = (f"Received: from {helo} ([{peer}])\r\n\tby {hostname} (pms-gateway) with ESMTP id {queue_id};\r\n"
+             f"\t{email.utils.formatdate(now)}\r\n")
+    if message_id is None:
+        message_id = f"<{queue_id}@{hostname}>"
+        trace += f"Message-ID: {message_id}\r\n"
+    return trace.encode("ascii", "replace") + data, message_id
+
+
+def message_id_of(raw: bytes) -> str | None:
     """For the audit trail: lets an operator match a record to the PMS's own mail log."""
     try:
         value = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw).get("Message-ID")
@@ -289,6 +326,23 @@ def _tls_context(settings: SmtpRelaySettings) -> ssl.SSLContext | None:
     return context
 
 
+class RelayServer:
+    """The listening relay and its delivery worker: closing it stops both."""
+
+    def __init__(self, server: asyncio.Server, delivery: DeliveryWorker) -> None:
+        self.server = server
+        self.delivery = delivery
+        self.sockets = server.sockets
+
+    def close(self) -> None:
+        self.server.close()
+        self.delivery.close()
+
+    async def wait_closed(self) -> None:
+        await self.server.wait_closed()
+        await self.delivery.stop()
+
+
 async def start_smtp_relay(
     settings: SmtpRelaySettings,
     redactor: Redactor | Callable[[], Redactor],
@@ -297,16 +351,24 @@ async def start_smtp_relay(
     channel: str | None = None,
     hold: HoldQueue | None = None,
     on_held: BlockedHook | None = None,
-) -> asyncio.Server:
-    """Listen on settings.listen_host:port in the running loop; close the server to stop.
+    *,
+    delivery: DeliveryWorker,
+) -> RelayServer:
+    """Listen on settings.listen_host:port in the running loop and start `delivery` (the
+    queue's worker); close the returned server to stop both.
 
     `redactor` may be a zero-argument callable returning the current Redactor (policy
     reload); `channel` names the audit channel (default: the policy's smtp channel).
     `hold` keeps the messages that cannot be read whole (without it they are refused
-    with 554); `on_held` alerts the operator about each.
+    with 554); `on_held` alerts the operator about each. A smarthost that is this relay
+    is refused (StartupRefused): it would be a mail loop.
     """
+    from gateway.preflight import StartupRefused
+
     loop = asyncio.get_running_loop()
-    handler = RelayHandler(settings, redactor, audit, on_blocked, channel, hold, on_held)
+    if delivery.audit is None:
+        delivery.audit = audit  # the trail records deliveries beside what the relay refused
+    handler = RelayHandler(settings, redactor, audit, on_blocked, channel, hold, on_held, delivery=delivery)
     tls = _tls_context(settings)
     users = dict(settings.auth_users)
 
@@ -327,5 +389,45 @@ async def start_smtp_relay(
         )
 
     server = await loop.create_server(protocol, host=settings.listen_host, port=settings.port)
+    try:
+        if await _smarthost_is_self(settings, server):
+            raise StartupRefused(
+                f"smtp_relay.smarthost: {settings.smarthost.host}:{settings.smarthost.port} is this relay itself "
+                "(a mail loop): set it to the mail server that delivers the hotel's mail"
+            )
+        await delivery.start()
+    except BaseException:
+        server.close()
+        raise
     log.info("SMTP relay listening on %s", ", ".join(str(s.getsockname()) for s in server.sockets))
-    return server
+    return RelayServer(server, delivery)
+
+
+async def _smarthost_is_self(settings: SmtpRelaySettings, server: asyncio.Server) -> bool:
+    """True when the smarthost's addresses include one this relay listens on."""
+    host = settings.smarthost
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host.host, host.port, type=socket.SOCK_STREAM)
+    except OSError:
+        return False  # unresolvable now: the delivery attempts will say so
+    bound = [s.getsockname() for s in server.sockets]
+    for *_, sockaddr in infos:
+        target = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
+        for address, port, *_ in bound:
+            if port != host.port:
+                continue
+            listening = ipaddress.ip_address(str(address).split("%")[0])
+            if target == listening or (listening.is_unspecified and (target.is_loopback or _is_local(target))):
+                return True
+    return False
+
+
+def _is_local(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """An address of this host: only those can be bound."""
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((str(address), 0))
+    except OSError:
+        return False
+    return True

@@ -38,7 +38,7 @@ from gateway.redact.outbound_audit import OutboundRecord
 from gateway.redact.policy import ChannelRule, NotificationsPolicy
 from gateway.redact.smtp_relay import start_smtp_relay
 from tests.harness import free_port
-from tests.test_smtp_relay import Audit, relay_settings, start_sink
+from tests.test_smtp_relay import Audit, delivery_for, relay_settings, start_sink
 
 CARD = "4111111111111111"
 VISA13 = "4222222222222"
@@ -114,8 +114,10 @@ class Relay:
         self.alerts.append(await self.alerter.mail_held(record))
 
     async def __aenter__(self) -> Relay:
+        settings = relay_settings(self.smarthost_port)
         self.server = await start_smtp_relay(
-            relay_settings(self.smarthost_port), Redactor(policy()), self.audit, hold=self.queue, on_held=self.on_held
+            settings, Redactor(policy()), self.audit, hold=self.queue, on_held=self.on_held,
+            delivery=delivery_for(settings, self.data_dir),
         )
         return self
 
