@@ -84,13 +84,15 @@ class AccountPage(Addon):
     async def show(self, request: web.Request) -> web.StreamResponse:
         session = await self._session(request)
         if session is None:
-            return see_other(self.policy().login.path)
+            return see_other(self.policy().login.page_url())
+
         return await self._render(request, session)
 
     async def submit(self, request: web.Request) -> web.StreamResponse:
         session = await self._session(request)
         if session is None:
-            return see_other(self.policy().login.path)
+            return see_other(self.policy().login.page_url())
+
         form = await request.post()
         token = str(form.get("csrf", ""))
         client = request[CLIENT]

@@ -22,6 +22,8 @@ from gateway.policy.types import Cidr, Member, NetworkRef, Regex, Section, netwo
 from gateway.readers.content_type import codec_name
 from gateway.readers.redirects import is_local_target
 
+from gateway.readers.redirects import is_local_target
+
 from gateway.redact.policy import NotificationsPolicy
 
 # A charset label, stored as Python's codec name (windows-1252 -> cp1252) so comparisons are exact.
@@ -244,8 +246,33 @@ class LoginRule(Section):
         path, mark, fragment = (self.page or self.path).partition("#")
         return path + (f"?{query}" if query else "") + mark + fragment
 
+    @field_validator("page")
+    @classmethod
+    def _page_is_local(cls, page: str | None) -> str | None:
+        if page is not None:
+            path = page.partition("#")[0]
+            if not is_local_target(path) or "?" in path or path.startswith("/_gateway/"):
+                raise ValueError(
+                    f"{page!r} must be a path of the PMS starting with one / (a #fragment may follow), "
+                    "without a query and outside /_gateway/"
+                )
+        return page
+
+    @property
+
+    def page_path(self) -> str:
+        """The canonical path of the sign-in page (`page` without its #fragment, else `path`)."""
+        return (self.page or self.path).partition("#")[0]
+
+    def page_url(self, query: str = "") -> str:
+        """Where a browser is sent to sign in: the sign-in page, `query` (`next=...`) placed
+        before its #fragment, if any. Every redirect to sign in is built here."""
+        path, mark, fragment = (self.page or self.path).partition("#")
+        return path + (f"?{query}" if query else "") + mark + fragment
+
     @model_validator(mode="after")
     def _password_forms_apart(self) -> LoginRule:
+
 
         for index, form in enumerate(self.password_forms):
             if form.method == self.method and form.pattern.search(self.path):

@@ -389,7 +389,8 @@ def _media(ex: Exchange) -> str:
 
 def _login_page(ex: Exchange, policy: Policy) -> str:
     """Where the browser returns after the captcha: the page the login form was on (its
-    same-site Referer), else the login path with the request's query."""
+    same-site Referer), else the sign-in page (`login.page`) with the request's query."""
+
     referer = ex.request.headers.get("Referer")
     if referer:
         parts = urlsplit(referer)
@@ -397,11 +398,13 @@ def _login_page(ex: Exchange, policy: Policy) -> str:
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             if is_local_target(target) and not target.startswith("/_gateway/"):
                 return target
-    return policy.login.path + (f"?{ex.query}" if ex.query else "")
+    return policy.login.page_url(ex.query)
+
 
 
 def local_next(value: str | None, policy: Policy) -> str:
-    """A validated local `next` target (never another site), else the login path."""
+    """A validated local `next` target (never another site), else the sign-in page."""
     if value and is_local_target(value) and len(value) <= 2048:
         return quote(value, safe="/?&=%#:+,;@!$'()*~")
-    return policy.login.path
+    return policy.login.page_url()
+

@@ -117,4 +117,5 @@ def _message(request: web.BaseRequest, policy: Policy, status: int, key: str) ->
         return web.json_response({"error": key}, status=status)
     t = translator(choose_language(request.headers.get("Accept-Language")))
     return render_page(request, "message.html", status=status, property_name=policy.property, message=t(key),
-                       link=policy.login.path)
+                       link=policy.login.page_url())
+
