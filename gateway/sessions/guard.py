@@ -155,6 +155,11 @@ class SessionGuard(Addon):
             await self.sessions.end(session, "revoked")
             ex.deny("denied", f"session cookie replayed ({theft})")
             session = None
+        if session is not None and policy.login.is_login_request(ex.path.path, ex.request.method):
+            # A login is a new identity: it goes up without this session's PMS cookies. A PMS
+            # that signs a user in within the session it is sent (no new session id, so no
+            # vault change for the identity check to see) would give this session that user.
+            session = None
         if session is None:
             self._set_upstream_cookies(ex, cookies, {})
             if policy.is_public_path(ex.path.path):

@@ -14,6 +14,8 @@ could read two different things out of one request if the gateway let it through
   and `X-Original-URL` / `X-Rewrite-URL`;
 - it has a second login endpoint (`/switch-user`, JSON `/api/login`) that sets the
   session cookie for another user inside a session, without any password of theirs;
+- `/login-in-place` signs in within the session the request already carries, without a
+  new session id (PHP's `$_SESSION['user'] = ...` without `session_regenerate_id()`);
 - `/sloppy-cookie` writes its session cookie as `PMSSESSID =x` (a space before `=`);
 - `/echo` reports the method, path, headers and cookies it saw; `/ws` is a WebSocket;
 - `/hop` answers with `Connection` naming end-to-end headers (`Cache-Control`,
@@ -102,6 +104,19 @@ async def login(request: web.Request) -> web.Response:
     target = next((v for k, v in pairs if k.lower() in ("returnurl", "next")), None)
     target = target or request.query.get("ReturnUrl") or request.query.get("returnUrl") or "/"
     return _open_session(request, user, target)
+
+
+async def login_in_place(request: web.Request) -> web.Response:
+    """A login that rebinds the session it came with (no new cookie) when there is one."""
+    pairs = await _form(request)
+    user, password = _first(pairs, request, "username"), _first(pairs, request, "password")
+    if PASSWORDS.get(user) != password:
+        return _page(request, "Invalid username or password")
+    token = request.cookies.get(SESSION_COOKIE)
+    if token in request.app[SESSIONS]:
+        request.app[SESSIONS][token] = user
+        return web.Response(status=302, headers={"Location": "/"})
+    return _open_session(request, user, "/")
 
 
 async def switch_user(request: web.Request) -> web.Response:
@@ -202,6 +217,7 @@ def create_app() -> web.Application:
     app.router.add_get("/", home)
     app.router.add_get("/login", login_form)
     app.router.add_post("/login", login)
+    app.router.add_post("/login-in-place", login_in_place)
     app.router.add_post("/switch-user", switch_user)
     app.router.add_post("/api/login", api_login)
     app.router.add_get("/sloppy-cookie", sloppy_cookie)
