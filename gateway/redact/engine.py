@@ -11,12 +11,16 @@ once more and refuses it if anything is still found.
 
 from __future__ import annotations
 
+import base64
+import re
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 
 from gateway.redact.detectors import Candidate, DetectorSet
 from gateway.redact.formats.base import Edit, Plan, Rewrite, Rewritten
 from gateway.redact.formats.bodies import BodyDocument, parse_body, parse_query
 from gateway.redact.detectors.invisible import VisibleText
+from gateway.redact.formats.html import rewrite_html, visible_text
 from gateway.redact.formats.mime import CHECKSUMMED, MailDocument, NotFullyParsed
 from gateway.redact.names import names_in_text
 from gateway.redact.operators import Operators
@@ -25,6 +29,7 @@ from gateway.redact.policy import ActionSpec, ChannelRule, NotificationsPolicy
 
 
 _MAX_PASSES = 4
+_MARKUP = re.compile(r"<(?:[a-zA-Z][a-zA-Z0-9]*[\s/>]|!--|/[a-zA-Z])")
 
 
 class Redactor:
@@ -58,6 +63,22 @@ class Redactor:
             for text in texts:
                 names.extend(names_in_text(text))
         return list(dict.fromkeys(names))
+
+    def _document_names(self, document: BodyDocument) -> list[str]:
+        """Names of an HTTP body: its name fields, recipients' display names, and what
+        its texts announce, HTML read as a reader sees it and embedded mails opened."""
+        given = list(document.names())
+        texts: list[str] = []
+        for location, text in document.texts():
+            if location.startswith("mime:"):
+                mail = MailDocument(_decode_mime(text))
+                given.extend(mail.names())
+                texts.extend(t for _, t in mail.texts())
+            elif location.startswith("html:") and _looks_like_html(text):
+                texts.append(visible_text(text))
+            else:
+                texts.append(text)
+        return self.known_names(texts, given)
 
     def _rewrite_text(self, location: str, text: str,
                       names: Sequence[str]) -> tuple[str, list[Finding]]:
@@ -104,12 +125,39 @@ class Redactor:
         return edits
 
     def rewriter(self, names: Sequence[str]) -> Rewrite:
-        """The text rewrite for one message whose guest names are `names`."""
+        """The text rewrite for one message whose guest names are `names`.
+
+        Locations say how a field is read (`gateway.redact.formats.fields`): `html:` values
+        as a reader sees them, `mime:` values as a whole base64 e-mail, others as text.
+        """
 
         def rewrite(location: str, text: str) -> tuple[str, list[Finding]]:
             return self._rewrite_text(location, text, names)
 
-        return rewrite
+        plan = self.planner(names)
+
+        def dispatch(location: str, text: str) -> tuple[str, list[Finding]]:
+            if location.startswith("html:") and _looks_like_html(text):
+                return rewrite_html(text, location, rewrite, plan)
+            if location.startswith("mime:"):
+                return self._rewrite_mime(location, text, names)
+            return rewrite(location, text)
+
+        return dispatch
+
+    def _rewrite_mime(self, location: str, text: str,
+                      names: Sequence[str]) -> tuple[str, list[Finding]]:
+        """A base64 e-mail inside an API body (SES raw): redacted as the relay would."""
+        raw = _decode_mime(text)
+        document = MailDocument(raw)
+        names = self.known_names((t for _, t in document.texts()), [*names, *document.names()])
+        result = document.rewrite(self.rewriter(names), self.planner(names),
+                                  self._display_name_action(), self.policy.attachments,
+                                  self._checksummed)
+        findings = [replace(f, location=f"{location}/{f.location}") for f in result.findings]
+        if result.data == raw:
+            return text, findings
+        return base64.b64encode(result.data).decode("ascii"), findings
 
     def planner(self, names: Sequence[str]) -> Plan:
         """Like `rewriter`, but returns the edits (for text spread over HTML nodes)."""
@@ -158,7 +206,7 @@ class Redactor:
     def _redact_document(self, data: bytes, parse: Callable[[bytes], BodyDocument]) -> Outcome:
         try:
             document = parse(data)
-            names = self.known_names((t for _, t in document.texts()), document.names())
+            names = self._document_names(document)
             result = document.rewrite(self.rewriter(names), self.policy.attachments)
 
             def rescan(data: bytes) -> Rewritten:
@@ -194,6 +242,20 @@ class Redactor:
                     reason=f"strict mode: still found after redaction: {_detectors_of(leftovers)}",
                 )
         return Outcome(data=result.data, findings=result.findings)
+
+
+def _looks_like_html(text: str) -> bool:
+    """Whether a field declared as HTML holds markup (SendGrid's `content[].value` is
+    plain text or HTML, by a sibling `type`)."""
+    return _MARKUP.search(text) is not None
+
+
+def _decode_mime(text: str) -> bytes:
+    """The e-mail in a base64 field; anything else is unreadable (the body is refused)."""
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise NotFullyParsed(f"MIME field is not base64 ({exc})") from None
 
 
 def _detectors_of(findings: Iterable[Finding]) -> str:

@@ -282,12 +282,34 @@ class StrictPolicy(BaseModel):
         description="redact: the recipient's name is removed wherever it appears, in any "
         "inflected form.",
     )
-    services: list[str] = Field(
+    services: list[str | dict[str, list[str]]] = Field(
         default_factory=list,
         title="Service names",
         description="Treatments that reveal health data (e.g. massage, physiotherapy); "
-        "removed in any inflected form.",
+        "removed in any inflected form. A service may list its translations: "
+        "`{massage: [Massage, masáž, massaggio]}`.",
     )
+
+    @field_validator("services", mode="before")
+    @classmethod
+    def _services_mapping(cls, value: Any) -> Any:
+        """`services: {massage: [masáž, ...], sauna: []}` is the same as a list of
+        one-key mappings."""
+        if isinstance(value, dict):
+            return [{str(k): list(v or [])} for k, v in value.items()]
+        return value
+
+    @property
+    def service_terms(self) -> tuple[str, ...]:
+        """Every service name and translation, as the detector matches them."""
+        terms: list[str] = []
+        for service in self.services:
+            if isinstance(service, str):
+                terms.append(service)
+            else:
+                for name, translations in service.items():
+                    terms += [name, *translations]
+        return tuple(dict.fromkeys(t for t in terms if t.strip()))
     leftover: Literal["block", "keep"] = Field(
         "block",
         title="Leftover findings",
@@ -301,6 +323,12 @@ class ChannelRule(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    preset: str | None = Field(
+        None,
+        title="Provider preset",
+        description="A built-in provider definition (twilio, vonage, messagebird, sendgrid, "
+        "mailgun, postmark, mailjet, brevo, brevo_sms, ses); other keys override it.",
+    )
     name: str = Field(..., title="Name", description="Shown in findings and the audit trail.")
     egress_host: str | None = Field(
         None,
@@ -312,10 +340,11 @@ class ChannelRule(BaseModel):
         title="Path pattern",
         description="Regular expression searched in the request path; none = any path.",
     )
-    format: Literal["form", "json", "multipart", "text"] = Field(
+    format: Literal["form", "json", "multipart", "text", "auto"] = Field(
         "text",
         title="Body format",
-        description="How the request body is encoded: form, json, multipart or text.",
+        description="How the request body is encoded: form, json, multipart, text, or auto "
+        "(by the request's Content-Type).",
     )
     fields: list[str] = Field(
         default_factory=list,
@@ -323,21 +352,64 @@ class ChannelRule(BaseModel):
         description="Field paths such as `Body`, `message.text`, `to[].name`; empty = every "
         "string field.",
     )
-    recipient_field: str | None = Field(
+    recipient_field: str | list[str] | None = Field(
         None,
-        title="Recipient field",
-        description="Field holding the destination (e.g. `To`); its value is kept as is.",
+        title="Recipient field(s)",
+        description="Field(s) holding the destination (e.g. `To`); kept as is (routing data), "
+        "display names in them (`Jana <jana@example.cz>`) are learnt as the guest's name.",
+    )
+    keep_fields: list[str] = Field(
+        default_factory=list,
+        title="Kept fields",
+        description="Other routing or protocol fields passed unchanged (sender, credentials, "
+        "template ids).",
     )
     name_fields: list[str] = Field(
         default_factory=list,
         title="Name fields",
         description="Fields whose values are the guest's name, to be removed everywhere else.",
     )
+    template_fields: list[str] = Field(
+        default_factory=list,
+        title="Template parameter objects",
+        description="Objects of template parameters; their name-like keys (first_name, NOM, "
+        "vorname...) are name fields.",
+    )
+    html_fields: list[str] = Field(
+        default_factory=list,
+        title="HTML fields",
+        description="Fields whose value is HTML: scanned as a reader sees it, markup kept.",
+    )
+    mime_fields: list[str] = Field(
+        default_factory=list,
+        title="MIME fields",
+        description="Fields holding a base64 e-mail message (SES raw): redacted as the relay "
+        "redacts mail.",
+    )
     smtp: bool = Field(
         False,
         title="SMTP channel",
         description="This rule describes mail passing through the SMTP relay.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_preset(cls, data: Any) -> Any:
+        """`{preset: sendgrid, egress_host: ...}`: the preset's fields, overridden."""
+        if isinstance(data, dict) and data.get("preset") is not None:
+            from gateway.redact.presets import expand
+
+            return expand(data)
+        return data
+
+    @property
+    def recipient_fields(self) -> tuple[str, ...]:
+        """The recipient field(s) as a tuple (a policy may write one or a list)."""
+        if self.recipient_field is None:
+            return ()
+        if isinstance(self.recipient_field, str):
+            return (self.recipient_field,)
+        return tuple(self.recipient_field)
 
     @field_validator("path")
     @classmethod

@@ -53,7 +53,7 @@ def _build(policy: NotificationsPolicy) -> list[Detector]:
         "passport": PassportDetector(policy.passport_patterns, policy.context_window),
         "date_of_birth": DateOfBirthDetector(policy.date_of_birth_context, policy.context_window),
         "name": NameDetector(),
-        "service": TermDetector("service", policy.strict.services if policy.strict else ()),
+        "service": TermDetector("service", policy.strict.service_terms if policy.strict else ()),
         "deny_list": TermDetector("deny_list", policy.deny_list),
     }
     detectors = [d for name, d in available.items() if name in enabled]

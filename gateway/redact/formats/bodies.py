@@ -24,6 +24,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from gateway.redact.formats.base import Rewrite, Rewritten, UnparsableBody, drops_field
 from gateway.redact.formats.fields import FieldSelector
+from gateway.redact.names import display_names
 from gateway.redact.outcome import Finding
 from gateway.redact.policy import ChannelRule
 
@@ -115,14 +116,16 @@ class FormBody:
         return unquote_to_bytes(raw.replace(b"+", b" ")).decode(self.charset, "surrogateescape")
 
     def names(self) -> list[str]:
-        return [v for _, k, v in self.pairs if v and self.selector.holds_name(k)]
+        named = [v for _, k, v in self.pairs if v and self.selector.holds_name(k)]
+        return named + display_names(
+            v for _, k, v in self.pairs if v and self.selector.is_destination(k))
 
     def texts(self) -> Iterator[tuple[str, str]]:
         for _, key, value in self.pairs:
             if key:
                 yield f"key:{key}", key
             if value is not None and self.selector.redacts(key):
-                yield f"field:{key}", value
+                yield f"{self.selector.kind(key)}:{key}", value
 
     def _encode(self, text: str) -> bytes:
         return quote_plus(text, encoding=self.charset, errors="surrogateescape").encode("ascii")
@@ -141,7 +144,7 @@ class FormBody:
             if new_key != key:
                 key_raw, changed = self._encode(new_key), True
             if value is not None and self.selector.redacts(key):
-                new, found = rewrite(f"field:{key}", value)
+                new, found = rewrite(f"{self.selector.kind(key)}:{key}", value)
                 findings.extend(found)
                 if drops_field(found):
                     changed = True
@@ -204,12 +207,15 @@ class JsonBody:
         self.pretty = re.search(rb'"\s*:\s', body) is not None
 
     def names(self) -> list[str]:
-        return [str(c[k]) for p, c, k in _json_leaves(self.data, "") if self.selector.holds_name(p)]
+        leaves = list(_json_leaves(self.data, ""))
+        named = [str(c[k]) for p, c, k in leaves if self.selector.holds_name(p)]
+        return named + display_names(
+            c[k] for p, c, k in leaves if isinstance(c[k], str) and self.selector.is_destination(p))
 
     def texts(self) -> Iterator[tuple[str, str]]:
         for path, container, key in _json_leaves(self.data, ""):
             if self.selector.redacts(path):
-                yield f"field:{path}", str(container[key])
+                yield f"{self.selector.kind(path)}:{path}", str(container[key])
         for path, node in _json_objects(self.data, ""):
             for key in node:
                 yield f"key:{path}.{key}" if path else f"key:{key}", key
@@ -251,7 +257,7 @@ class JsonBody:
                 continue
             value = container[key]
             text = value if isinstance(value, str) else json.dumps(value)
-            new, found = rewrite(f"field:{path}", text)
+            new, found = rewrite(f"{self.selector.kind(path)}:{path}", text)
             findings.extend(found)
             if drops_field(found):
                 dropped.append((container, key))
@@ -372,9 +378,10 @@ class MultipartBody:
         return bytes(part.content).decode(part.charset, "surrogateescape")
 
     def names(self) -> list[str]:
-        return [
-            self._text(p) for p in self.parts if p.filename is None and self.selector.holds_name(p.name)
-        ]
+        fields = [p for p in self.parts if p.filename is None]
+        named = [self._text(p) for p in fields if self.selector.holds_name(p.name)]
+        return named + display_names(
+            self._text(p) for p in fields if self.selector.is_destination(p.name))
 
     def texts(self) -> Iterator[tuple[str, str]]:
         for part in self.parts:
@@ -382,7 +389,7 @@ class MultipartBody:
                 if name.strip().lower() not in _STRUCTURAL:
                     yield f"header:{part.name}", value.decode("utf-8", "surrogateescape")
             if part.filename is None and self.selector.redacts(part.name):
-                yield f"field:{part.name}", self._text(part)
+                yield f"{self.selector.kind(part.name)}:{part.name}", self._text(part)
 
     def rewrite(self, rewrite: Rewrite, attachments: AttachmentRule) -> Rewritten:
         findings: list[Finding] = []
@@ -405,7 +412,7 @@ class MultipartBody:
                 headers.append(name + b": " + value + b"\r\n")
             if part.filename is None and self.selector.redacts(part.name):
                 text = self._text(part)
-                new, found = rewrite(f"field:{part.name}", text)
+                new, found = rewrite(f"{self.selector.kind(part.name)}:{part.name}", text)
                 findings.extend(found)
                 if drops_field(found):
                     continue
@@ -414,21 +421,32 @@ class MultipartBody:
         return Rewritten(b"".join(out) + b"--" + self.boundary + b"--\r\n", findings)
 
 
+def _format_of(mime_type: str, body: bytes) -> str:
+    """The format of a body sent to an `auto` channel (an API taking several)."""
+    if mime_type == "application/json" or mime_type.endswith("+json"):
+        return "json"
+    if mime_type == "application/x-www-form-urlencoded":
+        return "form"
+    if mime_type == "multipart/form-data":
+        return "multipart"
+    return "json" if body.lstrip()[:1] in (b"{", b"[") else "form"
+
+
 def parse_query(query: bytes, channel: ChannelRule) -> BodyDocument:
     """A request's query string, read as a form whatever the body's format: a form
     channel's fields apply to it, other channels have every parameter scanned (their
     field paths name places in the body), the recipient's excepted."""
-    fields = channel.fields if channel.format == "form" else []
-    selector = FieldSelector(fields, channel.recipient_field, channel.name_fields)
-    return FormBody(query, {}, selector, query=True)
+    fields = channel.fields if channel.format in ("form", "auto") else []
+    return FormBody(query, {}, FieldSelector.for_channel(channel, fields), query=True)
 
 
 def parse_body(body: bytes, content_type: str | None, channel: ChannelRule) -> BodyDocument:
     """The body as the channel's format; a body that is not in that format is text."""
-    _, params = content_type_params(content_type)
-    selector = FieldSelector(channel.fields, channel.recipient_field, channel.name_fields)
+    mime_type, params = content_type_params(content_type)
+    selector = FieldSelector.for_channel(channel)
+    format = channel.format if channel.format != "auto" else _format_of(mime_type, body)
     try:
-        match channel.format:
+        match format:
             case "form":
                 return FormBody(body, params, selector)
             case "json":
