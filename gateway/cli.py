@@ -200,6 +200,11 @@ def redact(
     raise typer.Exit(redact_command(format, policy, explain, sys.stdin.buffer, sys.stdout.buffer, sys.stderr))
 
 
+from gateway.cli_help import reflow_help  # noqa: E402
+
+reflow_help(app)  # every command is registered by now
+
+
 def main() -> None:  # pragma: no cover - console script entry
     app()
 

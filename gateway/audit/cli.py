@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -42,8 +42,10 @@ UserOption = Annotated[str | None, typer.Option("--user", "-u", help="Only this 
 IpOption = Annotated[str | None, typer.Option("--ip", help="Only this client address.")]
 PathOption = Annotated[str | None, typer.Option("--path", help="Path prefix, or re:REGEX.")]
 IdentifierOption = Annotated[str | None, typer.Option("--identifier", help="NAME=VALUE, e.g. reservation=123.")]
-SinceOption = Annotated[str | None, typer.Option("--since", help="ISO date/time (UTC), or an age like 2h or 7d.")]
-UntilOption = Annotated[str | None, typer.Option("--until", help="ISO date/time (UTC), or an age like 2h or 7d.")]
+_WHEN_HELP = ("yesterday, today, an age like 2h or 7d, or a date/time like 2025-03-01 or 2025-03-01T08:00 "
+              "(the property's time zone unless an offset is given).")
+SinceOption = Annotated[str | None, typer.Option("--since", help="From: " + _WHEN_HELP)]
+UntilOption = Annotated[str | None, typer.Option("--until", help="Until: " + _WHEN_HELP)]
 DecisionOption = Annotated[str | None, typer.Option("--decision", help="allowed, denied, refused, ...")]
 InstanceOption = Annotated[str | None, typer.Option("--instance", help="Only this gateway instance's chain.")]
 
@@ -97,32 +99,43 @@ async def _record(ctx: _Context, entry: Any) -> None:
     await AuditStore(ctx.database, ctx.keys()).append([entry], instance_id_of(ctx.config))
 
 
-def _when(text: str | None) -> datetime | None:
-    from gateway.policy.durations import parse_duration
+def _when(ctx: _Context, option: str, text: str | None) -> datetime | None:
+    from zoneinfo import ZoneInfo
+
+    from gateway.readers.moments import parse_moment
 
     if text is None:
         return None
     try:
-        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
-    except ValueError:
-        pass
-    value = datetime.fromisoformat(text)
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return parse_moment(text, zone=ZoneInfo(ctx.policy.property_timezone))
+    except ValueError as exc:
+        raise Refused(f"{option}: {exc}") from None
+
+
+# Identifiers the commands themselves record (ips forget, operators ...), beside the policy's.
+COMMAND_IDENTIFIERS = ("ip", "operator", "user")
+
+
+def _identifier(ctx: _Context, text: str) -> tuple[str, str]:
+    """`--identifier NAME=VALUE`, NAME one the policy's `audit.identifiers` (or a command) records."""
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise Refused("--identifier is NAME=VALUE, e.g. reservation=123")
+    defined = sorted(ctx.policy.audit.identifiers)
+    if name not in defined and name not in COMMAND_IDENTIFIERS:
+        raise Refused(f"--identifier: no identifier {name!r}; the policy's audit.identifiers defines "
+                      f"{', '.join(defined) or 'none'} (and commands record {', '.join(COMMAND_IDENTIFIERS)})")
+    return name, value
 
 
 def _filters(ctx: _Context, user: str | None, ip: str | None, path: str | None, identifier: str | None,
              since: str | None, until: str | None, decision: str | None, instance: str | None) -> QueryFilter:
     from gateway.audit.query import QueryFilter
 
-    pair = None
-    if identifier is not None:
-        name, sep, value = identifier.partition("=")
-        if not sep:
-            raise Refused("--identifier is NAME=VALUE, e.g. reservation=123")
-        pair = (name, value)
     return QueryFilter(
-        user=ctx.normalise(user) if user is not None else None, ip=ip, path=path, identifier=pair,
-        since=_when(since), until=_when(until), decision=decision, instance_id=instance,
+        user=ctx.normalise(user) if user is not None else None, ip=ip, path=path,
+        identifier=_identifier(ctx, identifier) if identifier is not None else None,
+        since=_when(ctx, "--since", since), until=_when(ctx, "--until", until), decision=decision, instance_id=instance,
     )
 
 

@@ -110,16 +110,27 @@ def users_list(
 
 
 @users_app.command("invite")
-def users_invite(name: NameArgument, config: ConfigOption = None) -> None:
-    """Print a one-time code that lets NAME set up 2FA (enrollment: invite)."""
+def users_invite(
+    name: NameArgument,
+    config: ConfigOption = None,
+    create: Annotated[bool, typer.Option("--create", help="Create the account though no group lists the name "
+                                         "(it joins the default group).")] = False,
+) -> None:
+    """Print a one-time code that lets NAME set up 2FA (enrollment: invite).
+
+    A name no group lists and no account has is refused unless --create is given: a typo must not create an
+    account."""
 
     async def main() -> tuple[UserRecord, Any]:
         async with _directory(config) as (directory, _store):
-            group = directory.group_of(name)
+            group, matched = directory.membership(name)
             if group is None:
                 raise Refused(f"{directory.normalise(name)!r} is in no group and the policy "
                               "refuses unknown usernames; add them to a group first")
             existing = await directory.get(name)
+            if existing is None and matched == "default_group" and not create:
+                raise Refused(f"{directory.normalise(name)!r} has no account and no group lists it; check the "
+                              f"spelling, or run again with --create to make it an account of group {group}")
             if existing is not None and not existing.active:
                 raise Refused(f"{existing.name!r} is deactivated; run `users activate` first")
             invite = await directory.issue_invite(name)
