@@ -177,6 +177,11 @@ def measure(corpus: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     }
 
 
+def _count(text: str, value: str) -> int:
+    """Occurrences of `value` as a whole (room `12` is not the 12 inside a phone number)."""
+    return len(re.findall(rf"(?<!\w){re.escape(value)}(?!\w)", text))
+
+
 def measure_handwritten(part: str = "dev") -> dict[str, Any]:
     """Score the hand-written set's `part` (dev, heldout or all): per detector, the
     share of ordinary values kept, leaks after real redaction, and speed."""
@@ -209,7 +214,7 @@ def measure_handwritten(part: str = "dev") -> dict[str, Any]:
         after = handwritten_set.reader_view(message, handwritten_set.redact(redactor, message))
         for value in message.keeps:
             keeps += 1
-            if after.count(value) >= before.count(value):
+            if _count(after, value) >= _count(before, value):
                 kept += 1
             else:
                 leaks.append(f"LOST {message.ident}: {value!r}")

@@ -120,7 +120,21 @@ def test_international_and_national_phones_are_found() -> None:
 
 def test_national_phone_depends_on_the_default_region() -> None:
     assert kinds("Volejte 777 123 456", default_region="CZ") == ["phone"]
-    assert kinds("Volejte 777 123 456", default_region="GB") == []
+    assert kinds("Hotel 777 123 456", default_region="CZ") == ["phone"]  # valid at home
+    assert kinds("Hotel 777 123 456", default_region="GB") == []
+
+
+def test_national_phones_of_guest_regions_after_a_phone_word() -> None:
+    """Issue 11 item 3: national numbers from any listed region, after a phone word;
+    international ones when merely possible (UK fictional mobiles)."""
+    for text in ("Bitte Handy 0176 12345678", "appelez le 06 98 76 54 32",
+                 "volejte 602 123 456", "Portable : 0612345678", "text us on +44 7700 900456"):
+        assert kinds(text, default_region="GB") == ["phone"], text
+    assert kinds("Bitte Handy 0176 12345678", default_region="GB", phone_regions=["GB"]) == []
+    for text in ("Booking 48213377 confirmed", "Rechnung Nr. 2025-1187 vom 14.03.2025",
+                 "Rezervace č. 602118734", "Order #100234557, total 1 284,60 EUR",
+                 "Invoice INV 2025/00931 due 2025-05-31", "IČO 27082440"):
+        assert kinds(text, default_region="GB") == [], text
 
 
 def test_number_labelled_as_a_reference_is_not_a_phone() -> None:

@@ -179,6 +179,28 @@ DEFAULT_ID_CONTEXT: tuple[str, ...] = (
     "OP",
     "document",
     "document number",
+    # Italian, Spanish, Portuguese, Dutch, Polish, Slovak
+    "passaporto",
+    "carta d'identità",
+    "carta di identità",
+    "documento",
+    "documento d'identità",
+    "pasaporte",
+    "DNI",
+    "NIE",
+    "documento de identidad",
+    "passaporte",
+    "paspoort",
+    "paspoortnummer",
+    "identiteitskaart",
+    "ID-kaart",
+    "paszport",
+    "paszportu",
+    "dowód osobisty",
+    "numer dowodu",
+    "cestovný pas",
+    "číslo pasu",
+    "občiansky preukaz",
 )
 """Words that must precede a passport/ID number for it to count as one."""
 
@@ -212,6 +234,9 @@ DEFAULT_PASSPORT_PATTERNS: dict[str, IdPattern] = {
     "FR": IdPattern(pattern=r"\d{2}[A-Z]{2}\d{5}"),
     "DE": IdPattern(pattern=r"[CFGHJKLMNPRTVWXYZ][CFGHJKLMNPRTVWXYZ0-9]{8}"),
     "CZ": IdPattern(pattern=r"\d{8,9}"),
+    "ES": IdPattern(pattern=r"[A-Z]{3}\d{6}"),
+    "IT": IdPattern(pattern=r"[A-Z]{2}\d{5}[A-Z]{2}"),
+    "NL": IdPattern(pattern=r"[A-Z]{2}[A-Z0-9]{6}\d"),
     "generic": IdPattern(pattern=r"[A-Z]{1,2}\d{6,8}"),
 }
 
@@ -238,7 +263,45 @@ DEFAULT_DOB_CONTEXT: tuple[str, ...] = (
     "data narození",
     "narození",
     "nar.",
+    # Italian, Spanish, Portuguese, Dutch, Polish, Slovak, Hungarian, Nordic
+    "nato il",
+    "nata il",
+    "nato/a il",
+    "nato",
+    "nata",
+    "data di nascita",
+    "fecha de nacimiento",
+    "nacido el",
+    "nacida el",
+    "nacimiento",
+    "data de nascimento",
+    "nascido em",
+    "nascida em",
+    "geboren op",
+    "geboortedatum",
+    "geb. datum",
+    "data urodzenia",
+    "urodzony",
+    "urodzona",
+    "ur.",
+    "dátum narodenia",
+    "narodený",
+    "narodená",
+    "születési dátum",
+    "született",
+    "fødselsdato",
+    "født",
+    "födelsedatum",
+    "född",
+    "syntymäaika",
 )
+
+
+DEFAULT_PHONE_REGIONS: tuple[str, ...] = (
+    "GB", "IE", "FR", "DE", "AT", "CH", "NL", "BE", "IT", "ES", "PT", "CZ", "SK", "PL", "HU",
+    "DK", "SE", "NO", "FI", "US", "CA", "AU",
+)
+"""Guest markets of European hotels: national numbers from these countries are read."""
 
 
 class CustomPattern(BaseModel):
@@ -458,6 +521,13 @@ class NotificationsPolicy(BaseModel):
         description="Country (ISO 3166 alpha-2) assumed for phone numbers written without "
         "an international prefix.",
     )
+    phone_regions: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_PHONE_REGIONS),
+        title="Guest phone regions",
+        description="Countries whose national-format numbers are recognised (after a phone "
+        "word, or written as a phone number); default: the usual guest markets of "
+        "European hotels.",
+    )
     detectors: list[str] = Field(
         default_factory=lambda: ["card", "iban", "email", "phone", "passport", "date_of_birth"],
         title="Enabled detectors",
@@ -532,6 +602,17 @@ class NotificationsPolicy(BaseModel):
         title="Strict mode",
         description="Clinics and spas: redact names and treatments, block what remains.",
     )
+
+    @field_validator("phone_regions")
+    @classmethod
+    def _known_regions(cls, value: list[str]) -> list[str]:
+        import phonenumbers
+
+        unknown = [r for r in value if r not in phonenumbers.SUPPORTED_REGIONS]
+        if unknown:
+            raise ValueError(f"unknown phone region(s) {', '.join(unknown)}; use ISO 3166 "
+                             "alpha-2 codes such as GB, FR, CZ")
+        return list(dict.fromkeys(value))
 
     @field_validator("detectors")
     @classmethod

@@ -49,7 +49,7 @@ def _build(policy: NotificationsPolicy) -> list[Detector]:
         "card": CardDetector(),
         "iban": IbanDetector(),
         "email": EmailDetector(),
-        "phone": PhoneDetector(policy.default_region),
+        "phone": PhoneDetector(policy.default_region, policy.phone_regions),
         "passport": PassportDetector(policy.passport_patterns, policy.context_window),
         "date_of_birth": DateOfBirthDetector(policy.date_of_birth_context, policy.context_window),
         "name": NameDetector(),

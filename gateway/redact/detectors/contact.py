@@ -44,13 +44,38 @@ _REFERENCE_WORDS = re.compile(
     r"(?:\s+(?:number|no|nr|nummer|numéro|číslo|č))?\W{0,12}$"
 )
 _PHONE_WORDS = re.compile(
-    r"(?i)(?<!\w)(?:tel|tél|phone|telephone|téléphone|mobile|mobil|portable|call|"
-    r"sms|whatsapp|telefon|telefonu|telefonní|telefonnummer|handy|fax|volejte|zavolejte|appelez|anrufen|"
-    r"rufen|kontakt|contact)(?!\w)"
+    r"(?i)(?<!\w)(?:"
+    # English
+    r"tel|tele|phone|telephone|mobile|mob|cell|cellphone|call|calls|ring|text|sms|whatsapp|"
+    r"fax|contact|reach|dial|"
+    # French
+    r"tél|téléphone|telephone|portable|appelez|appeler|appelez-nous|joignable|joindre|"
+    # German
+    r"telefon|telefonnummer|handy|handynummer|mobil|mobilnummer|rufnummer|rückruf|"
+    r"rückrufnummer|anrufen|erreichbar|festnetz|kontakt|"
+    # Czech, Slovak
+    r"telefonu|telefonní|telefón|telefónne|volejte|zavolejte|volajte|zavolajte|mobilu|"
+    # Italian, Spanish, Portuguese
+    r"telefono|cellulare|cell|chiami|chiamare|chiamaci|contattare|"
+    r"teléfono|móvil|movil|llame|llámanos|llamanos|llamar|contacto|telemóvel|telefone|ligue|"
+    # Dutch, Polish, Nordic, Hungarian, Finnish
+    r"bel|bellen|telefoon|telefoonnummer|mobiel|mobiele|dzwonić|dzwonic|zadzwoń|zadzwon|"
+    r"komórka|komorka|komórkowy|ring|puhelin|soita"
+    r")(?!\w)"
 )
 _LOOKBEHIND = 24
+_CONTEXT_WINDOW = 40
 _MIN_DIGITS = 7  # shorter "numbers" that parse as valid (service codes) are prices, times
-_DATE_SHAPED = re.compile(r"^\d{1,2}[./]\d{1,2}[./](?:\d{2}|\d{4})$")
+_MAX_DIGITS = 15  # E.164
+_DATE_SHAPED = re.compile(r"^\d{1,2}[./-]\d{1,2}[./-](?:\d{2}|\d{4})$|^\d{4}-\d{1,2}-\d{1,2}$")
+# A run of digits in the groupings phone numbers are written in: an optional +CC (or
+# 00CC) prefix, an optional bracketed area code, groups joined by one space (also a
+# no-break space), a hyphen, a dot or a slash.
+_CANDIDATE = re.compile(
+    r"(?<![\w+/.,-])(?:\+|00(?=[1-9]))?(?:\(\d{1,5}\)[ \u00a0\u202f]?|\d)"
+    r"(?:[ \u00a0\u202f./-]?(?:\(\d{1,5}\)|\d))*(?![\w/-]|[.,]\d)"
+)
+_SENTENCE_END = re.compile(r"[!?;\n]|(?<!\btel)(?<!\btél)(?<!\bmob)(?<!\bno)(?<!\bnr)\.\s")
 
 
 def _inside_number(text: str, start: int) -> bool:
@@ -59,26 +84,59 @@ def _inside_number(text: str, start: int) -> bool:
 
 
 class PhoneDetector:
-    """Finds valid phone numbers, national ones for `region` and international ones."""
+    """Finds phone numbers as guests and hotels write them.
+
+    - International (`+44 7700 900456`, `0049 176 ...`): when possible for its country
+      (fictional and new ranges are not "valid", but they are somebody's number).
+    - National (`0612345678`, `602 123 456`): when valid in `region` (the hotel's
+      country), or possible in one of `regions` (the guests' countries) and either
+      written after a phone word (call, Telefon, volejte, móvil...) or written as
+      phone numbers are (a leading trunk 0 or a bracketed area code, in groups) and
+      valid in one of them.
+    A number labelled as a reference ("booking ref 724193856") is never a phone, nor is
+    a date or a run of digits inside a longer one.
+    """
 
     name = "phone"
 
-    def __init__(self, region: str) -> None:
+    def __init__(self, region: str, regions: Sequence[str] = ()) -> None:
         self.region = region
+        self.regions = tuple(dict.fromkeys([region, *regions]))
 
     def find(self, text: str, names: Sequence[str]) -> Iterator[Candidate]:
-        if sum(char.isdigit() for char in text) < 5:
+        if sum(char.isdigit() for char in text) < _MIN_DIGITS:
             return
-        matcher = phonenumbers.PhoneNumberMatcher(
-            text, self.region, leniency=phonenumbers.Leniency.VALID
+        for match in _CANDIDATE.finditer(text):
+            raw = match.group().rstrip(" \u00a0\u202f./-")
+            digits = sum(c.isdigit() for c in raw)
+            if not _MIN_DIGITS <= digits <= _MAX_DIGITS + 2 or _DATE_SHAPED.match(raw):
+                continue
+            start = match.start()
+            if self._labelled_as_reference(text, start) or _inside_number(text, start):
+                continue
+            if self._is_phone(raw, text, start):
+                yield Candidate(self.name, start, start + len(raw))
+
+    def _is_phone(self, raw: str, text: str, start: int) -> bool:
+        if raw.startswith(("+", "00")):
+            number = _parse("+" + raw[2:] if raw.startswith("00") else raw, None)
+            return number is not None and phonenumbers.is_possible_number(number)
+        if digits_only(raw) > 12:
+            return False
+        home = _parse(raw, self.region)
+        if home is not None and phonenumbers.is_valid_number(home):
+            return True
+        parsed = [(r, n) for r in self.regions if (n := _parse(raw, r)) is not None]
+        possible = [n for _, n in parsed if phonenumbers.is_possible_number(n)]
+        if not possible:
+            return False
+        if _after_phone_word(text, start):
+            return True
+        shaped = raw.startswith("(") or (raw.startswith("0") and not raw.isdigit())
+        return shaped and (
+            any(phonenumbers.is_valid_number(n) for n in possible)
+            or (home is not None and phonenumbers.is_possible_number(home))
         )
-        for match in matcher:
-            raw = match.raw_string
-            if sum(c.isdigit() for c in raw) < _MIN_DIGITS or _DATE_SHAPED.match(raw):
-                continue
-            if self._labelled_as_reference(text, match.start) or _inside_number(text, match.start):
-                continue
-            yield Candidate(self.name, match.start, match.end)
 
     @staticmethod
     def _labelled_as_reference(text: str, start: int) -> bool:
@@ -86,3 +144,23 @@ class PhoneDetector:
         if text[start : start + 1] == "+":
             return False  # an international prefix is never a reference number
         return bool(_REFERENCE_WORDS.search(before)) and not _PHONE_WORDS.search(before)
+
+
+def digits_only(raw: str) -> int:
+    return sum(c.isdigit() for c in raw)
+
+
+def _parse(raw: str, region: str | None) -> phonenumbers.PhoneNumber | None:
+    try:
+        return phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException:
+        return None
+
+
+def _after_phone_word(text: str, start: int) -> bool:
+    """Whether a phone word stands before `start` in the same sentence, nearby."""
+    before = text[max(0, start - _CONTEXT_WINDOW) : start]
+    last = None
+    for last in _PHONE_WORDS.finditer(before):
+        pass
+    return last is not None and not _SENTENCE_END.search(before[last.end() :])

@@ -55,7 +55,14 @@ _MONTHS = (
     "november dezember "
     # Czech (genitive, as used in dates) and nominative
     "ledna února března dubna května června července srpna září října listopadu prosince "
-    "leden únor březen duben květen červen červenec srpen říjen listopad prosinec"
+    "leden únor březen duben květen červen červenec srpen říjen listopad prosinec "
+    # Italian, Spanish, Dutch, Polish (genitive), Slovak (genitive)
+    "gennaio febbraio marzo aprile maggio giugno luglio agosto settembre ottobre novembre "
+    "dicembre enero febrero marzo abril mayo junio julio agosto septiembre setiembre "
+    "octubre noviembre diciembre januari februari maart april mei juni juli augustus "
+    "september oktober november december stycznia lutego marca kwietnia maja czerwca "
+    "lipca sierpnia września października listopada grudnia januára februára marca "
+    "apríla mája júna júla augusta septembra októbra novembra decembra"
 ).split()
 _MONTH = "(?:" + "|".join(sorted({re.escape(fold(m)) for m in _MONTHS}, key=len, reverse=True)) + r")\.?"
 _DAY = r"(?:[0-3]?\d)(?:st|nd|rd|th|er)?\.?"
@@ -65,7 +72,7 @@ _DATE = re.compile(
     r"(?i)(?<![\w/.-])(?:"
     rf"{_YEAR}-[01]?\d-[0-3]?\d"  # 1985-03-12
     rf"|[0-3]?\d\s?[./-]\s?[01]?\d\s?[./-]\s?(?:{_YEAR}|\d\d)"  # 12.03.1985, 12/3/85
-    rf"|{_DAY}\s+{_MONTH}\s+{_YEAR}"  # 12 March 1985, 12. března 1985, 1er mars 1985
+    rf"|{_DAY}\s+(?:de\s+)?{_MONTH}\s+(?:de\s+)?{_YEAR}"  # 12 March 1985, 1er mars 1985, 3 de mayo de 1990
     rf"|{_MONTH}\s+{_DAY},?\s+{_YEAR}"  # March 12, 1985
     r")(?![\w/])"
 )
