@@ -37,7 +37,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from gateway.policy.schema import LoginRule, PasswordForm
 from gateway.proxy.exchange import Exchange
 from gateway.readers.content_type import ContentType, UnclearContentType, read_content_type
-from gateway.sessions.cookies import parse_cookie_header
+from gateway.sessions.cookies import hidden_names, parse_cookie_header
 
 MAX_CREDENTIAL_BODY = 64 * 1024  # login bodies, and form/JSON bodies checked for a stray password
 MAX_MULTIPART_CHECK = 16 * 1024 * 1024  # multipart bodies (uploads) checked for a stray password
@@ -107,8 +107,8 @@ def refuse_in_query(query: str, fields: Sequence[str]) -> None:
 def refuse_in_cookies(cookie_headers: Sequence[str], fields: Sequence[str]) -> None:
     if not cookie_headers:
         return
-    for name, _ in parse_cookie_header("; ".join(cookie_headers)):
-        for reading in {name, unquote_plus(name, errors="replace")}:
+    for name, value in parse_cookie_header("; ".join(cookie_headers)):
+        for reading in {name, unquote_plus(name, errors="replace"), *hidden_names(value)}:
             for field in fields:
                 if is_credential_name(reading, field):
                     raise AmbiguousCredentials(f"credential field {field!r} in a cookie")

@@ -7,6 +7,7 @@ vault: injected on the way up, taken out of every answer on the way down.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from gateway.policy.schema import LoginRule
@@ -25,6 +26,10 @@ GATEWAY_COOKIES = frozenset(
      ACCOUNT_LINK_COOKIE}
 )
 DEVICE_COOKIE_MAX_AGE = 400 * 86400  # the longest browsers keep a cookie
+# `name=` inside a cookie's value after white space, a comma or a quote: another pair to
+# aiohttp and Python's SimpleCookie (they split on white space) and to RFC 2109 parsers
+# (Tomcat's legacy one splits on commas).
+_HIDDEN_PAIR = re.compile(r'[\s,"]+([^\s,;="]+)\s*=')
 
 
 def set_cookie(
@@ -84,6 +89,12 @@ def parse_cookie_header(header: str | None) -> list[tuple[str, str]]:
     return pairs
 
 
+def hidden_names(value: str) -> list[str]:
+    """Cookie names a lenient server reads inside one pair's value (`theme=dark PMSSESSID=x`
+    is `theme=dark` here and in browsers, but also `PMSSESSID=x` to aiohttp)."""
+    return _HIDDEN_PAIR.findall(value) if value else []
+
+
 def set_cookie_name(header: str) -> str:
     """The trimmed name a `Set-Cookie` header value sets ('' when it has none)."""
     return _name_value(header.partition(";")[0])[0]
@@ -118,18 +129,23 @@ class CookiePolicy:
             return name not in self.allow_list
         return name.casefold() in self.session_names
 
+    def _holds_vaulted(self, name: str) -> bool:
+        return name in GATEWAY_COOKIES or self.is_vaulted(name)
+
     def upstream_cookie_header(self, browser_header: str | None, vault: dict[str, str]) -> str | None:
         """The browser's cookies minus gateway and vaulted names, plus the vault's cookies.
 
         The header is rebuilt from the pairs read here, so the PMS sees exactly the
-        cookies the gateway judged, under their trimmed names.
+        cookies the gateway judged, under their trimmed names. A pair whose value hides a
+        gateway or vaulted name (`theme=dark PMSSESSID=x`, `a=b, PMSSESSID=x`) is dropped
+        whole: a PMS splitting on white space or commas would read a second session cookie.
         """
         if not browser_header and not vault:
             return None
         pairs = [
             (k, v)
             for k, v in parse_cookie_header(browser_header)
-            if k not in GATEWAY_COOKIES and not self.is_vaulted(k)
+            if not self._holds_vaulted(k) and not any(self._holds_vaulted(h) for h in hidden_names(v))
         ]
         pairs.extend(vault.items())
         return "; ".join(f"{k}={v}" for k, v in pairs) or None
