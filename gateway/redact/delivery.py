@@ -52,12 +52,9 @@ async def attempt(settings: SmtpRelaySettings, message: QueuedMessage) -> dict[s
     host = settings.smarthost
     pending = [r.address for r in message.pending()]
     try:
-        errors, response = await aiosmtplib.send(
-            message.data,
-            sender=message.mail_from,
-            recipients=pending,
-            # SIZE is stale after redaction; the rest describes the content.
-            mail_options=[o for o in message.mail_options if o.upper().startswith(("BODY=", "SMTPUTF8"))],
+        # The client itself, not aiosmtplib.send: a bounce goes out from the null sender `<>`,
+        # which send() refuses.
+        client = aiosmtplib.SMTP(
             hostname=host.host,
             port=host.port,
             username=host.username,
@@ -69,6 +66,14 @@ async def attempt(settings: SmtpRelaySettings, message: QueuedMessage) -> dict[s
             timeout=host.timeout,
             local_hostname=settings.hostname,
         )
+        async with client:
+            errors, response = await client.sendmail(
+                message.mail_from,
+                pending,
+                message.data,
+                # SIZE is stale after redaction; the rest describes the content.
+                mail_options=[o for o in message.mail_options if o.upper().startswith(("BODY=", "SMTPUTF8"))],
+            )
     except aiosmtplib.SMTPRecipientsRefused as exc:
         refused = {r.recipient: (r.code, _one_line(r.message)) for r in exc.recipients}
         return {a: refused.get(a, (0, "not tried")) for a in pending}
@@ -159,10 +164,13 @@ class DeliveryWorker:
         self._wake.set()
 
     async def _loop(self) -> None:
+        # A (re)started gateway tries its whole queue at once: a restart often follows a fix.
+        force = True
         while True:
             self._wake.clear()
             try:
-                next_due = await self.run_due()
+                next_due = await self.run_due(force=force)
+                force = False
             except Exception:
                 log.exception("mail queue run failed")
                 next_due = None
@@ -172,12 +180,12 @@ class DeliveryWorker:
                     await self._wake.wait()
 
     # -- running ---------------------------------------------------------------------------
-    async def run_due(self) -> float | None:
-        """Try every message whose time has come (waits for them); returns when the next is
-        due (clock seconds), None if the queue is empty."""
+    async def run_due(self, force: bool = False) -> float | None:
+        """Try every message whose time has come (every message with `force`) and wait for
+        them; returns when the next is due (clock seconds), None if the queue is empty."""
         next_due: float | None = None
         for message_id in await asyncio.to_thread(self.queue.ids):
-            due = await self.process(message_id)
+            due = await self.process(message_id, force=force)
             if due is not None:
                 next_due = due if next_due is None else min(next_due, due)
         return next_due

@@ -37,7 +37,6 @@ import os
 import shutil
 import socket
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -129,11 +128,10 @@ class RelayHandler:
         on_held: BlockedHook | None = None,
         *,
         delivery: DeliveryWorker,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.delivery = delivery
-        self.clock = clock
+        self.clock = delivery.clock  # queue times are the worker's
         self.hold = hold
         self.on_held = on_held
         # A callable lets a policy reload swap the redactor without restarting the listener.
@@ -231,7 +229,7 @@ class RelayHandler:
         queue_id = new_id(now)
         data, message_id = _with_trace(outcome.data, message_id, queue_id, session, self.settings.hostname, now)
         queued = QueuedMessage.new(
-            queue_id, now, data, envelope.mail_from or "", envelope.rcpt_tos, envelope.mail_options,
+            queue_id, now, data, _sender(envelope), envelope.rcpt_tos, envelope.mail_options,
             message_id=message_id, channel=channel, detectors=outcome.counts(),
         )
         try:
@@ -280,6 +278,12 @@ async def _notify(hook: BlockedHook | None, rec: OutboundRecord) -> None:
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())[:400] or "refused"
+
+
+def _sender(envelope: Envelope) -> str:
+    """The envelope sender; "" for the null sender `<>` (a bounce), however it was written."""
+    sender = (envelope.mail_from or "").strip()
+    return "" if sender.strip("<>") == "" else sender
 
 
 def _received_count(raw: bytes) -> int:
