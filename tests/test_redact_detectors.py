@@ -257,9 +257,43 @@ def test_display_names_decode_rfc2047() -> None:
 
 
 def test_name_parts_leave_out_titles_and_particles() -> None:
+    """Particles alone are not names; with their surname they are one phrase."""
     assert name_parts(["Ms Jana Nováková", "Ludwig van Beethoven"]) == (
-        "Beethoven", "Jana", "Ludwig", "Nováková",
+        "Beethoven", "Jana", "Ludwig", "Nováková", "van Beethoven",
     )
+
+
+def test_names_without_a_known_recipient() -> None:
+    """Issue 11 item 5: salutations and titles in the supported languages, multi-word
+    surnames, Czech/Slovak/Polish vocative and genitive forms."""
+    redactor = Redactor(NotificationsPolicy(detectors=[], strict={"names": "redact"}))
+
+    def names_found(text: str) -> list[str]:
+        return [text[c.start : c.end] for c in redactor.scan(text)]
+
+    cases = {
+        "Good evening Mr. Dubois, your table is ready.": ["Dubois"],
+        "Sehr geehrte Frau Van der Berg, vielen Dank.": ["Van der Berg"],
+        "Vážený pane Dvořáku, děkujeme.": ["Dvořáku"],
+        "Dear Mr and Mrs de la Cruz, late checkout is fine.": ["de la Cruz"],
+        "Estimada Maria García, su reserva.": ["Maria García"],
+        "Gentile Signor Rossi, la camera è pronta.": ["Rossi"],
+        "Geachte heer Van den Broek, uw reservering.": ["Van den Broek"],
+        "Szanowna Pani Wiśniewska, przypominamy.": ["Wiśniewska"],
+        "Dobrý deň, pán Horváth, izba je pripravená.": ["Horváth"],
+        "Potvrzujeme pobyt. Pro paní Novákovou jsme připravili pokoj.": ["Novákovou"],
+        "Guest Pieter de Vries, arriving at 15:00.": ["Pieter de Vries"],
+    }
+    for text, names in cases.items():
+        assert names_found(text) == names, text
+    assert names_found("Dear guest, welcome to Hotel Belvedere.") == []
+
+
+def test_known_name_in_inflected_forms() -> None:
+    redactor = Redactor(NotificationsPolicy(detectors=[], strict={"names": "redact"}))
+    text = "Pro paní Novákovou, paní Novákové. Pani Zielińskiej i Pana Wójcika. Für Herrn Müllers Sohn."
+    out, _ = redactor.redact_text(text, ["Jana Nováková", "Anna Zielińska", "Piotr Wójcik", "Hans Müller"])
+    assert "Nováková"[:6] not in out and "Zieli" not in out and "Wójcik" not in out and "Müller" not in out, out
 
 
 def test_services_in_strict_mode_match_inflected_forms() -> None:

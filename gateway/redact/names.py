@@ -19,7 +19,12 @@ TITLES: frozenset[str] = frozenset(
     mr mrs ms miss mx dr prof sir dame lady lord
     m mme mlle monsieur madame mademoiselle
     herr frau fräulein
-    pan paní pane slečna slečno ing mudr mgr bc phdr judr
+    pan paní pane pana panu panem slečna slečno slečny ing mudr mgr bc phdr judr
+    pán pána pánovi pani panie panią państwo
+    signor signore signora signorina sig sigra dott dottssa egr
+    señor señora señorita sr sra srta don doña dña
+    heer mevrouw mevr mw dhr meneer juffrouw
+    senhor senhora sra
     """.split()
 )
 """Words that precede a name but are not part of it."""
@@ -28,6 +33,23 @@ PARTICLES: frozenset[str] = frozenset(
     "von van der den de del della di da du la le des y zu ten ter af av".split()
 )
 """Lower-case surname particles: too common as words to be matched on their own."""
+
+STRONG_TITLES: frozenset[str] = frozenset(
+    """
+    mr mrs ms miss mx dr
+    mme mlle monsieur madame mademoiselle
+    herr frau
+    pan paní pane pana panu panem slečna slečno pán pána pánovi pani panie panią
+    signor signora signorina sig sigra
+    señor señora señorita sr sra srta
+    heer mevrouw mevr dhr meneer senhor senhora
+    """.split()
+)
+"""Titles that announce a name wherever they stand ("pro paní Novákovou",
+"we found it in Mr Brooks's room"), not only after a greeting."""
+
+_CONNECTORS: frozenset[str] = frozenset("and & und et e y i en a".split())
+"""'Mr and Mrs de la Cruz': words between two titles."""
 
 # Capitalised words that follow a greeting without being a name.
 _NOT_NAMES: frozenset[str] = frozenset(
@@ -39,6 +61,13 @@ _NOT_NAMES: frozenset[str] = frozenset(
     damen herren gast gäste kunde kundin kunden patientin zusammen ihre ihr danke
     hoste hosté hosty klient klientko klientka klienti pacient pacientko pacientka
     vaše váš vás děkujeme
+    gentile gentili ospite ospiti signori cliente grazie
+    estimado estimada huésped huéspedes gracias
+    gast gasten klant heer mevrouw dank
+    gość goście goscie klient klientka państwo dziękujemy
+    hosť hostia klientka ďakujeme
+    hotel reception rezeption recepce réception spa team
+    services service relations wifi wi-fi house list room rooms
     """.split()
 )
 
@@ -46,14 +75,29 @@ _GREETING = re.compile(
     r"(?i)(?<!\w)(?:dear|hello|hi|hey|good\s+(?:morning|afternoon|evening)|"
     r"bonjour|bonsoir|cher|chère|salut|"
     r"sehr\s+geehrte[rs]?|liebe[rs]?|hallo|guten\s+(?:tag|morgen|abend)|"
-    r"vážen[áýé]|mil[áýé]|dobrý\s+den|dobrý\s+večer|ahoj|zdravím)(?!\w)"
+    r"vážen[áýé]|mil[áýé]|dobrý\s+den|dobrý\s+večer|ahoj|zdravím|"
+    r"grüß\s+gott|grüezi|servus|moin|"
+    r"dobrý\s+deň|dobr[ýy]\s+de[nň]|dobr[ýy]\s+ve[cč]er|v[aá][zž]en[aáyýeé]|mil[aáyýeé]|"
+    r"gentile|gentili|egregi[oa]|car[oai]|buongiorno|buonasera|salve|ciao|"
+    r"estimad[oa]s?|querid[oa]s?|hola|buen[oa]s\s+(?:días|dias|tardes|noches)|"
+    r"beste|geachte|lieve|goedemorgen|goedemiddag|goedenavond|hoi|"
+    r"szanown[ayi]|drog[ia]|dzień\s+dobry|dzien\s+dobry|witam|cześć|"
+    r"prezado|prezada|olá|bom\s+dia|boa\s+tarde|"
+    r"(?<![^\n])(?:morning|evening|afternoon))(?!\w)"
 )
 _LABEL = re.compile(
     r"(?im)^[ \t>*-]*(?:guests?(?:\s+names?)?|full\s+name|name|patients?|clients?|booked\s+by|"
     r"reserved\s+by|nom(?:\s+du\s+client)?|client\(e\)|réservé\s+par|patient\(e\)|"
     r"gast|gäste|gastname|name\s+des\s+gastes|gebucht\s+von|patient(?:in)?|"
-    r"host|hosté|jméno(?:\s+hosta)?|jméno\s+a\s+příjmení|pacient(?:ka)?|klient(?:ka)?)"
-    r"[ \t]*:[ \t]*"
+    r"host|hosté|jméno(?:\s+hosta)?|jméno\s+a\s+příjmení|pacient(?:ka)?|klient(?:ka)?|"
+    r"ospite|nome(?:\s+e\s+cognome)?|huésped|nombre(?:\s+y\s+apellidos?)?|titular|"
+    r"naam|gast|gość|imię\s+i\s+nazwisko|hosť|meno(?:\s+a\s+priezvisko)?)"
+    r"(?:[ \t]*:[ \t]*|\t+|[ \t]*\.{3,}[ \t]*)"  # "Name: ", a table cell, "Name ..... "
+)
+# "Guest Liam Murphy, born ...": a guest word without a colon, before a full name.
+_BARE_LABEL = re.compile(
+    r"(?i)(?<![\w-])(?:guest|gast|ospite|huésped|gość|host|hosť|patient|pacient)[ \t]+"
+    r"(?=[^\W\d_][\w'’\-]*[ \t]+(?:(?:" + "|".join(sorted(PARTICLES)) + r")[ \t]+)*[A-ZÀ-Ž])"
 )
 _TOKEN = re.compile(r"[ \t]*([^\W\d_][\w'’\-]*\.?)")
 _LIST_SEPARATOR = re.compile(r"(?i)[ \t]*(?:,|&|\band\b|\bet\b|\bund\b|\ba\b)[ \t]*")
@@ -78,7 +122,12 @@ def _take_name(text: str, pos: int, title_required: bool) -> tuple[str | None, i
             saw_title = True
             pos = match.end()
             continue
-        if bare.lower() in PARTICLES and parts:
+        if not parts and saw_title and bare.lower() in _CONNECTORS:
+            following = _TOKEN.match(text, match.end())
+            if following and _is_title(following.group(1)):
+                pos = match.end()
+                continue
+        if bare.lower() in PARTICLES and (parts or _particles_lead(text, match.start())):
             parts.append(bare)
             pos = match.end()
             continue
@@ -95,6 +144,35 @@ def _take_name(text: str, pos: int, title_required: bool) -> tuple[str | None, i
     return " ".join(parts), pos
 
 
+def _particles_lead(text: str, pos: int) -> bool:
+    """'de la Cruz', 'van der Berg': lower-case particles followed by a capitalised word."""
+    while True:
+        match = _TOKEN.match(text, pos)
+        if match is None:
+            return False
+        word = match.group(1).rstrip(".")
+        if word.lower() not in PARTICLES:
+            return word[:1].isupper() and word.lower() not in _NOT_NAMES
+        pos = match.end()
+
+
+_TITLE_WORD = re.compile(
+    r"(?i)(?<![\w.])(?:" + "|".join(sorted(map(re.escape, STRONG_TITLES), key=len, reverse=True))
+    + r")\.?(?=[ \t\u00a0]+(?:\w))"
+)
+
+
+def _after_titles(text: str) -> Iterator[str]:
+    """Names after a title anywhere ("pro paní Novákovou", "Mr. Brooks's wallet")."""
+    for match in _TITLE_WORD.finditer(text):
+        word = match.group().rstrip(".")
+        if len(word) <= 2 and not word[:1].isupper():
+            continue  # "sr", "mr" in lower case are rarely titles
+        name, _ = _take_name(text, match.start(), title_required=True)
+        if name:
+            yield name
+
+
 def _after_greetings(text: str) -> Iterator[str]:
     for match in _GREETING.finditer(text):
         pos = match.end()
@@ -106,6 +184,13 @@ def _after_greetings(text: str) -> Iterator[str]:
             title_required = True
         name, _ = _take_name(text, pos, title_required)
         if name:
+            yield name
+
+
+def _after_bare_labels(text: str) -> Iterator[str]:
+    for match in _BARE_LABEL.finditer(text):
+        name, _ = _take_name(text, match.end(), title_required=False)
+        if name and " " in name:
             yield name
 
 
@@ -125,7 +210,8 @@ def _after_labels(text: str) -> Iterator[str]:
 
 def names_in_text(text: str) -> list[str]:
     """Names the text itself announces: after a greeting, or on a labelled line."""
-    found = [*_after_greetings(text), *_after_labels(text)]
+    found = [*_after_greetings(text), *_after_labels(text), *_after_titles(text),
+             *_after_bare_labels(text)]
     return list(dict.fromkeys(found))
 
 
@@ -147,6 +233,12 @@ def display_names(header_values: Iterable[str]) -> list[str]:
     return names
 
 
+_PARTICLE_PHRASE = re.compile(
+    r"(?i)(?<!\w)(?:(?:" + "|".join(sorted(PARTICLES, key=len, reverse=True))
+    + r")\s+)+[^\W\d_][\w'’\-]*"
+)
+
+
 def name_parts(names: Sequence[str]) -> tuple[str, ...]:
     """The matchable parts of full names: titles, particles and initials left out.
 
@@ -154,6 +246,10 @@ def name_parts(names: Sequence[str]) -> tuple[str, ...]:
     """
     parts: set[str] = set()
     for name in names:
+        # Multi-word surnames ("Van der Berg", "de la Cruz") are also one phrase, so the
+        # particles go with the surname they belong to.
+        for match in _PARTICLE_PHRASE.finditer(name):
+            parts.add(match.group().strip())
         for word in re.split(r"[\s,;/]+", name):
             bare = word.strip(".'’\"()")
             if (

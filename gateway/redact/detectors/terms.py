@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 
 from gateway.redact.detectors.base import Candidate
-from gateway.redact.names import name_parts
+from gateway.redact.names import PARTICLES, name_parts
 
 _VOWELS = set("aeiouyáéíóúýěůäöüàâèêëîïôûœ")
 _ENDINGS = sorted(
@@ -27,6 +27,9 @@ _ENDINGS = sorted(
         "ého", "ému", "ém", "ým", "ího", "ímu",
         # German genitive and plural, English plural
         "s", "es", "n", "en", "ns", "er", "ern",
+        # Polish and Slovak declension (Zielińskiej, Kowalskiego, Kováčovú, Piotrze)
+        "ą", "ę", "ej", "iej", "ie", "ego", "iego", "emu", "iemu", "owi", "om", "ów", "ú",
+        "ze", "cie",
         # English possessive
         "'s", "’s", "s'", "s’",
     },
@@ -124,6 +127,12 @@ def _name_pattern(tokens: tuple[str, ...]) -> re.Pattern[str] | None:
 _JOINER = re.compile(r"^(?:[ \t\u00a0]{1,2}|-)$")
 
 
+def _starts_with_particle(value: str) -> bool:
+    """'de la Cruz' is written in lower case: a known multi-word surname may start so."""
+    first, _, rest = value.partition(" ")
+    return bool(rest) and first.lower() in PARTICLES
+
+
 class NameDetector:
     """Finds the message's known guest names, each part on its own, in any inflected form.
 
@@ -143,7 +152,7 @@ class NameDetector:
             return
         current: tuple[int, int] | None = None
         for match in pattern.finditer(text):
-            if not text[match.start()].isupper():
+            if not text[match.start()].isupper() and not _starts_with_particle(match.group()):
                 continue
             if current and _JOINER.match(text[current[1] : match.start()]):
                 current = (current[0], match.end())
