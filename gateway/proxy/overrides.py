@@ -5,7 +5,9 @@ Many frameworks (Symfony, Laravel, Rails, ASP.NET, IIS URL Rewrite) let a header
 login interception and audit judge the method and path on the request line, so the PMS
 must route on exactly those: override headers are dropped on the way up, and a `_method`
 query parameter (which cannot be removed without changing the query the PMS reads) makes
-the request refused.
+the request refused. A `_method` field in a state-changing body (form, multipart, JSON)
+is refused by the body reader that looks for stray passwords
+(`gateway.readers.credentials.refuse_stray_credentials`), which reads those bodies anyway.
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from gateway.policy.schema import LoginRule, PasswordForm
 from gateway.proxy.exchange import Exchange
+from gateway.proxy.overrides import METHOD_PARAMETER
 from gateway.readers.content_type import ContentType, UnclearContentType, read_content_type
 from gateway.sessions.cookies import hidden_names, parse_cookie_header
 
@@ -269,6 +270,8 @@ async def refuse_stray_credentials(ex: Exchange, field: str, charset: str) -> No
       non-ASCII-compatible charset (UTF-7), JSON that does not decode, and multipart the
       parser cannot read to its closing boundary are refused with 400: the gateway
       cannot exclude that the PMS reads a password out of them.
+    - The same bodies are refused when they carry `_method` (a method override Rack and
+      Laravel/Symfony honour in a POST body), in any spelling.
     - A form body is read in every ASCII-compatible reading at once (the declared
       charset, `charset`, UTF-8, Latin-1; `&` and `;` as separators), JSON keys at any
       depth, multipart names plain, quoted and RFC 2231 (`name*=utf-8''password`).
@@ -286,6 +289,10 @@ async def refuse_stray_credentials(ex: Exchange, field: str, charset: str) -> No
         raise UnreadBody(f"a form, JSON or multipart body over {limit // 1024} KiB cannot be checked")
     if body and carries_field(body, content_type, field, charset):
         raise AmbiguousCredentials("credentials outside the login form")
+    if body and carries_field(body, content_type, METHOD_PARAMETER, charset):
+        # Rack and Laravel/Symfony route a POST on `_method` in its body: the PMS would run
+        # another method than the one the access rules judged (the query's is refused earlier).
+        raise AmbiguousCredentials("a _method field (method override) in the body")
 
 
 def carries_field(body: bytes, content_type: ContentType | None, field: str, charset: str = "utf-8") -> bool:

@@ -11,7 +11,7 @@ could read two different things out of one request if the gateway let it through
 - it routes `/reservations/<id>` with `int()`, which accepts fullwidth digits and
   leading zeros;
 - it honours `X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`, `_method`
-  and `X-Original-URL` / `X-Rewrite-URL`;
+  (in the query, and in a POST's form body as Rack and Laravel read it) and `X-Original-URL` / `X-Rewrite-URL`;
 - it has a second login endpoint (`/switch-user`, JSON `/api/login`) that sets the
   session cookie for another user inside a session, without any password of theirs;
 - `/login-in-place` signs in within the session the request already carries, without a
@@ -197,6 +197,8 @@ async def honour_overrides(request: web.Request, handler) -> web.StreamResponse:
     """What Symfony, Laravel, Rails, IIS rewrite modules do: route on the override."""
     method = next((request.headers[h] for h in _OVERRIDE_HEADERS if h in request.headers), None)
     method = method or request.query.get("_method")
+    if not method and request.method == "POST" and request.content_type == "application/x-www-form-urlencoded":
+        method = dict(parse_qsl((await request.read()).decode("latin-1"))).get("_method")  # Rack, Laravel
     url = request.headers.get("X-Original-URL") or request.headers.get("X-Rewrite-URL")
     if method or url:
         app = request.app
