@@ -152,16 +152,19 @@ def run(config: ConfigOption = None, debug: DebugOption = False) -> None:
 def demo(
     port: Annotated[int, typer.Option(help="Port of the gateway.")] = 8080,
     pms_port: Annotated[int, typer.Option(help="Port of the demo PMS (loopback only).")] = 8081,
-    data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its database and keys.")] = Path("var/demo"),
+    data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its database, keys and config.yaml.")] = Path("var/demo"),
+    admin_port: Annotated[int, typer.Option(help="Port of the admin listener (console, metrics, health; loopback).")] = 9090,
     debug: DebugOption = False,
 ) -> None:
-    """Start the demo PMS and the gateway in front of it, on the embedded defaults."""
+    """Start the demo PMS and the gateway in front of it, on the default policy, with the admin listener as `run` has it.
+
+    The demo's settings are written to DATA_DIR/config.yaml: pass it to any command with -c."""
     from gateway.preflight import check_data_dir, operator_errors, refuse_unless
     from gateway.serve import serve_demo
 
-    with operator_errors(debug, {port: "--port", pms_port: "--pms-port"}):
+    with operator_errors(debug, {port: "--port", pms_port: "--pms-port", admin_port: "--admin-port"}):
         refuse_unless(check_data_dir(data_dir, "--data-dir"))
-        serve_demo(port=port, pms_port=pms_port, data_dir=data_dir)
+        serve_demo(port=port, pms_port=pms_port, data_dir=data_dir, admin_port=admin_port)
 
 
 egress_app = typer.Typer(no_args_is_help=True, help="The egress proxy that redacts the PMS's SMS/e-mail API calls.")

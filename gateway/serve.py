@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import multiprocessing
+import shutil
 import socket
+import sys
 from pathlib import Path
 
 import structlog
+import yaml
 from aiohttp import web
 
 from collections.abc import Awaitable, Callable
@@ -132,27 +135,52 @@ def _worker(config: Config, index: int) -> None:
     asyncio.run(run_gateway(worker_config, primary=False))
 
 
-def demo_config(port: int, pms_port: int, data_dir: Path) -> Config:
+DEMO_CONFIG = "config.yaml"
+
+
+def write_demo_config(port: int, pms_port: int, admin_port: int, data_dir: Path) -> Path:
+    """The demo's settings as a config.yaml in its data dir, written at each start: what
+    the demo runs on, what `run -c` would read, and what every command hint passes with -c
+    (so a command sees the demo's database and keys, not an empty ./var)."""
     default_policy = Path("policies/default.yaml")
-    policy_paths = [default_policy] if default_policy.exists() else []
-    return load_config(
-        None,
-        environ={
-            "PMS_GATEWAY_PUBLIC_URLS": f"[http://127.0.0.1:{port}, http://localhost:{port}]",
-            "PMS_GATEWAY_LISTEN__PORT": str(port),
-            "PMS_GATEWAY_UPSTREAM__URL": f"http://127.0.0.1:{pms_port}",
-            "PMS_GATEWAY_DATA_DIR": str(data_dir),
-            "PMS_GATEWAY_POLICY_PATHS": "[" + ", ".join(map(str, policy_paths)) + "]",
-            "PMS_GATEWAY_ADMIN__ENABLED": "false",
-        },
-    )
+    settings = {
+        "public_urls": [f"http://localhost:{port}", f"http://127.0.0.1:{port}"],  # security keys need a name
+        "listen": {"host": "127.0.0.1", "port": port},
+        "upstream": {"url": f"http://127.0.0.1:{pms_port}"},
+        "data_dir": str(data_dir.resolve()),
+        "policy_paths": [str(default_policy.resolve())] if default_policy.exists() else [],
+        "admin": {"enabled": True, "host": "127.0.0.1", "port": admin_port},
+    }
+    path = data_dir / DEMO_CONFIG
+    path.write_text("# Written by `pms-gateway demo` at each start: the demo's settings (pms-gateway config example\n"
+                    "# shows every option). Pass it to any command: pms-gateway ... -c " + str(path) + "\n"
+                    + yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
+    return path
 
 
-async def print_demo_accounts(services: Services, port: int, data_dir: Path) -> None:
-    """The URL, the staff accounts and, for users without a second factor, an invite code."""
+def cli_program() -> str:
+    """How to call this command line from the current folder: `pms-gateway` when the shell
+    finds this very program, else its path in the virtualenv (`.venv/bin/pms-gateway`)."""
+    program = Path(sys.prefix) / "bin" / "pms-gateway"
+    found = shutil.which("pms-gateway")
+    if found is not None and Path(found).resolve() == program.resolve():
+        return "pms-gateway"
+    local = Path(".venv/bin/pms-gateway")  # make's virtualenv, seen from the checkout
+    if local.exists() and local.resolve() == program.resolve():
+        return str(local)
+    try:
+        return str(program.relative_to(Path.cwd()))
+    except ValueError:
+        return str(program)
+
+
+async def print_demo_accounts(services: Services, port: int, config_path: Path) -> None:
+    """The URL, the staff accounts (for users without a second factor an invite code), how
+    to run the command line against the demo, and where the admin listener is."""
     from gateway.demo import DEMO_USERS
 
-    print(f"\n  Demo PMS behind the gateway: http://127.0.0.1:{port}/\n")
+    print(f"\n  Demo PMS behind the gateway: http://localhost:{port}/")
+    print("  (use localhost, not 127.0.0.1: security keys need a host name)\n")
     print("  Staff accounts (user / password / one-time enrollment code for the 2FA step):")
     support_accounts = services.policy().support.accounts
     for name, password, role in DEMO_USERS:
@@ -163,27 +191,35 @@ async def print_demo_accounts(services: Services, port: int, data_dir: Path) -> 
         else:
             invite = await services.users.create_invite(name)
         print(f"    {name:<8} / {password:<16} / {invite}   ({role})")
-    prefix = f"PMS_GATEWAY_DATA_DIR={data_dir} pms-gateway"
+    program, config = cli_program(), f"-c {config_path}"
     print("\n  Scan the QR code with any authenticator app (or enter the key shown).")
-    print(f"  New code for a user: {prefix} users invite NAME")
-    print(f"  Vendor support access: {prefix} support grant support --operator it-admin --for 2h")
+    print(f"\n  The command line, from this folder in another terminal: {program} --help")
+    if program != "pms-gateway":
+        print(f"  (or run `source {Path(program).parent}/activate` once, then `pms-gateway ...`).")
+    print(f"  The demo's settings are in {config_path}; every command takes them with {config}:")
+    print(f"    New code for a user:    {program} users invite NAME {config}")
+    print(f"    Vendor support access:  {program} support grant support --operator it-admin --for 2h {config}")
+    print(f"    Follow the audit trail: {program} audit tail -f {config}")
+    admin = services.config.admin
+    print(f"\n  Admin listener (operator console, /metrics, /health): http://{admin.host}:{admin.port}/")
     print("  Stop with Ctrl+C.\n", flush=True)
 
 
-def serve_demo(port: int, pms_port: int, data_dir: Path) -> None:
+def serve_demo(port: int, pms_port: int, data_dir: Path, admin_port: int = 9090) -> None:
     from gateway.demo import DemoSettings, create_app
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    config = demo_config(port, pms_port, data_dir)
+    config_path = write_demo_config(port, pms_port, admin_port, data_dir)
+    config = load_config(config_path, environ={})
     configure_logging("console", "info")
     install_fast_loop()
 
     async def main() -> None:
-        pms = web.AppRunner(create_app(DemoSettings(public_url=f"http://127.0.0.1:{port}")), access_log=None)
+        pms = web.AppRunner(create_app(DemoSettings(public_url=f"http://localhost:{port}")), access_log=None)
         await pms.setup()
         await web.TCPSite(pms, "127.0.0.1", pms_port).start()
         try:
-            await run_gateway(config, lambda services: print_demo_accounts(services, port, data_dir))
+            await run_gateway(config, lambda services: print_demo_accounts(services, port, config_path))
         finally:
             await pms.cleanup()
 

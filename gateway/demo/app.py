@@ -94,6 +94,7 @@ def create_app(settings: DemoSettings | None = None) -> web.Application:
     app.router.add_get("/api/refresh", refresh)
     app.router.add_get("/_demo/sessions", demo_sessions)
     app.router.add_static("/static", _HERE / "static")
+    app.router.add_get("/favicon.ico", favicon)
     streams.add_routes(app)
     guest_api.add_routes(app)  # the guest's e-mailed booking page and the channel manager's API
     from gateway.demo import passwords  # it uses this module's helpers
@@ -341,6 +342,11 @@ async def refresh(request: web.Request) -> web.Response:
             "server_time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
     )
+
+
+async def favicon(request: web.Request) -> web.FileResponse:
+    """The tab icon every browser asks for on every page (public in the default policy)."""
+    return web.FileResponse(_HERE / "static" / "favicon.ico", headers={"Cache-Control": "max-age=86400"})
 
 
 async def demo_sessions(request: web.Request) -> web.Response:
