@@ -35,15 +35,15 @@ app.add_typer(mail_app, name="mail")
 from gateway.discover.commands import login_app  # noqa: E402  (lazy inside)
 
 app.add_typer(login_app, name="login")
+from gateway.access.api_commands import api_clients_app  # noqa: E402  (lazy inside)
+
+app.add_typer(api_clients_app, name="api-clients")
 from gateway.risk.commands import risk_app  # noqa: E402  (lazy inside)
 
 app.add_typer(risk_app, name="risk")
 from gateway.admin.operator_commands import operators_app  # noqa: E402  (lazy inside)
 
 app.add_typer(operators_app, name="operators")
-from gateway.access.api_commands import api_clients_app  # noqa: E402  (lazy inside)
-
-app.add_typer(api_clients_app, name="api-clients")
 app.command("logins")(logins_command)
 
 @policy_app.command("check")
@@ -196,11 +196,14 @@ def redact(
     format: Annotated[str, typer.Option("--format", help="text | json | form | email")] = "text",
     policy: Annotated[Path | None, typer.Option("--policy", help="Policy file (default: the built-in default).")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="List findings (detector, span, action) on stderr.")] = False,
+    channel: Annotated[str | None, typer.Option("--channel", help="Apply a policy channel or provider preset (sendgrid, twilio, ...) as the egress proxy does.")] = None,
+    content_type: Annotated[str | None, typer.Option("--content-type", help="Content-Type of the body for --channel (default: from the channel's format).")] = None,
 ) -> None:
     """Redact one message read on stdin and write it to stdout, as the relay and egress proxy would."""
     from gateway.redact.command import redact_command
 
-    raise typer.Exit(redact_command(format, policy, explain, sys.stdin.buffer, sys.stdout.buffer, sys.stderr))
+    raise typer.Exit(redact_command(format, policy, explain, sys.stdin.buffer, sys.stdout.buffer, sys.stderr,
+                                    channel, content_type))
 
 
 from gateway.cli_help import reflow_help  # noqa: E402

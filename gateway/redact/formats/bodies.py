@@ -63,6 +63,27 @@ def _charset(params: dict[str, str], default: str = "utf-8") -> str:
     return charset
 
 
+_DISPLAY_NAME = re.compile(r'(?P<name>[^,<>"]*|"[^"]*")\s*<(?P<address>[^<>]+)>')
+
+
+def rewrite_display_names(rewrite: Rewrite, location: str, value: str) -> tuple[str, list[Finding]]:
+    """A recipient value with the display names in it redacted, the addresses untouched:
+    `Grace Kelly <grace@example.com>` -> `[NAME] <grace@example.com>` in strict mode."""
+    if "<" not in value:
+        return value, []
+    findings: list[Finding] = []
+
+    def display(match: re.Match[str]) -> str:
+        name = match.group("name")
+        if not name.strip().strip('"').strip():
+            return match.group()
+        new, found = rewrite(location, name)
+        findings.extend(f for f in found if f.action != "keep")
+        return match.group().replace(name, new, 1) if found else match.group()
+
+    return _DISPLAY_NAME.sub(display, value), findings
+
+
 class TextBody:
     """A plain-text body: one field, `body`."""
 
@@ -143,6 +164,11 @@ class FormBody:
                 continue
             if new_key != key:
                 key_raw, changed = self._encode(new_key), True
+            if value is not None and self.selector.is_destination(key):
+                new, found = rewrite_display_names(rewrite, f"recipient:{key}", value)
+                findings.extend(found)
+                if new != value:
+                    value_raw, changed = self._encode(new), True
             if value is not None and self.selector.redacts(key):
                 new, found = rewrite(f"{self.selector.kind(key)}:{key}", value)
                 findings.extend(found)
@@ -253,6 +279,11 @@ class JsonBody:
         dropped: list[tuple[Any, Any]] = []
         changed = False
         for path, container, key in list(_json_leaves(self.data, "")):
+            if self.selector.is_destination(path) and isinstance(container[key], str):
+                new, found = rewrite_display_names(rewrite, f"recipient:{path}", container[key])
+                findings.extend(found)
+                changed |= new != container[key]
+                container[key] = new
             if not self.selector.redacts(path):
                 continue
             value = container[key]
