@@ -276,9 +276,8 @@ class LeanProtocol(BaseProtocol):
             self._payload = None
 
     def _refuse(self, refusal: Refused) -> None:
-        self._broken = True
+        self._broken = True  # what still arrives is read and dropped: closing on unread bytes would reset the answer
         self._cancel_timers()
-        self._pause_transport_reading()
         if self._payload is not None:
             self._payload.set_exception(ConnectionResetError("malformed request"))
             self._payload = None

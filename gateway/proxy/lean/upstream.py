@@ -73,6 +73,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
         self._sent_whole = False
+        self._keep_alive = False
 
     # -- asyncio protocol ------------------------------------------------------------------
 
@@ -142,6 +143,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         head = Head(status, self._reason, self._raw_headers)
         self._head = head
+        self._keep_alive = self._parser.should_keep_alive()  # llhttp forgets it once the answer ends
         framed = False
         for name, value in self._raw_headers:
             lowered = name.lower()
@@ -250,7 +252,7 @@ class UpstreamConnection(asyncio.Protocol):
         return (
             self._complete and self._framed and self._sent_whole and not self._head_only
             and not self._informational and not self._extra and not self.closed
-            and self._error is None and self._parser.should_keep_alive()
+            and self._error is None and self._keep_alive
         )
 
     def recycle(self) -> None:
