@@ -108,7 +108,8 @@ class PasswordForms(Addon):
             ex.deny("refused", f"{form.kind} form without a gateway session")
             return error_response(ex.request, 401, ex.request_id, policy.property, detail="session required")
         if form.step_up and (token := cookie_value(ex.request.headers.get("Cookie"), STEP_UP_COOKIE)):
-            held = await self.step_ups.take(token, session.id_hash, ex.path.path)
+            target = ex.path.encoded + ("?" + ex.query if ex.query else "")
+            held = await self.step_ups.take(token, session.id_hash, ex.path.path, target)
             if held is not None:  # the second factor was passed: forward the form as first posted
                 ex.body = held.raw_body
                 ex.upstream_headers["Content-Type"] = held.content_type

@@ -8,8 +8,8 @@ token (`gw_step_up`, HttpOnly, SameSite=Strict) and the usual second-factor page
 a pending login that creates no session (`PendingLogin.step_up`). When the code is right,
 the record is marked passed and the browser is sent back (307, so it posts again) to the
 form's path; the guard then takes the record, exactly once, and forwards the held body in
-place of what the browser re-sent. A record of another session, another path, or not
-passed is never replayed.
+place of what the browser re-sent. A record of another session, another path or query, or
+not passed is never replayed.
 """
 
 from __future__ import annotations
@@ -75,13 +75,15 @@ class StepUps:
         held = HeldRequest(**json.loads(data)) if data is not None else None
         return held if held is not None and self.clock() < held.expires else None
 
-    async def take(self, token: str, session_hash: str, path: str) -> HeldRequest | None:
-        """The held request to replay now: passed, of this session and path; gone afterwards
-        whatever it was (a token is good for one request)."""
+    async def take(self, token: str, session_hash: str, path: str, target: str) -> HeldRequest | None:
+        """The held request to replay now: passed, of this session, path and exact target
+        (the query string too: it was read with the body, and a PMS reading a credential
+        out of the query must not find one added to the replay); gone afterwards whatever
+        it was (a token is good for one request)."""
         held = await self._get(token, take=True)
         if held is None or not held.passed or held.session_hash != session_hash or held.path != path:
             return None
-        return held
+        return held if held.target == target else None
 
     async def passed(self, request: web.BaseRequest, pending: PendingLogin) -> web.StreamResponse:
         """The second factor of a step-up was passed: mark its request and send the browser
