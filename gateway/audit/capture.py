@@ -20,6 +20,7 @@ from gateway.audit.entry import AuditEntry
 from gateway.audit.path_secrets import compile_path_secrets, hash_path_secrets
 from gateway.policy.schema import Policy
 from gateway.proxy.exchange import Exchange
+from gateway.readers.credentials import canonical_name
 from gateway.risk.geoip import GeoLocator
 
 MAX_QUERY_CHARS = 2000
@@ -29,6 +30,7 @@ SECRET_PARAMETER = re.compile(
 )
 """Query parameters whose values are never kept, even with `query_values: keep`."""
 REDACTED = "[redacted]"
+_QUERY_SEPARATORS = re.compile(r"[&;]")  # `;` too: the credential reader and some servers split on it
 AREA_NOTE = "area"
 """`Exchange.notes` key: the public area or API client a request was judged as (recorded in `extra`)."""
 
@@ -61,14 +63,15 @@ def scrub_query(raw: str | None, *, keep_values: bool, secret_names: frozenset[s
     if not raw:
         return None
     parts: list[str] = []
-    for item in raw.split("&"):
+    for item in _QUERY_SEPARATORS.split(raw):
         if not item:
             continue
         name, has_value, value = item.partition("=")
         name = unquote_plus(name)
+        folded = canonical_name(name)  # as the credential reader folds it: `pa%00ss`, fullwidth, case
         if not keep_values or not has_value:
             parts.append(name)
-        elif SECRET_PARAMETER.search(name) or name.lower() in secret_names:
+        elif SECRET_PARAMETER.search(folded) or folded in secret_names:
             parts.append(f"{name}={REDACTED}")
         else:
             parts.append(f"{name}={unquote_plus(value)}")
