@@ -109,7 +109,6 @@ async def test_json_login_with_meta_csrf_and_redirect_back(tmp_path):
         login = yaml.safe_load(result.stdout)["login"]
         assert (login["path"], login["method"], login["format"]) == ("/api/session", "POST", "json")
         assert login["page"] == "/signin"  # signed-out browsers go to the page, not the JSON endpoint
-
         assert (login["username_field"], login["password_field"]) == ("login", "passphrase")
         success = login["success"]
         assert re.search(success["redirect_not_to"], "/signin")  # the failure's redirect back

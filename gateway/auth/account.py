@@ -85,14 +85,12 @@ class AccountPage(Addon):
         session = await self._session(request)
         if session is None:
             return see_other(self.policy().login.page_url())
-
         return await self._render(request, session)
 
     async def submit(self, request: web.Request) -> web.StreamResponse:
         session = await self._session(request)
         if session is None:
             return see_other(self.policy().login.page_url())
-
         form = await request.post()
         token = str(form.get("csrf", ""))
         client = request[CLIENT]

@@ -96,7 +96,6 @@ class LoginCompleter:
             await self.abandon(pending)
             await self.events.pending_attempt(pending, ip, "refused", pending.login_type, "deactivated")
             return _message(request, policy, 403, "notice_deactivated", link=policy.login.page_url())
-
         try:
             session_id, _ = await self.sessions.create(
                 user=pending.user,
@@ -112,7 +111,6 @@ class LoginCompleter:
             await self.abandon(pending)
             await self.events.pending_attempt(pending, ip, "refused", pending.login_type, "signed in on another device")
             return _message(request, policy, 409, "too_many_devices", link=policy.login.page_url())
-
         await self.lockouts.clear_user(pending.user, ip)
         await self.events.pending_attempt(pending, ip, "success", pending.login_type)
         location = pending.location or "/"
@@ -251,7 +249,6 @@ class ChallengePages(Addon):
         if wants_json(request):
             return web.json_response({"error": "no_pending_login", "login": policy.login.page_url()}, status=401)
         response = see_other(policy.login.page_url())
-
         response.headers.add("Set-Cookie", set_cookie(NOTICE_COOKIE, "required", secure=_secure(request), max_age=120))
         return response
 
@@ -401,7 +398,6 @@ class ChallengePages(Addon):
 
     def _ended(self, request, policy: Policy, status: int) -> web.StreamResponse:
         response = _message(request, policy, status, "too_many_attempts", link=policy.login.page_url())
-
         response.headers.add("Set-Cookie", clear_cookie(PENDING_COOKIE, secure=_secure(request), path=PREFIX))
         return response
 
@@ -434,7 +430,6 @@ class ChallengePages(Addon):
         if session is not None:
             await self.completer.sessions.end(session, "logout")
         response = see_other(policy.login.page_url())
-
         secure = _secure(request)
         session_ended(response.headers, secure=secure)
         response.headers.add("Set-Cookie", set_cookie(NOTICE_COOKIE, "logout", secure=secure, max_age=120))

@@ -171,7 +171,6 @@ class LoginInterceptor(Addon):
             location = answer.headers.get("Location")
             if location is not None and not is_local_location(location, ex.public_origin):
                 answer.headers["Location"] = policy.login.page_url()  # never bounce a login off-site
-
             return None
         updates, passed = CookiePolicy(policy.login).take_vaulted(answer.headers.getall("Set-Cookie", []))
         vault = {name: value for name, value in updates.items() if value is not None}
@@ -236,7 +235,6 @@ class LoginInterceptor(Addon):
             from gateway.auth.challenge import _message
 
             response = _message(ex.request, policy, 403, "support_no_grant", link=policy.login.page_url())
-
             response.headers["X-Request-Id"] = ex.request_id
             return response
         pending.stage = "support"

@@ -105,7 +105,6 @@ def _signed_in(handler: Callable[..., Awaitable[web.StreamResponse]]):
         session = await self._session(request)
         if session is None:
             return _error("no_session", 401, login=self.policy().login.page_url())
-
         return await handler(self, request, body, session)
 
     return checked
@@ -176,7 +175,6 @@ class SecurityKeyPages(Addon):
         found = await self.challenge._pending(request)
         if found is None:
             return _error("no_pending_login", 401, login=self.policy().login.page_url())
-
         token, pending = found
         if pending.stage != stage:
             return _error("wrong_stage", 409, location=PREFIX + "2fa")
@@ -226,7 +224,6 @@ class SecurityKeyPages(Addon):
         settled = await self.challenge.pending.take(token)
         if settled is None:  # a parallel request completed or ended it first
             return _error("no_pending_login", 401, login=self.policy().login.page_url())
-
         settled.login_type = SECURITY_KEY_LOGIN
         settled.remember = pending.remember
         return await self.challenge.completer.complete(request, settled, ip)

@@ -180,7 +180,6 @@ def render_rule(d: Discovery, url: str) -> str:
     if (page := urlsplit(d.page.url).path or "/") != urlsplit(form.url).path:
         w.key(2, "page", page, "the sign-in page browsers are sent to (`path` is what its form posts to)")
     w.key(2, "method", form.method)
-
     w.key(2, "format", "json" if form.format == "json" else "form")
     w.key(2, "username_field", form.username_field)
     w.key(2, "password_field", form.password_field)

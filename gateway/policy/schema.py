@@ -14,16 +14,12 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, Tag, field_validator, model_validator
 
-
 from gateway.policy.areas import ApiClient, ApiClientName, CompiledAreas, PublicArea
 from gateway.policy.durations import Duration, DurationIn
 from gateway.policy.rate_limits import DEFAULT_RATE_LIMITS, RateLimitRule
 from gateway.policy.types import Cidr, Member, NetworkRef, Regex, Section, network_ref_problem
 from gateway.readers.content_type import codec_name
 from gateway.readers.redirects import is_local_target
-
-from gateway.readers.redirects import is_local_target
-
 from gateway.redact.policy import NotificationsPolicy
 
 # A charset label, stored as Python's codec name (windows-1252 -> cp1252) so comparisons are exact.
@@ -185,7 +181,6 @@ class LoginRule(Section):
         "Unset = `path`.",
     )
     method: str = Field("POST", description="HTTP method of the login request.")
-
     format: Literal["form", "json"] = Field("form", description="Body format of the login request.")
     username_field: str = Field("username", description="Name of the username field.")
     password_field: str = Field("password", description="Name of the password field.")
@@ -235,31 +230,6 @@ class LoginRule(Section):
         return page
 
     @property
-
-    def page_path(self) -> str:
-        """The canonical path of the sign-in page (`page` without its #fragment, else `path`)."""
-        return (self.page or self.path).partition("#")[0]
-
-    def page_url(self, query: str = "") -> str:
-        """Where a browser is sent to sign in: the sign-in page, `query` (`next=...`) placed
-        before its #fragment, if any. Every redirect to sign in is built here."""
-        path, mark, fragment = (self.page or self.path).partition("#")
-        return path + (f"?{query}" if query else "") + mark + fragment
-
-    @field_validator("page")
-    @classmethod
-    def _page_is_local(cls, page: str | None) -> str | None:
-        if page is not None:
-            path = page.partition("#")[0]
-            if not is_local_target(path) or "?" in path or path.startswith("/_gateway/"):
-                raise ValueError(
-                    f"{page!r} must be a path of the PMS starting with one / (a #fragment may follow), "
-                    "without a query and outside /_gateway/"
-                )
-        return page
-
-    @property
-
     def page_path(self) -> str:
         """The canonical path of the sign-in page (`page` without its #fragment, else `path`)."""
         return (self.page or self.path).partition("#")[0]
@@ -272,8 +242,6 @@ class LoginRule(Section):
 
     @model_validator(mode="after")
     def _password_forms_apart(self) -> LoginRule:
-
-
         for index, form in enumerate(self.password_forms):
             if form.method == self.method and form.pattern.search(self.path):
                 raise ValueError(
@@ -703,7 +671,6 @@ class Policy(Section):
         resets = [p for f in self.login.password_forms if f.kind == "reset" for p in (f.path, f.request_path) if p]
         pages = {self.login.path, self.login.page_path}  # the login form's target and its sign-in page
         patterns = [*("^" + re.escape(p) + "$" for p in sorted(pages)), *self.login.public_paths, *resets]
-
         return re.compile("|".join(f"(?:{p})" for p in patterns))
 
     @cached_property
@@ -712,9 +679,8 @@ class Policy(Section):
         return CompiledAreas(self.public_areas, self.api_clients, self.expand_networks)
 
     def is_public_path(self, path: str) -> bool:
-        """Reachable without a session: the login form's own path and sign-in page, the listed paths and the
-
-        reset forms of `login.password_forms` (with their request forms)."""
+        """Reachable without a session: the login form's own path and sign-in page, the listed
+        paths and the reset forms of `login.password_forms` (with their request forms)."""
         return self._public_paths.search(path) is not None
 
     @cached_property

@@ -390,7 +390,6 @@ def _media(ex: Exchange) -> str:
 def _login_page(ex: Exchange, policy: Policy) -> str:
     """Where the browser returns after the captcha: the page the login form was on (its
     same-site Referer), else the sign-in page (`login.page`) with the request's query."""
-
     referer = ex.request.headers.get("Referer")
     if referer:
         parts = urlsplit(referer)
@@ -401,10 +400,8 @@ def _login_page(ex: Exchange, policy: Policy) -> str:
     return policy.login.page_url(ex.query)
 
 
-
 def local_next(value: str | None, policy: Policy) -> str:
     """A validated local `next` target (never another site), else the sign-in page."""
     if value and is_local_target(value) and len(value) <= 2048:
         return quote(value, safe="/?&=%#:+,;@!$'()*~")
     return policy.login.page_url()
-

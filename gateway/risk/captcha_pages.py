@@ -118,4 +118,3 @@ def _message(request: web.BaseRequest, policy: Policy, status: int, key: str) ->
     t = translator(choose_language(request.headers.get("Accept-Language")))
     return render_page(request, "message.html", status=status, property_name=policy.property, message=t(key),
                        link=policy.login.page_url())
-

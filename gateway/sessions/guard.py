@@ -234,7 +234,6 @@ class SessionGuard(Addon):
         request = ex.request
         if is_websocket_upgrade(request) or wants_json(request) or policy.areas.is_api_path(ex.path.path):
             body = {"error": "session_required", "reason": reason, "login": policy.login.page_url()}
-
             if ended and ended.reason == "replaced":
                 body.update(at=_local_time(ended.at, policy.property_timezone), from_ip=ended.by_ip)
             response = web.json_response(body, status=401, headers={"X-Request-Id": ex.request_id})
@@ -248,14 +247,12 @@ class SessionGuard(Addon):
                 message=t("signed_out_replaced", at=_local_time(ended.at, policy.property_timezone),
                           ip=ended.by_ip or "?"),
                 login_url=policy.login.page_url(),
-
                 request_id=ex.request_id,
             )
         elif request.method in ("GET", "HEAD"):
             target = ex.path.encoded + ("?" + ex.query if ex.query else "")
             back = f"next={quote(target, safe='')}" if is_local_target(target) else ""
             response = see_other(policy.login.page_url(back))
-
             response.headers["X-Request-Id"] = ex.request_id
         else:
             response = error_response(request, 401, ex.request_id, policy.property, detail="session required")
@@ -292,12 +289,10 @@ class SessionGuard(Addon):
         location = answer.headers.get("Location")
         if ex.notes.get("logout") and location is not None and not is_local_location(location, ex.public_origin):
             answer.headers["Location"] = self.policy().login.page_url()  # a logout never bounces off-site
-
         if session is not None and not ex.notes.get("logout"):
             keep_out_of_cache(answer.headers, self.policy().sessions_for(session.group), ex.path.path)
         notice = cookie_value(ex.request.headers.get("Cookie"), NOTICE_COOKIE)
-        if (notice and session is None and ex.path.path == self.policy().login.page_path and
- ex.request.method == "GET"
+        if (notice and session is None and ex.path.path == self.policy().login.page_path and ex.request.method == "GET"
                 and _top_level_page(ex.request)):
             await self._inject_notice(ex, answer, notice)
         return None
