@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench bench-console lint clean
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), "Python 3.12+ is needed (found %s)" % sys.version.split()[0]'
@@ -23,6 +23,9 @@ test: install            ## the whole test suite (needs Redis, PostgreSQL, chrom
 
 bench: install           ## proxy benchmark; writes bench/RESULTS.md
 	$(BIN)/python bench/proxy_bench.py --write
+
+bench-console: install   ## console screens over 20M audit records in PostgreSQL (fill takes minutes; CONSOLE_BENCH_ARGS=--reuse keeps it)
+	$(BIN)/python bench/console_bench.py --write $(CONSOLE_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

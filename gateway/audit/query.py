@@ -4,6 +4,12 @@ Filters on plain columns (time, decision, path prefix) run in SQL. Personal fiel
 ciphertext, so `--user` selects the user's subject, and `--ip`/`--identifier` match the
 keyed tags stored beside each record; every candidate is then decrypted and compared
 exactly. Fields whose subject key was erased read "[erased]".
+
+Newest first (the console) is time order, (at, id) descending, resumed below a record
+(keyset, never OFFSET): the (at, id), (subject, at, id) and rare-decision indexes then
+hand over the newest matches of a range at once, on tens of millions of records. On
+PostgreSQL a tag is matched exactly in the GIN index of the tag list (migration 8);
+SQLite, the small single-instance store, matches it with LIKE.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, literal, literal_column, select, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -52,6 +59,11 @@ class QueryFilter:
         return None
 
 
+def tag_list(tags: Any) -> Any:
+    """PostgreSQL: the record's tags as an array, the expression its GIN index is on."""
+    return func.string_to_array(func.btrim(tags), literal_column("' '"))  # a constant, as in the index
+
+
 def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -66,23 +78,36 @@ class AuditReader:
         self, filters: QueryFilter = QueryFilter(), *, after_id: int = 0, limit: int | None = None,
         before_id: int | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Matching records, oldest first, decrypted; `after_id` resumes (for tail -f). With
-        `before_id` (0 = from the newest) newest first instead, below that id (console paging)."""
+        """Matching records, oldest first by id, decrypted; `after_id` resumes (for tail -f).
+        With `before_id` (0 = from the newest) newest first by time instead, after record
+        `before_id` in that order (console paging)."""
         produced = 0
         newest_first = before_id is not None
-        cursor = (before_id or 2**62) if newest_first else after_id
+        c = audit_records.c
+        size = PAGE if limit is None else max(min(PAGE, limit), 1)  # a LIMIT the planner can use
         async with self.database.connect() as conn:
             statement = await self._statement(conn, filters)
             if statement is None:
                 return
+            cursor: Any = after_id
             if newest_first:
-                statement = statement.order_by(None).order_by(audit_records.c.id.desc())
+                statement = statement.order_by(None).order_by(c.at.desc(), c.id.desc())
+                cursor = None
+                if before_id:
+                    at = (await conn.execute(select(c.at).where(c.id == before_id))).scalar()
+                    if at is None:
+                        return
+                    cursor = (at, before_id)
             regex = filters.path_regex
             while True:
-                bound = audit_records.c.id < cursor if newest_first else audit_records.c.id > cursor
-                page = (await conn.execute(statement.where(bound).limit(PAGE))).all()
+                if newest_first:
+                    paged = statement if cursor is None else statement.where(tuple_(c.at, c.id) < tuple_(
+                        literal(cursor[0], c.at.type), literal(cursor[1], c.id.type)))
+                else:
+                    paged = statement.where(c.id > cursor)
+                page = (await conn.execute(paged.limit(size))).all()
                 for row in page:
-                    cursor = row.id
+                    cursor = (row.at, row.id) if newest_first else row.id
                     if regex is not None and not (row.path and regex.search(row.path)):
                         continue
                     record = await self.decrypt(conn, row)
@@ -93,8 +118,9 @@ class AuditReader:
                     produced += 1
                     if limit is not None and produced >= limit:
                         return
-                if len(page) < PAGE:
+                if len(page) < size:
                     return
+                size = PAGE
 
     async def _statement(self, conn: AsyncConnection, f: QueryFilter) -> Select[Any] | None:
         c = audit_records.c
@@ -117,11 +143,18 @@ class AuditReader:
                 return None  # never seen, or erased
             statement = statement.where(c.subject == subject, c.user_name.is_not(None))
         if f.ip is not None:
-            statement = statement.where(c.tags.like(f"% {self.tags.tag('ip', f.ip)} %"))
+            statement = statement.where(self._has_tag(self.tags.tag("ip", f.ip)))
         if f.identifier is not None:
             name, value = f.identifier
-            statement = statement.where(c.tags.like(f"% {self.tags.tag('id', f'{name}={value}')} %"))
+            statement = statement.where(self._has_tag(self.tags.tag("id", f"{name}={value}")))
         return statement
+
+    def _has_tag(self, tag: str) -> Any:
+        """The record carries `tag`: on PostgreSQL through the GIN index of the tag list
+        (the expression of migration 8, spelled identically), elsewhere a LIKE."""
+        if self.database.dialect == "postgresql":
+            return tag_list(audit_records.c.tags).op("@>")(literal([tag], ARRAY(audit_records.c.tags.type)))
+        return audit_records.c.tags.like(f"% {tag} %")
 
     @staticmethod
     def _matches(record: dict[str, Any], f: QueryFilter) -> bool:
@@ -178,6 +211,21 @@ class AuditReader:
             "channel": row.channel,
             "extra": extra,
         }
+
+    async def estimated_total(self) -> int:
+        """About how many records the trail holds, without counting them (an exact count
+        reads every row: minutes on a busy year): PostgreSQL's own estimate, kept by
+        (auto)ANALYZE; elsewhere, or before any ANALYZE, the span of ids (two index reads;
+        purged or replayed ranges make it an estimate too)."""
+        async with self.database.connect() as conn:
+            if self.database.dialect == "postgresql":
+                estimate = (await conn.exec_driver_sql(
+                    "SELECT reltuples::bigint FROM pg_class WHERE oid = 'audit_records'::regclass")).scalar()
+                if estimate is not None and estimate >= 0:
+                    return int(estimate)
+            c = audit_records.c
+            low, high = (await conn.execute(select(func.min(c.id), func.max(c.id)))).one()
+        return 0 if high is None else int(high) - int(low) + 1
 
     async def last_id(self) -> int:
         async with self.database.connect() as conn:
