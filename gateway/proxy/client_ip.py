@@ -65,6 +65,8 @@ class ClientResolver:
         return "http"
 
     def forwarded_host(self, peer: str | None, host: str, forwarded_host: str | None) -> str:
+        """The host a trusted proxy says the browser asked for: the right-most value, the one
+        that proxy wrote (Apache's mod_proxy appends to a client's own X-Forwarded-Host)."""
         if forwarded_host and peer and self._is_trusted(peer):
-            return forwarded_host.split(",")[0].strip()
+            return forwarded_host.split(",")[-1].strip()
         return host

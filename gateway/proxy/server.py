@@ -151,8 +151,11 @@ class Gateway:
     # -- the data path -----------------------------------------------------------------
 
     def _host_allowed(self, request: web.BaseRequest) -> bool:
+        """The Host header and the host the gateway goes by (a trusted proxy's
+        X-Forwarded-Host), both public names: the PMS builds links (reset e-mails) from them."""
         host = (request.headers.get("Host") or "").lower()
-        return host in self.config.public_hosts
+        public = self.config.public_hosts
+        return host in public and request[CLIENT].host.lower() in public
 
     def _client(self, request: web.BaseRequest) -> Client:
         peer, headers = request.remote, request.headers
