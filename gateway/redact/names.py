@@ -162,12 +162,22 @@ _TITLE_WORD = re.compile(
 )
 
 
+# "with Dr Harrison", "bei Frau Krause": after these, a title names the staff member
+# who gives the service, not the guest.
+_STAFF_BEFORE = re.compile(
+    r"(?i)(?<!\w)(?:with|by|bei|mit|von|avec|par|chez|con|da|u|s|se|z|ze|door|met|bij|"
+    r"przez|therapist|therapeut(?:in)?|thérapeute|terapeut(?:ka)?)[ \t]+$"
+)
+
+
 def _after_titles(text: str) -> Iterator[str]:
     """Names after a title anywhere ("pro paní Novákovou", "Mr. Brooks's wallet")."""
     for match in _TITLE_WORD.finditer(text):
         word = match.group().rstrip(".")
         if len(word) <= 2 and not word[:1].isupper():
             continue  # "sr", "mr" in lower case are rarely titles
+        if _STAFF_BEFORE.search(text[max(0, match.start() - 16) : match.start()]):
+            continue
         name, _ = _take_name(text, match.start(), title_required=True)
         if name:
             yield name

@@ -12,6 +12,10 @@ from collections.abc import Iterator, Sequence
 
 import phonenumbers
 
+from phonenumbers.phonenumbermatcher import (  # the matcher's own check, reused
+    _is_national_prefix_present_if_required as _trunk_prefix_present_if_required,
+)
+
 from gateway.redact.detectors.base import Candidate
 
 _EMAIL = re.compile(
@@ -40,8 +44,12 @@ _REFERENCE_WORDS = re.compile(
     r"bestellung|auftrag|reservierung|objednávka|objednávky|faktura|faktury|rezervace|"
     r"rezervaci|voucher|code|kód|ticket|payment|paiement|zahlung|platba|platby|"
     r"steuernr|steuernummer|hrb|ust-idnr|ičo|ico|dič|dic|siret|siren|tva|vat|"
-    r"no|nr|n°|#)"
-    r"(?:\s+(?:number|no|nr|nummer|numéro|číslo|č))?\W{0,12}$"
+    r"no|nr|n°|#|storno|zweck|"
+    r"(?:buchung|rechnung|reservierung|bestellung|quittung|beleg|auftrag|bestätigung|"
+    r"verwendungszweck|rezervac|objednáv|faktur|factur|invoice|booking|reservation|"
+    r"confirmation|order|commande|prenotazion|reserva|reservering|rezerwacj|zamówieni|"
+    r"ticket|voucher|receipt|quittance|ricevuta|recibo)\w*)"
+    r"(?:\s+(?:number|no|nr|nummer|numéro|číslo|č|n\.|núm\.?))?(?:\s+[A-Z]{2})?\W{0,12}$"
 )
 _PHONE_WORDS = re.compile(
     r"(?i)(?<!\w)(?:"
@@ -73,7 +81,7 @@ _DATE_SHAPED = re.compile(r"^\d{1,2}[./-]\d{1,2}[./-](?:\d{2}|\d{4})$|^\d{4}-\d{
 # no-break space), a hyphen, a dot or a slash.
 _CANDIDATE = re.compile(
     r"(?<![\w+/.,-])(?:\+|00(?=[1-9]))?(?:\(\d{1,5}\)[ \u00a0\u202f]?|\d)"
-    r"(?:[ \u00a0\u202f./-]?(?:\(\d{1,5}\)|\d))*(?![\w/-]|[.,]\d)"
+    r"(?:[ \u00a0\u202f./-]?(?:\(\d{1,5}\)|\d))*(?![\w/-]|[.,:]\d)"
 )
 _SENTENCE_END = re.compile(r"[!?;\n]|(?<!\btel)(?<!\btél)(?<!\bmob)(?<!\bno)(?<!\bnr)\.\s")
 
@@ -109,7 +117,8 @@ class PhoneDetector:
         for match in _CANDIDATE.finditer(text):
             raw = match.group().rstrip(" \u00a0\u202f./-")
             digits = sum(c.isdigit() for c in raw)
-            if not _MIN_DIGITS <= digits <= _MAX_DIGITS + 2 or _DATE_SHAPED.match(raw):
+            if not _MIN_DIGITS <= digits <= _MAX_DIGITS + 2 or _DATE_SHAPED.match(raw) \
+                    or _CONTAINS_DATE.search(raw):
                 continue
             start = match.start()
             if self._labelled_as_reference(text, start) or _inside_number(text, start):
@@ -127,6 +136,8 @@ class PhoneDetector:
         if home is not None and phonenumbers.is_valid_number(home):
             return True
         parsed = [(r, n) for r in self.regions if (n := _parse(raw, r)) is not None]
+        # Where a country dials national numbers with a trunk prefix (0 in most of
+        # Europe), a number written without it is a reference, not a phone.
         possible = [n for _, n in parsed if phonenumbers.is_possible_number(n)]
         if not possible:
             return False
@@ -146,15 +157,25 @@ class PhoneDetector:
         return bool(_REFERENCE_WORDS.search(before)) and not _PHONE_WORDS.search(before)
 
 
+_CONTAINS_DATE = re.compile(
+    r"(?<!\d)(?:0?[1-9]|[12]\d|3[01])[./](?:0?[1-9]|1[0-2])[./](?:\d{4}|\d{2})(?![.\d])"
+)
+
+
 def digits_only(raw: str) -> int:
     return sum(c.isdigit() for c in raw)
 
 
 def _parse(raw: str, region: str | None) -> phonenumbers.PhoneNumber | None:
+    """The number as read in `region`; None if it cannot be one there (unparsable, or a
+    national number missing the trunk prefix the region writes: `2025809341` in DE)."""
     try:
-        return phonenumbers.parse(raw, region)
+        number = phonenumbers.parse(raw, region, keep_raw_input=True)
     except phonenumbers.NumberParseException:
         return None
+    if region is not None and not _trunk_prefix_present_if_required(number):
+        return None
+    return number
 
 
 def _after_phone_word(text: str, start: int) -> bool:
