@@ -42,7 +42,6 @@ from gateway.sessions.cookies import hidden_names, parse_cookie_header
 
 MAX_CREDENTIAL_BODY = 64 * 1024  # login bodies, and form/JSON bodies checked for a stray password
 MAX_MULTIPART_CHECK = 16 * 1024 * 1024  # multipart bodies (uploads) checked for a stray password
-BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _SEPARATORS = re.compile(r"[&;]")  # `;` too: CGI.pm, old servlet containers split on it
 
 
@@ -258,7 +257,8 @@ async def refuse_stray_credentials(ex: Exchange, field: str, charset: str) -> No
 
     - The query string and the cookies are read on every request; `field` in any
       spelling there is refused.
-    - Bodies of state-changing requests are read when they are of a media type that
+    - Bodies of requests of any method (Rack and ASP.NET parse a GET's form body too)
+      are read when they are of a media type that
       frameworks decode into request parameters: form-urlencoded, multipart/*, JSON
       (`application/json`, `+json`, `text/json`), and no Content-Type at all (Rack
       parses such a POST as a form; it is read both as a form and as JSON). Other types
@@ -278,8 +278,8 @@ async def refuse_stray_credentials(ex: Exchange, field: str, charset: str) -> No
     """
     refuse_in_query(ex.query, (field,))
     refuse_in_cookies(ex.request.headers.getall("Cookie", []), (field,))
-    if ex.request.method not in BODY_METHODS or not ex.request.body_exists:
-        return
+    if not ex.request.body_exists:
+        return  # whatever the method: Rack and ASP.NET read a form body of a GET or OPTIONS too
     content_type = request_content_type(ex)
     if content_type is not None and not (content_type.is_form or content_type.is_json or content_type.is_multipart):
         return

@@ -171,6 +171,7 @@ async def echo(request: web.Request) -> web.Response:
             "headers": [[k, v] for k, v in request.headers.items()],
             "cookies": dict(request.cookies),
             "user": _user(request),
+            "body": (await request.read()).decode("latin-1"),
         }
     )
 
