@@ -3,14 +3,17 @@
 The gateway decides how to read a body from its Content-Type, and so does the PMS. Two
 readers that disagree on the media type or the charset read two different requests out
 of one (the UTF-7 identity swap), so every unclear form is refused here: two Content-Type
-headers, a parameter given twice, RFC 2231 `charset*=` parameters, a charset Python does
-not know, and a charset that is not ASCII-compatible (UTF-7, UTF-16, ISO-2022, EBCDIC):
-in those, the bytes of `username=bob` can mean something else to another reader.
+headers, a media type that is not one `type/subtype` token pair (Rack and PHP cut
+`application/x-www-form-urlencoded, text/plain` at the comma), a parameter given twice,
+RFC 2231 `charset*=` parameters, a charset Python does not know, and a charset that is
+not ASCII-compatible (UTF-7, UTF-16, ISO-2022, EBCDIC): in those, the bytes of
+`username=bob` can mean something else to another reader.
 """
 
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import Message
@@ -20,6 +23,8 @@ _ASCII_TEXT = _ASCII_BYTES.decode("ascii")
 # Stateful encodings: an escape sequence switches what the following ASCII bytes mean,
 # although plain ASCII survives a round trip through them.
 _STATEFUL = ("iso2022", "hz")
+_TOKEN = r"[!#$%&'*+.^_`|~0-9a-z-]+"  # RFC 9110 token (lower case: the media type is lowered first)
+_MEDIA_TYPE = re.compile(rf"^{_TOKEN}/{_TOKEN}$")
 
 
 class UnclearContentType(ValueError):
@@ -85,6 +90,10 @@ def read_content_type(values: Sequence[str]) -> ContentType | None:
     media = params[0][0].strip().lower()
     if not media:
         return None
+    if not _MEDIA_TYPE.match(media):
+        # `application/x-www-form-urlencoded, text/plain` is a form to Rack and PHP (they
+        # cut at `,`), an unknown type here: a body nobody would read as the PMS does.
+        raise UnclearContentType("the Content-Type is no single type/subtype")
     seen: dict[str, str] = {}
     for key, value in params[1:]:
         key = key.strip().lower()
