@@ -79,9 +79,15 @@ class ApiClients(Addon):
         for client in clients.values():
             if client.header_pattern is None or not client.allows_request(ex.request.method, ex.path.path):
                 continue
-            value = ex.request.headers.get(client.rule.header or "")
-            if value is not None and client.header_pattern.fullmatch(value):
-                return await self._admit(ex, client, strip_header=None)
+            values = ex.request.headers.getall(client.rule.header or "", [])
+            if not any(client.header_pattern.fullmatch(value) for value in values):
+                continue
+            if len(values) > 1:
+                # The PMS may read the other one (the last, or both joined): a person's own
+                # credentials would ride on the client's recognition.
+                ex.deny("refused", f"API client header {client.rule.header} sent more than once")
+                return api_refusal(ex, 400, "ambiguous_credentials", f"send {client.rule.header} once")
+            return await self._admit(ex, client, strip_header=None)
         return None
 
     @staticmethod
