@@ -8,7 +8,8 @@ digest, so an investigator can still follow one link across records (who opened 
 link, from where, how often) without being able to use it.
 
 One function, used by the audit preparer for every record (staff requests, reset forms,
-public guest areas alike), so no feature hashes links its own way.
+public guest areas alike), and by every log line that names a path (`path_for_logs`), so
+no feature hashes links its own way.
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ def hash_path_secrets(path: str | None, patterns: tuple[re.Pattern[str], ...]) -
     for pattern in patterns:
         path = pattern.sub(_replace_groups, path)
     return path
+
+
+def path_for_logs(path: str, patterns: Iterable[str]) -> str:
+    """`path` as a log line may show it: the policy's `audit.path_secrets` (its patterns as
+    written) digested exactly as in the audit trail, so logs never hold a usable link."""
+    return hash_path_secrets(path, compile_path_secrets(patterns)) or path  # re caches the patterns
 
 
 def _replace_groups(match: re.Match[str]) -> str:

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 import structlog
 from aiohttp import web
 
+from gateway.audit.path_secrets import path_for_logs
 from gateway.auth.events import LoginEvents
 from gateway.auth.login import CHALLENGE_PATH, password_accepted
 from gateway.auth.pending import PendingLogin, PendingLogins
@@ -265,7 +266,8 @@ class PasswordForms(Addon):
             return
         if not users:
             log.warning("password reset accepted by the PMS, but whose is unknown: no session was ended "
-                        "(set login.identity, or the reset form's username_field)", path=ex.path.path)
+                        "(set login.identity, or the reset form's username_field)",
+                        path=path_for_logs(ex.path.path, policy.audit.path_secrets))
             ex.deny("allowed", "password reset (user unknown to the gateway)")
             return
         ended = 0

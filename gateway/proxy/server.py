@@ -21,6 +21,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway.audit.path_secrets import path_for_logs
 from gateway.config import Config
 from gateway.policy.schema import Policy
 from gateway.proxy.canonical import AmbiguousPath, CanonicalPath, canonicalize
@@ -171,13 +172,20 @@ class Gateway:
         when a dependency is down (sign-in cannot work without it), 500 for anything else."""
         dependency = outage_of(exc)
         if dependency is None:
-            log.exception("unhandled error", request_id=request_id, path=request.path)
+            log.exception("unhandled error", request_id=request_id, path=self._loggable(request.path))
             return self._error(request, 500, request_id, None), "internal error"
         log.warning("dependency unavailable", dependency=dependency, request_id=request_id,
-                    path=request.path, error=type(exc).__name__)
+                    path=self._loggable(request.path), error=type(exc).__name__)
         response = error_response(request, 503, request_id, self.policy().property, key="signin_unavailable")
         response.headers["Retry-After"] = "30"
         return response, f"{dependency} unavailable"
+
+    def _loggable(self, path: str) -> str:
+        """A path for a log line: reset and guest-link secrets digested (`audit.path_secrets`)."""
+        try:
+            return path_for_logs(path, self.policy().audit.path_secrets)
+        except Exception:  # a log line must never fail the answer
+            return "?"
 
     def _error(self, request: web.BaseRequest, status: int, request_id: str, detail: str | None) -> web.Response:
         return error_response(request, status, request_id, self.policy().property, detail=detail)

@@ -37,6 +37,7 @@ from aiohttp.typedefs import Handler, Middleware
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, RateLimiter as Strategy
 
+from gateway.audit.path_secrets import path_for_logs
 from gateway.policy.rate_limits import RateKey, RateLimitRule
 from gateway.policy.schema import Policy
 from gateway.proxy.errors import error_response
@@ -183,7 +184,8 @@ class RateLimiter:
 
 
 def refusal_response(request: web.BaseRequest, request_id: str, policy: Policy, refusal: Refusal) -> web.Response:
-    log.info("rate limited", request_id=request_id, path=request.path, reason=refusal.reason)
+    log.info("rate limited", request_id=request_id, path=path_for_logs(request.path, policy.audit.path_secrets),
+             reason=refusal.reason)
     response = error_response(
         request, 429, request_id, policy.property, key="rate_limited",
         values={"seconds": str(refusal.retry_after)},
