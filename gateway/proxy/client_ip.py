@@ -59,7 +59,7 @@ class ClientResolver:
         if tls:
             return "https"
         if forwarded_proto and peer and self._is_trusted(peer):
-            proto = forwarded_proto.split(",")[0].strip().lower()
+            proto = forwarded_proto.split(",")[-1].strip().lower()  # the proxy's own, as for the host
             if proto in ("http", "https"):
                 return proto
         return "http"

@@ -53,3 +53,13 @@ async def test_the_value_the_proxy_wrote_is_the_one_passed_on(tmp_path):
         assert status == 200
         headers = _forwarded(body)
         assert headers["x-forwarded-host"] == public and "evil" not in headers["forwarded"]
+
+
+async def test_the_scheme_is_the_one_the_proxy_wrote(tmp_path):
+    """The same for `X-Forwarded-Proto`: a client's own `https` before the proxy's `http`
+    would have the gateway believe a TLS connection (and build its origin on it)."""
+    async with behind_proxy(tmp_path) as env:
+        status, body = await send(env.url, "GET", "/echo", [("X-Forwarded-Proto", "https, http")])
+        assert status == 200
+        headers = {k.lower(): v for k, v in json.loads(body)["headers"]}
+        assert headers["x-forwarded-proto"] == "http" and "proto=http;" in headers["forwarded"]
