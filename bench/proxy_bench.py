@@ -46,14 +46,17 @@ START_MARK = "<!-- proxy-bench:start -->"
 END_MARK = "<!-- proxy-bench:end -->"
 
 PAGES = {"/page2k": 2 * 1024, "/page100k": 100 * 1024}
-TARGETS = ("direct", "gateway", "nginx", "bare")
+TARGETS = ("direct", "gateway", "gateway-lean", "nginx", "bare", "lean")
 ON_PATH = {
     "direct": ("upstream",),
     "gateway": ("gateway", "upstream"),
+    "gateway-lean": ("gateway-lean", "upstream"),  # the same gateway with listen.engine: lean
     "nginx": ("nginx", "upstream"),
     "bare": ("bare", "upstream"),
+    "lean": ("lean", "upstream"),  # the smallest relay on the lean engine: the Python ceiling
 }
-BARE_PAGES = ("/page2k",)  # the bare aiohttp proxy is a reference point for the 2 KB target only
+GATEWAYS = ("gateway", "gateway-lean")
+BARE_PAGES = ("/page2k",)  # the bare aiohttp proxy and the lean relay are reference points for the 2 KB target only
 SERVER_CORE = 1  # upstream, gateway and nginx
 LOADGEN_CORE = 0  # wrk and the Python load generators
 
@@ -129,6 +132,67 @@ async def serve_until_signal(handler, port: int) -> None:
     await stop.wait()
     listener.close()
     await server.shutdown(1)
+
+
+def role_lean(port: int, upstream: str) -> None:
+    """The smallest relay on the lean engine: an httptools request parser and the gateway's
+    own upstream pool (gateway.proxy.lean.upstream), the body read whole, no header work,
+    no features. The Python ceiling the gateway on the lean engine is measured against."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    import httptools
+
+    sys.path.insert(0, str(ROOT))
+    from gateway.proxy.lean.upstream import UpstreamPool
+
+    fast_loop()
+    parts = urlsplit(upstream)
+
+    async def main() -> None:
+        pool = UpstreamPool(parts.hostname or "127.0.0.1", parts.port or 80, ssl_context=None, size=100,
+                            connect_timeout=5, read_timeout=60)
+        host = f"Host: {parts.netloc}\r\n\r\n".encode()
+
+        class Relay(asyncio.Protocol):
+            def connection_made(self, transport) -> None:
+                self.transport = transport
+                self.parser = httptools.HttpRequestParser(self)
+                self.url = b""
+
+            def data_received(self, data: bytes) -> None:
+                try:
+                    self.parser.feed_data(data)
+                except httptools.HttpParserError:
+                    self.transport.close()
+
+            def on_url(self, url: bytes) -> None:
+                self.url = url
+
+            def on_message_complete(self) -> None:
+                asyncio.ensure_future(self.forward(self.url))
+
+            async def forward(self, url: bytes) -> None:
+                connection, _ = await pool.acquire()
+                try:
+                    head = await connection.exchange(b"GET " + url + b" HTTP/1.1\r\n" + host, None,
+                                                     chunked=False, length=None, head_only=False)
+                    body = b"".join([chunk async for chunk in connection.iter_body()])
+                finally:
+                    pool.release(connection)
+                self.transport.write(b"HTTP/1.1 %d OK\r\nContent-Type: text/html; charset=utf-8\r\n"
+                                     b"Content-Length: %d\r\n\r\n%b" % (head.status, len(body), body))
+
+        loop = asyncio.get_running_loop()
+        listener = await loop.create_server(Relay, "127.0.0.1", port, backlog=1024, reuse_address=True)
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        listener.close()
+        pool.close()
+
+    asyncio.run(main())
 
 
 def role_bare(port: int, upstream: str) -> None:
@@ -419,11 +483,12 @@ def gateway_command() -> list[str]:
     return [sys.executable, "-m", "gateway.cli"]
 
 
-def write_gateway_config(workdir: Path, port: int, upstream_port: int, data_dir: Path, policies: list[Path]) -> Path:
+def write_gateway_config(workdir: Path, port: int, upstream_port: int, data_dir: Path, policies: list[Path],
+                         engine: str = "aiohttp") -> Path:
     import yaml
 
     config = {
-        "listen": {"host": "127.0.0.1", "port": port},
+        "listen": {"host": "127.0.0.1", "port": port, "engine": engine},
         "public_urls": [f"http://127.0.0.1:{port}"],
         "upstream": {"url": f"http://127.0.0.1:{upstream_port}"},
         "data_dir": str(data_dir),
@@ -666,6 +731,23 @@ class Bench:
         self.addons = self.finish_addon_probe(probe)
 
         port = free_port()
+        config = write_gateway_config(self.workdir, port, upstream_port, self.workdir / "lean-data", self.policies,
+                                      engine="lean")
+        proc = self.procs.start("gateway-lean", pin(SERVER_CORE) + gateway_command() + ["run", "--config", str(config)],
+                                cwd=ROOT)
+        self.urls["gateway-lean"] = f"http://127.0.0.1:{port}"
+        wait_ready(self.urls["gateway-lean"] + "/_gateway/health", proc, self.procs, "gateway-lean")
+        self.pgids["gateway-lean"] = proc.pid
+
+        port = free_port()
+        proc = self.procs.start(
+            "lean", pin(SERVER_CORE) + self.helper("--role", "lean", "--port", str(port), "--url", self.urls["direct"])
+        )
+        self.urls["lean"] = f"http://127.0.0.1:{port}"
+        wait_ready(self.urls["lean"] + "/page2k", proc, self.procs, "lean")
+        self.pgids["lean"] = proc.pid
+
+        port = free_port()
         proc = self.procs.start(
             "bare", pin(SERVER_CORE) + self.helper("--role", "bare", "--port", str(port), "--url", self.urls["direct"])
         )
@@ -788,13 +870,13 @@ class Bench:
 
     def account(self, row: Throughput | FixedRate, target: str, cpu: CpuUse, served: int) -> None:
         row.other_pct = cpu.other_pct
-        if target == "gateway":
-            row.drain_s = self.settle("gateway")
+        if target in GATEWAYS:
+            row.drain_s = self.settle(target)
         if served:
             # the gateway's work left over when the load stopped (drained in settle) belongs to the cell
-            extra = self.drained_cpu if target == "gateway" else 0.0
+            extra = self.drained_cpu if target in GATEWAYS else 0.0
             row.cpu_us = {
-                name: (cpu.per_process.get(name, 0.0) + (extra if name == "gateway" else 0.0)) * 1e6 / served
+                name: (cpu.per_process.get(name, 0.0) + (extra if name == target else 0.0)) * 1e6 / served
                 for name in ON_PATH[target]
             }
 
@@ -1124,16 +1206,20 @@ class Report:
             "Ratios of req/s, then of the proxy process's CPU per request (\"bare\" is the smallest "
             "aiohttp+uvloop proxy, a reference for what aiohttp itself costs):",
             "",
-            "| page | gateway/direct | gateway/nginx | nginx/direct | gateway/bare | CPU gateway/nginx | CPU gateway/bare |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| page | gateway/direct | gateway/nginx | nginx/direct | gateway/bare | CPU gateway/nginx | CPU gateway/bare "
+            "| gateway-lean/gateway | gateway-lean/nginx | gateway-lean/lean | lean/bare | CPU gateway-lean/lean |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for page in PAGES:
-            d, g, n, b = (self.rps(t, page) for t in ("direct", "gateway", "nginx", "bare"))
+            d, g, n, b, gl, lr = (self.rps(t, page) for t in ("direct", "gateway", "nginx", "bare", "gateway-lean", "lean"))
             gw_cpu = self.cpu_of("gateway", page, "gateway")
             lines.append(
                 f"| {page} | {fmt_ratio(ratio(g, d))} | {fmt_ratio(ratio(g, n))} | {fmt_ratio(ratio(n, d))} | "
                 f"{fmt_ratio(ratio(g, b))} | {fmt_ratio(ratio(gw_cpu, self.cpu_of('nginx', page, 'nginx')))} | "
-                f"{fmt_ratio(ratio(gw_cpu, self.cpu_of('bare', page, 'bare')))} |"
+                f"{fmt_ratio(ratio(gw_cpu, self.cpu_of('bare', page, 'bare')))} | "
+                f"{fmt_ratio(ratio(gl, g))} | {fmt_ratio(ratio(gl, n))} | {fmt_ratio(ratio(gl, lr))} | "
+                f"{fmt_ratio(ratio(lr, b))} | "
+                f"{fmt_ratio(ratio(self.cpu_of('gateway-lean', page, 'gateway-lean'), self.cpu_of('lean', page, 'lean')))} |"
             )
         if self.fixed:
             lines += [
@@ -1336,7 +1422,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write every figure as JSON to this file")
     parser.add_argument("--keep-profile", type=Path, help="copy py-spy's raw (collapsed) stacks to this file")
     # helper roles, started by the benchmark itself
-    parser.add_argument("--role", choices=("upstream", "bare", "closed", "open", "addons"), help=argparse.SUPPRESS)
+    parser.add_argument("--role", choices=("upstream", "bare", "lean", "closed", "open", "addons"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
@@ -1355,6 +1441,8 @@ def run_role(args: argparse.Namespace) -> int:
         role_upstream(args.port)
     elif args.role == "bare":
         role_bare(args.port, args.url)
+    elif args.role == "lean":
+        role_lean(args.port, args.url)
     elif args.role == "closed":
         role_closed(args.url, args.connections, args.seconds, args.warmup)
     elif args.role == "open":
@@ -1418,7 +1506,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for page in PAGES:
             for target in TARGETS:
-                if target not in bench.urls or (target == "bare" and page not in BARE_PAGES):
+                if target not in bench.urls or (target in ("bare", "lean") and page not in BARE_PAGES):
                     continue
                 row = measure(f"closed loop: {target} {page}",
                               lambda: bench.closed_loop(target, page, args.duration, warmup))
@@ -1433,7 +1521,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"python load generator check: gateway /page2k {row.rps:,.0f} req/s, {row.bad} non-200")
             if row.bad or not row.requests:
                 report.problems.append(f"python load generator: {row.requests} requests, {row.bad} non-200 {row.detail}")
-        for target in ("direct", "gateway"):
+        for target in ("direct", "gateway", "gateway-lean"):
             row = measure(f"fixed rate: {target} /page2k at {args.rate:g} req/s",
                           lambda: bench.fixed_rate(target, "/page2k", args.duration, warmup))
             report.fixed.append(row)
