@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from urllib.parse import unquote_plus
 
 from gateway.policy.schema import LoginRule
 
@@ -29,6 +30,7 @@ DEVICE_COOKIE_MAX_AGE = 400 * 86400  # the longest browsers keep a cookie
 # `name=` inside a cookie's value after white space, a comma or a quote: another pair to
 # aiohttp and Python's SimpleCookie (they split on white space) and to RFC 2109 parsers
 # (Tomcat's legacy one splits on commas).
+_PHP_MANGLED = re.compile(r"[. \[]")  # PHP turns these into `_` in variable (and cookie) names
 _HIDDEN_PAIR = re.compile(r'[\s,"]+([^\s,;="]+)\s*=')
 
 
@@ -130,7 +132,15 @@ class CookiePolicy:
         return name.casefold() in self.session_names
 
     def _holds_vaulted(self, name: str) -> bool:
-        return name in GATEWAY_COOKIES or self.is_vaulted(name)
+        """`name` is a gateway or vaulted cookie to some PMS: as sent, or (session names)
+        as PHP reads it, percent-decoded with `.`, ` ` and `[` made `_` (`PMS%53ESSID`)."""
+        if name in GATEWAY_COOKIES or self.is_vaulted(name):
+            return True
+        if self.allow_list is not None or ("%" not in name and "+" not in name and not _PHP_MANGLED.search(name)):
+            return False
+        decoded = unquote_plus(name, errors="replace")
+        return any(self.is_vaulted(reading) or reading in GATEWAY_COOKIES
+                   for reading in (decoded, _PHP_MANGLED.sub("_", decoded), _PHP_MANGLED.sub("_", name)))
 
     def upstream_cookie_header(self, browser_header: str | None, vault: dict[str, str]) -> str | None:
         """The browser's cookies minus gateway and vaulted names, plus the vault's cookies.
@@ -138,7 +148,9 @@ class CookiePolicy:
         The header is rebuilt from the pairs read here, so the PMS sees exactly the
         cookies the gateway judged, under their trimmed names. A pair whose value hides a
         gateway or vaulted name (`theme=dark PMSSESSID=x`, `a=b, PMSSESSID=x`) is dropped
-        whole: a PMS splitting on white space or commas would read a second session cookie.
+        whole: a PMS splitting on white space or commas would read a second session cookie;
+        so is a name PHP decodes into a session cookie's (`PMS%53ESSID`): PHP keeps the
+        first of two, which would be the browser's and not the vault's.
         """
         if not browser_header and not vault:
             return None
