@@ -86,7 +86,9 @@ class Exchange:
         if length is not None:
             if length > limit:
                 return None
-            self.body = await self.request.read()
+            # Not `request.read()`: it refuses bodies over the server's client_max_size (1 MiB),
+            # which is for the gateway's own pages, not for a guard's own `limit`.
+            self.body = await self.request.content.readexactly(length)
             return self.body
         chunks: list[bytes] = []
         size = 0
