@@ -12,8 +12,6 @@ is refused by the body reader that looks for stray passwords
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl
-
 OVERRIDE_HEADERS = frozenset(
     {"x-http-method-override", "x-http-method", "x-method-override", "x-original-url", "x-rewrite-url"}
 )
@@ -21,10 +19,15 @@ METHOD_PARAMETER = "_method"
 
 
 def overrides_method_in_query(query: str) -> bool:
-    """True when the raw query string names `_method` (any case or encoding, `_method[]` too)."""
+    """True when the raw query string names `_method` to some reader: any case or
+    encoding, `_method[]`, `_method%00` (PHP cuts names at NUL), `;` as a separator,
+    compatibility letters; read by the credential reader's name folding."""
     if "method" not in query.lower() and "%" not in query:
         return False  # the common case, without parsing
-    for name, _ in parse_qsl(query, keep_blank_values=True, errors="replace"):
-        if name.strip().lower().partition("[")[0] == METHOD_PARAMETER:
-            return True
+    from gateway.readers.credentials import AmbiguousCredentials, refuse_in_query  # it imports this module
+
+    try:
+        refuse_in_query(query, (METHOD_PARAMETER,))
+    except AmbiguousCredentials:
+        return True
     return False

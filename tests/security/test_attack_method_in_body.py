@@ -56,3 +56,13 @@ async def test_a_post_never_reaches_the_pms_as_a_delete(tmp_path):
             assert status == 200  # the word in a value is no override
         finally:
             await browser.close()
+
+
+@pytest.mark.parametrize("query", ["_method%00=DELETE", "a=1;_method=DELETE", "_method.x=DELETE", "_%EF%BD%8Dethod=DELETE"])
+async def test_method_override_in_a_query_in_any_spelling_is_refused(tmp_path, query):
+    """PHP cuts a name at NUL (`_method%00`), some servers split on `;`: every spelling the
+    credential reader folds onto `_method` is refused, as `_method` itself was."""
+    async with naive(tmp_path) as upstream:
+        status, _ = await send(upstream.env.url, "POST", f"/echo?{query}", [("Content-Type", FORM)], b"a=1")
+        assert status == 400
+        assert not upstream.saw("/echo")
