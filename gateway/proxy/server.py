@@ -36,6 +36,7 @@ from gateway.proxy.outages import outage_of
 from gateway.proxy.websocket import bridge_websocket, is_websocket_upgrade
 
 RESERVED_PREFIX = "/_gateway/"
+REFLECTING_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})  # never forwarded (see `handle`)
 STATIC_DIR = Path(__file__).parent.parent / "pages" / "static"
 log = structlog.get_logger("gateway.proxy")
 _EXCHANGED = web.RequestKey("exchanged", bool)  # `handle` built an Exchange and runs its done hooks
@@ -206,6 +207,10 @@ class Gateway:
             return self._error(request, 400, request_id, str(exc))
         if path.path.startswith(RESERVED_PREFIX) or path.path == RESERVED_PREFIX.rstrip("/"):
             return self._error(request, 404, request_id, "reserved path")
+        if request.method in REFLECTING_METHODS:
+            # A PMS (Apache's TraceEnable is on by default) echoes the request, the Cookie
+            # header the gateway injected from the vault included, back to the browser.
+            return self._error(request, 405, request_id, f"{request.method} is not forwarded")
         if overrides_method_in_query(raw_path[2]):
             return self._error(request, 400, request_id, "_method parameter (method override)")
         client = request[CLIENT]
