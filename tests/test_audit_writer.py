@@ -75,7 +75,10 @@ async def test_outage_spools_then_replays_in_order(parts) -> None:
     for n in range(25, 60):
         await writer.put(entry(n))
         await asyncio.sleep(0.002)
-    await asyncio.sleep(0.2)
+    for _ in range(200):  # the writer flushes on its own schedule: wait for it, not a fixed time
+        if writer.store_failing and writer.spooled >= 30:
+            break
+        await asyncio.sleep(0.05)
     assert writer.store_failing and writer.spooled >= 30
     store.down = False
     for n in range(60, 70):  # arrive while the spool is still pending: queued behind it
