@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 import structlog
-from sqlalchemy import insert, select
+from sqlalchemy import and_, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit import known_ips
@@ -147,11 +147,16 @@ async def _has_signed_in(conn: AsyncConnection, name: str) -> bool:
 async def recent_logins(
     database: Database, user: str | None = None, limit: int = 100, *, ip: str | None = None,
     since: datetime | None = None, until: datetime | None = None, outcome: str | None = None,
-    new_ip: bool | None = None, offset: int = 0,
+    new_ip: bool | None = None, offset: int = 0, before: int | None = None,
 ) -> list[dict[str, object]]:
-    """Newest first, for `pms-gateway logins` and the console (indexed by user, by (ip, at), by at)."""
+    """Newest first, for `pms-gateway logins` and the console (indexed by user, by (ip, at), by at).
+    `before` resumes after that row in this order (keyset paging: no OFFSET rows read and
+    thrown away)."""
     c = login_history.c
     statement = select(login_history).order_by(c.at.desc(), c.id.desc()).limit(limit).offset(offset)
+    if before is not None:
+        after = select(c.at).where(c.id == before).scalar_subquery()
+        statement = statement.where(or_(c.at < after, and_(c.at == after, c.id < before)))
     for column, value in ((c.username, user), (c.ip, ip), (c.outcome, outcome), (c.new_ip, new_ip)):
         if value is not None:
             statement = statement.where(column == value)

@@ -137,6 +137,11 @@ class AuditReader:
             statement = statement.where(c.channel == f.channel)
         if f.path is not None and f.path_regex is None:
             statement = statement.where(c.path.like(_like_escape(f.path) + "%", escape="\\"))
+            if self.database.dialect == "postgresql" and f.path and f.path[-1] < "\U0010ffff":
+                # The same prefix as a range of the text_pattern_ops index (byte order), which
+                # a prepared statement's generic plan can use where LIKE ... ESCAPE is opaque.
+                upper = f.path[:-1] + chr(ord(f.path[-1]) + 1)
+                statement = statement.where(c.path.op("~>=~")(f.path), c.path.op("~<~")(upper))
         if f.user is not None:
             subject = await self.subjects.subject_id(conn, "user", f.user)
             if subject is None:

@@ -79,6 +79,8 @@ async def page(request: web.Request) -> web.Response:
         ("dash.new_ip_today", new_ip, "/logins?new_ip=1&since=" + start_of_today(console).strftime("%Y-%m-%d")),
         ("dash.logins_7d", sum(ok), "/logins"), ("dash.failures_7d", sum(failed), "/logins?outcome=failure"),
         ("dash.audit_queue", writer.queued if writer else 0, "/audit"), ("dash.spool", spool, "/audit"),
+        ("dash.audit_records", t("about", n=f"{await console.reader.estimated_total():,}") if console.reader else 0,
+         "/audit"),
         ("dash.redacted_today", outbound.get("redacted", 0), "/outbound"),
         ("dash.blocked_today", outbound.get("blocked", 0), "/outbound?decision=blocked"),
         ("dash.deferred_today", outbound.get("deferred", 0), "/outbound?decision=deferred"),

@@ -32,7 +32,6 @@ async def page(request: web.Request) -> web.Response:
         {"name": "outcome", "label": "col.outcome", "type": "select", "options": OUTCOMES},
         {"name": "new_ip", "label": "filter.new_ip_only", "type": "checkbox"},
     ])
-    number = page_number(request)
     try:
         since, until = clock.parse(q.get("since")), clock.parse(q.get("until"))
     except ValueError:
@@ -42,8 +41,9 @@ async def page(request: web.Request) -> web.Response:
     rows = await recent_logins(console.database, user, PAGE_SIZE + 1, ip=q.get("ip") or None, since=since,
                                until=until + timedelta(days=1) if until and len(q["until"]) <= 10 else until,
                                outcome=q.get("outcome") or None, new_ip=True if q.get("new_ip") else None,
-                               offset=(number - 1) * PAGE_SIZE)
+                               before=int(q["before"]) if q.get("before", "").isdigit() else None)
     screen.has_next = len(rows) > PAGE_SIZE
+    screen.extra["next_before"] = rows[PAGE_SIZE - 1]["id"] if screen.has_next else None  # keyset paging
     t_value = Translator(language(request)).value
     screen.table = Table(["at", "user", "ip", "place", "login_type", "outcome", "new_ip"], [
         {"at": clock.show(r["at"], seconds=True), "user": {"text": r["username"], "href": f"/logins?user={r['username']}"},

@@ -59,6 +59,7 @@ async def page(request: web.Request) -> web.Response:
             QueryFilter(channel="outbound", since=since, decision=q.get("decision") or None),
             before_id=before, limit=PAGE_SIZE + 1)]
     screen.has_next = len(rows) > PAGE_SIZE
+    screen.extra["next_before"] = rows[PAGE_SIZE - 1]["id"] if screen.has_next else None  # keyset paging
     counts = await counts_today(console)
     screen.notice, screen.notice_values = "outbound.today", {
         "redacted": counts.get("redacted", 0), "blocked": counts.get("blocked", 0),
