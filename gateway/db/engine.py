@@ -226,13 +226,22 @@ def _upgrade(conn: Connection) -> tuple[int, tuple[int, ...]]:
 async def open_database(url: str, **engine_kwargs: Any) -> Database:
     """Connect and upgrade the schema; safe to call from several processes at once."""
     engine = create_engine(url, **engine_kwargs)
+    # PostgreSQL: the upgrade gets a connection of its own without the statement timeout
+    # that keeps logins fast: building an index over millions of audit records (or waiting
+    # for the instance doing it, on the advisory lock) takes minutes, not 10 s.
+    upgrader = engine
+    if engine.dialect.name == "postgresql":
+        upgrader = create_engine(url, connect_args={"command_timeout": None})
     try:
-        async with engine.connect() as conn:
+        async with upgrader.connect() as conn:
             await conn.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
             async with conn.begin():
                 version, applied = await conn.run_sync(_upgrade)
     except BaseException:
         await engine.dispose()
         raise
+    finally:
+        if upgrader is not engine:
+            await upgrader.dispose()
     return Database(engine, version, applied)
 
