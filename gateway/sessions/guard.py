@@ -70,8 +70,9 @@ class CompiledAccessRules:
     def matching_rule(self, group: str | None, method: str, path: str) -> tuple[int, bool] | None:
         """(index in the group's `access.rules`, allow?) of the first rule matching the
         request, or None. The guard and `pms-gateway policy explain` both decide by it."""
+        judged = "GET" if method == "HEAD" else method  # the PMS answers HEAD with its GET handler
         for index, (pattern, allow, methods) in enumerate(self.access.get(group or "", [])):
-            if methods and method not in methods:
+            if methods and method not in methods and judged not in methods:
                 continue
             if pattern.search(path):
                 return index, allow

@@ -1,0 +1,44 @@
+"""An access rule for GET also holds for HEAD: the PMS runs the same handler for both.
+
+Found by the attack on issue 8: a rule `{deny: ..., methods: [GET]}` matched the method
+name exactly, so `HEAD /reservations/1002` passed it, and the PMS (aiohttp, Flask, Rails
+and most others answer HEAD with the GET handler) ran the denied page's handler: its side
+effects, its headers, its status as an oracle. HEAD is judged as GET.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from gateway.policy import load_policy
+from tests.harness import serve_app
+from tests.login_env import Browser, login_env
+from tests.security import naive_upstream
+from tests.security.hostile import FORM
+
+IDENTITY = {"path": "/", "pattern": "Logged in as <b>([^<]+)</b>", "status": [200]}
+
+
+async def test_head_is_denied_where_get_is(tmp_path):
+    overlay = tmp_path / "rules.yaml"
+    overlay.write_text(yaml.safe_dump({
+        "login": {"identity": IDENTITY},
+        "groups": {"reception": {"access": {"rules": [{"deny": r"^/reservations/\d+$", "methods": ["GET"]}]}}},
+    }))
+    app = naive_upstream.create_app()
+    policy = load_policy("policies/default.yaml", overlay)
+    async with serve_app(app) as pms, login_env(tmp_path, policy=policy, pms_url=pms) as env:
+        browser = Browser(env)
+        try:
+            status, headers, _ = await browser.request(
+                "POST", "/login", data="username=alice&password=" + naive_upstream.PASSWORDS["alice"],
+                headers={"Content-Type": FORM},
+            )
+            assert headers.get("Location") == "/_gateway/2fa", (status, headers)
+            await browser.enroll("alice")
+            app[naive_upstream.SEEN].clear()
+            assert (await browser.request("GET", "/reservations/1002"))[0] == 403
+            assert (await browser.request("HEAD", "/reservations/1002"))[0] == 403
+            assert not any(path == "/reservations/1002" for _, path, _ in app[naive_upstream.SEEN])
+        finally:
+            await browser.close()
