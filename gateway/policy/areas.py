@@ -28,7 +28,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, model_validator
 
 from gateway.policy.rate_limits import Rate
-from gateway.policy.types import NetworkRef, Regex, Section
+from gateway.policy.types import NetworkRef, Regex, Section, method_listed
 
 Recognition = Literal["gateway_token", "header_pattern"]
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
@@ -120,7 +120,7 @@ class CompiledClient:
     header_pattern: re.Pattern[str] | None
 
     def allows_request(self, method: str, path: str) -> bool:
-        return (not self.rule.methods or method in self.rule.methods) and self.paths.search(path) is not None
+        return method_listed(method, self.rule.methods) and self.paths.search(path) is not None
 
     def allows_address(self, ip: str) -> bool:
         try:

@@ -71,3 +71,10 @@ def _check_network_ref(value: str, info: ValidationInfo) -> str:
 
 
 NetworkRef = Annotated[str, AfterValidator(_check_network_ref)]
+
+
+def method_listed(method: str, methods: list[str] | tuple[str, ...]) -> bool:
+    """Whether a rule's `methods` (empty: every method) cover a request's method. GET
+    covers HEAD: servers answer HEAD with the GET handler (its side effects, its headers),
+    so a rule about GET that HEAD escaped would be a rule about the body only."""
+    return not methods or method in methods or (method == "HEAD" and "GET" in methods)

@@ -40,6 +40,7 @@ from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimite
 from gateway.audit.path_secrets import path_for_logs
 from gateway.policy.rate_limits import RateKey, RateLimitRule
 from gateway.policy.schema import Policy
+from gateway.policy.types import method_listed
 from gateway.proxy.errors import error_response
 from gateway.proxy.exchange import CLIENT, REQUEST_ID, Addon, Exchange
 from gateway.proxy.server import RESERVED_PREFIX
@@ -100,7 +101,7 @@ class _Compiled:
         if self.rule.password_reset:
             return policy.login.is_reset_request(path, method)
         assert self.pattern is not None
-        return (not self.rule.methods or method in self.rule.methods) and self.pattern.search(path) is not None
+        return method_listed(method, self.rule.methods) and self.pattern.search(path) is not None
 
 
 def _compile(rule: RateLimitRule) -> _Compiled:

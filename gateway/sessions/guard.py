@@ -25,6 +25,7 @@ from gateway.auth.challenge import LOGOUT as LOGOUT_PAGE
 from gateway.pages.injected import notice
 from gateway.pages.render import see_other, choose_language, render_page, translator, wants_json
 from gateway.policy.schema import Policy
+from gateway.policy.types import method_listed
 from gateway.proxy.errors import error_response
 from gateway.proxy.exchange import Addon, Exchange, UpstreamAnswer
 from gateway.proxy.page_injection import inject_html
@@ -70,9 +71,8 @@ class CompiledAccessRules:
     def matching_rule(self, group: str | None, method: str, path: str) -> tuple[int, bool] | None:
         """(index in the group's `access.rules`, allow?) of the first rule matching the
         request, or None. The guard and `pms-gateway policy explain` both decide by it."""
-        judged = "GET" if method == "HEAD" else method  # the PMS answers HEAD with its GET handler
         for index, (pattern, allow, methods) in enumerate(self.access.get(group or "", [])):
-            if methods and method not in methods and judged not in methods:
+            if not method_listed(method, methods):
                 continue
             if pattern.search(path):
                 return index, allow

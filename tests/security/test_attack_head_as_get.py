@@ -42,3 +42,16 @@ async def test_head_is_denied_where_get_is(tmp_path):
             assert not any(path == "/reservations/1002" for _, path, _ in app[naive_upstream.SEEN])
         finally:
             await browser.close()
+
+
+async def test_a_rate_limit_for_get_counts_head(tmp_path):
+    overlay = tmp_path / "limits.yaml"
+    overlay.write_text(yaml.safe_dump({"rate_limits": [
+        {"path": "^/login$", "methods": ["GET"], "key": "address", "rate": "1/minute"}]}))
+    async with login_env(tmp_path, policy=load_policy("policies/default.yaml", overlay)) as env:
+        browser = Browser(env)
+        try:
+            assert (await browser.request("GET", "/login"))[0] == 200
+            assert (await browser.request("HEAD", "/login"))[0] == 429
+        finally:
+            await browser.close()
