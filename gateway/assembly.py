@@ -94,7 +94,7 @@ async def build_addons(
     """
     services = services or await open_services(config, policy, clock)
     store, keyring, users = services.store, services.keyring, services.users
-    audit = services.audit = await build_audit(config, policy, services.database)
+    audit = services.audit = await build_audit(config, policy, services.database, ephemeral=store)
     upstream_logout = UpstreamLogout(config, policy, audit.writer)  # its calls are audited
     sessions = SessionManager(store, keyring, policy, upstream_logout=upstream_logout, clock=clock)
     lockouts = Lockouts(store, policy, clock=clock)

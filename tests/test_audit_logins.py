@@ -37,7 +37,7 @@ class RecordingAlerter:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str | None, str]] = []
 
-    async def new_ip_login(self, user, ip, geo=None, login_type=None) -> bool:
+    async def new_ip_login(self, user, ip, geo=None, login_type=None, owner=None) -> bool:
         self.calls.append(("new_ip_login", user, ip))
         return True
 
@@ -125,7 +125,7 @@ async def test_operator_commands(tmp_path: Path) -> None:
         await logins.record(LoginAttempt("bob", "89.160.20.112", "failure", None, reason="password refused"))
 
     code, output = await asyncio.to_thread(run_cli, env, "logins")
-    assert code == 0 and output.splitlines()[0].split() == ["AT", "USER", "IP", "PLACE", "OUTCOME", "TYPE", "NEW", "IP"]
+    assert code == 0 and output.splitlines()[0].split() == ["AT", "USER", "IP", "PLACE", "OUTCOME", "TYPE", "NEW", "IP", "NETWORK", "OWNER"]
     assert "bob" in output and "failure" in output and "password+security_key" in output
     code, output = await asyncio.to_thread(run_cli, env, "logins", "--user", "ALICE ")  # normalised
     assert code == 0 and "bob" not in output and output.count("alice") == 2

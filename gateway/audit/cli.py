@@ -401,7 +401,7 @@ def logins_command(
     limit: Annotated[int, typer.Option("--limit", "-n", help="Newest this many.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per login.")] = False,
 ) -> None:
-    """Login history, newest first: who, when, from where, outcome, new address."""
+    """Login history, newest first: who, when, from where, outcome, new address, network owner (RDAP)."""
     from gateway.audit.logins import recent_logins
 
     async def main() -> list[dict[str, Any]]:
@@ -416,10 +416,10 @@ def logins_command(
     if not rows:
         typer.echo("no logins recorded")
         return
-    table = [("AT", "USER", "IP", "PLACE", "OUTCOME", "TYPE", "NEW IP")] + [
+    table = [("AT", "USER", "IP", "PLACE", "OUTCOME", "TYPE", "NEW IP", "NETWORK OWNER")] + [
         (r["at"].strftime("%Y-%m-%d %H:%M:%S"), r["username"], r["ip"],
          ", ".join(p for p in (r["city"], r["country"]) if p) or "-", r["outcome"], r["login_type"],
-         "yes" if r["new_ip"] else "")
+         "yes" if r["new_ip"] else "", r["owner"] or "")
         for r in rows
     ]
     _echo_table(table)

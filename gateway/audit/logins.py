@@ -4,7 +4,9 @@ The login code calls `await history.record(LoginAttempt(...))` after every attem
 the outcome; this module writes `login_history`, keeps the user's known IPs current
 (successful logins only) and raises the alerts the policy asks for (new address, lockout,
 every login). It answers with a `LoginRecord` saying whether the address was new and
-where it is, for the login code to show or act on.
+where it is, for the login code to show or act on. Where the background RDAP lookup of
+the address (`gateway.risk.rdap`) has already found its network's owner, the record and
+the new-address alert name it; the login never waits for one.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from gateway.db import Database, login_history, users
 from gateway.notify.alerter import Alerter
 from gateway.policy.schema import Policy
 from gateway.risk.geoip import UNKNOWN, GeoInfo, GeoLocator
+from gateway.risk.rdap import cached_names
+from gateway.store.base import EphemeralStore
 
 log = structlog.get_logger("gateway.audit.logins")
 
@@ -55,6 +59,7 @@ class LoginRecord:
     city: str | None
     asn: int | None
     alerted: bool  # an alert was queued for this attempt
+    owner: str | None = None  # the network's owner by RDAP, if the background lookup had finished
 
 
 class LoginHistory:
@@ -65,12 +70,26 @@ class LoginHistory:
         policy: Callable[[], Policy],
         alerter: Alerter | None = None,
         clock: Callable[[], float] = time.time,
+        store: EphemeralStore | None = None,
     ) -> None:
         self.database = database
         self.geo = geo
         self.policy = policy
         self.alerter = alerter
         self.clock = clock
+        self.store = store  # where the background RDAP lookups leave what they found
+
+    async def _owner(self, ip: str, policy: Policy) -> str | None:
+        """The network owner RDAP named for `ip` (network name, then registrants), if a
+        lookup has finished by now: read from the cache, never waited for or started here."""
+        if self.store is None or not policy.risk.rdap:
+            return None
+        try:
+            names = await cached_names(self.store, ip, policy)
+        except Exception:  # the store is down: the login is recorded without an owner, not lost
+            log.warning("RDAP owner not readable", ip=ip)
+            return None
+        return ", ".join(names)[:255] if names else None
 
     async def record(self, attempt: LoginAttempt) -> LoginRecord:
         policy = self.policy()
@@ -78,6 +97,7 @@ class LoginHistory:
         now = datetime.fromtimestamp(self.clock(), UTC)
         prefix = known_ips.ip_prefix(attempt.ip, policy.known_ips.ipv6_prefix)
         success = attempt.outcome == "success"
+        owner = await self._owner(attempt.ip, policy)
         known = had_any = False
         async with write_transaction(self.database) as conn:
             user_id = await _user_id(conn, attempt.username, create=success, now=now)
@@ -91,19 +111,20 @@ class LoginHistory:
                     user_id=user_id, username=attempt.username[:255], at=now, ip=attempt.ip[:64],
                     country=geo.country, city=geo.city, asn=geo.asn, outcome=attempt.outcome,
                     login_type=(attempt.login_type or "none")[:32], device_id=(attempt.device_id or None),
-                    new_ip=not known, reason=(attempt.reason or None) and attempt.reason[:255],
+                    new_ip=not known, reason=(attempt.reason or None) and attempt.reason[:255], owner=owner,
                 )
             )
             row_id = int(result.inserted_primary_key[0])
-        alerted = await self._alert(attempt, geo, new_ip=not known, first_login=not had_any, policy=policy)
+        alerted = await self._alert(attempt, geo, new_ip=not known, first_login=not had_any, policy=policy,
+                                    owner=owner)
         return LoginRecord(
             id=row_id, username=attempt.username, ip=attempt.ip, outcome=attempt.outcome, at=now,
             new_ip=not known, first_login=not had_any, country=geo.country, city=geo.city, asn=geo.asn,
-            alerted=alerted,
+            alerted=alerted, owner=owner,
         )
 
     async def _alert(self, attempt: LoginAttempt, geo: GeoInfo, *, new_ip: bool, first_login: bool,
-                     policy: Policy) -> bool:
+                     policy: Policy, owner: str | None) -> bool:
         if self.alerter is None:
             return False
         try:
@@ -112,7 +133,7 @@ class LoginHistory:
             if attempt.outcome != "success":
                 return False
             if new_ip and (not first_login or policy.alerts.new_ip_on_first_login):
-                if await self.alerter.new_ip_login(attempt.username, attempt.ip, geo, attempt.login_type):
+                if await self.alerter.new_ip_login(attempt.username, attempt.ip, geo, attempt.login_type, owner):
                     return True
             return await self.alerter.login(attempt.username, attempt.ip, geo, attempt.login_type)
         except Exception:

@@ -29,6 +29,7 @@ from gateway.notify.email import EmailSender
 from gateway.notify.webhook import WebhookSender
 from gateway.policy.reload import PolicyHolder
 from gateway.risk.geoip import GeoLocator
+from gateway.store.base import EphemeralStore
 
 
 def instance_id_of(config: Config) -> str:
@@ -86,7 +87,9 @@ async def build_audit(
     geo: GeoLocator | None = None,
     alerter: Alerter | None = None,
     data_dir: Path | None = None,
+    ephemeral: EphemeralStore | None = None,
 ) -> AuditServices:
+    """`ephemeral`: the ephemeral store, where the login history reads the RDAP owners found."""
     data_dir = data_dir or config.data_dir
     keys = load_or_create_keys(key_path(data_dir))
     geo = geo or GeoLocator(config.geoip)
@@ -101,5 +104,5 @@ async def build_audit(
     )
     retention = RetentionTask(database, keys, policy, writer.put)
     addon = AuditAddon(writer, policy, exporter, [retention])
-    history = LoginHistory(database, geo, policy, alerter)
+    history = LoginHistory(database, geo, policy, alerter, store=ephemeral)
     return AuditServices(keys, geo, alerter, store, writer, addon, history, OutboundAuditSink(writer))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, event, func, insert, select
+from sqlalchemy import Connection, event, func, insert, inspect, select
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
@@ -84,6 +84,14 @@ def _operators(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_login_history_ip_at ON login_history (ip, at)")
 
 
+def _login_owner(conn: Connection) -> None:
+    """login_history.owner: the RDAP network owner known at the attempt. Checked first, as
+    SQLite has no ADD COLUMN IF NOT EXISTS and a database re-stamped below this step has it."""
+    if "owner" not in {column["name"] for column in inspect(conn).get_columns("login_history")}:
+        conn.exec_driver_sql("ALTER TABLE login_history ADD COLUMN owner VARCHAR(255)")
+
+
+
 MIGRATIONS: list[MigrationStep] = [
     _create_schema,  # 1: initial schema
     _totp_last_step,  # 2: totp_factors.last_step (TOTP replay floor)
@@ -91,6 +99,7 @@ MIGRATIONS: list[MigrationStep] = [
     _support_grants,  # 4: support_grants (vendor support access codes)
     _api_clients,  # 5: api_tokens, api_client_credentials (API clients)
     _operators,  # 6: operators (console accounts), login_history (ip, at) index
+    _login_owner,  # 7: login_history.owner (RDAP network owner of the address)
 ]
 """Ordered upgrade steps; append only, never reorder or edit a released step."""
 

@@ -210,6 +210,9 @@ login_history = Table(
     Column("device_id", String(128), nullable=True),
     Column("new_ip", Boolean, nullable=False, default=False, server_default=false()),
     Column("reason", String(255), nullable=True),
+    # Who the address's network belongs to by RDAP, when the background lookup had finished
+    # by the time of the attempt (gateway.risk.rdap); never waited for.
+    Column("owner", String(255), nullable=True),
     Index("ix_login_history_ip_at", "ip", "at"),
 )
 

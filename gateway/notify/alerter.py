@@ -59,11 +59,15 @@ class Alerter:
         self.sent = 0
 
     # -- events ----------------------------------------------------------------------------
-    async def new_ip_login(self, user: str, ip: str, geo: GeoInfo | None = None, login_type: str | None = None) -> bool:
+    async def new_ip_login(self, user: str, ip: str, geo: GeoInfo | None = None, login_type: str | None = None,
+                           owner: str | None = None) -> bool:
+        """`owner`: the network's owner by RDAP, when the background lookup had found it."""
         geo = self._locate(ip, geo)
         lines = [f"User: {user}", f"Address: {_where(ip, geo)}"]
         if geo.asn is not None:
             lines.append(f"Network: AS{geo.asn}" + (f" {geo.asn_org}" if geo.asn_org else ""))
+        if owner:
+            lines.append(f"Network owner (RDAP): {owner}")
         if login_type:
             lines.append(f"Sign-in method: {login_type}")
         lines += ["", f"{user} signed in from an address not seen for this account before.",
@@ -71,7 +75,7 @@ class Alerter:
         place = f" in {geo.place}" if geo.place else ""
         return await self.submit(Alert(
             "new_ip_login", f"New sign-in address for {user}: {ip}{place}", tuple(lines), user, ip,
-            {"country": geo.country, "city": geo.city, "asn": geo.asn, "login_type": login_type},
+            {"country": geo.country, "city": geo.city, "asn": geo.asn, "login_type": login_type, "owner": owner},
         ))
 
     async def login(self, user: str, ip: str, geo: GeoInfo | None = None, login_type: str | None = None) -> bool:

@@ -45,10 +45,10 @@ async def page(request: web.Request) -> web.Response:
     screen.has_next = len(rows) > PAGE_SIZE
     screen.extra["next_before"] = rows[PAGE_SIZE - 1]["id"] if screen.has_next else None  # keyset paging
     t_value = Translator(language(request)).value
-    screen.table = Table(["at", "user", "ip", "place", "login_type", "outcome", "new_ip"], [
+    screen.table = Table(["at", "user", "ip", "place", "owner", "login_type", "outcome", "new_ip"], [
         {"at": clock.show(r["at"], seconds=True), "user": {"text": r["username"], "href": f"/logins?user={r['username']}"},
          "ip": {"text": r["ip"], "href": f"/logins?ip={r['ip']}"},
-         "place": place(r["city"], r["country"], r["asn"]),
+         "place": place(r["city"], r["country"], r["asn"]), "owner": r["owner"] or "",
          "login_type": t_value("login_type", r["login_type"]), "outcome": t_value("outcome", r["outcome"]),
          "new_ip": {"text": t_value("flag", "new"), "flag": True} if r["new_ip"] and r["outcome"] == "success" else ""}
         for r in rows[:PAGE_SIZE]
