@@ -11,14 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from gateway.cli_support import ConfigOption, Refused, load_config_and_policy, run_command
+from gateway.cli_support import ConfigOption, Refused, cli_actor, load_config_and_policy, run_command
 
 if TYPE_CHECKING:
     from gateway.access.api_tokens import ApiTokens
@@ -29,10 +29,19 @@ NameArgument = Annotated[str, typer.Argument(help="The client's name under `api_
 ValidForOption = Annotated[str, typer.Option("--valid-for", help="Lifetime of the new token, e.g. 365d.")]
 
 
+Record = Callable[..., Awaitable[None]]
+
+
 @contextlib.asynccontextmanager
-async def _tokens(config_path: Path | None, name: str | None, *, token_client: bool = False) -> AsyncIterator[ApiTokens]:
-    """The token tables on the gateway's database and key file; `name` must be declared."""
+async def _tokens(
+    config_path: Path | None, name: str | None, *, token_client: bool = False
+) -> AsyncIterator[tuple[ApiTokens, Record]]:
+    """The token tables on the gateway's database and key file (`name` must be declared),
+    and `record(action, client, **extra)`: each change is written to the audit trail under
+    the OS user running the command, never with a token or credential."""
     from gateway.access.api_tokens import ApiTokens
+    from gateway.audit.entry import admin_entry
+    from gateway.audit.services import record_admin_action
     from gateway.auth.keys import KeyRing
     from gateway.db import open_database
 
@@ -46,8 +55,14 @@ async def _tokens(config_path: Path | None, name: str | None, *, token_client: b
             raise Refused(f"{name!r} is recognised by `header_pattern`: it uses the PMS's own token, not the gateway's")
     keyring = KeyRing.load(config.resolved_key_file, os.environ.get(config.key_env))
     database = await open_database(config.resolved_database_url)
+
+    async def record(action: str, client: str, **extra: object) -> None:
+        entry = admin_entry(action, operator=cli_actor(), reason="command line",
+                            identifiers={"api_client": client}, extra=extra)
+        await record_admin_action(config, database, entry)
+
     try:
-        yield ApiTokens(database, keyring)
+        yield ApiTokens(database, keyring), record
     finally:
         await database.close()
 
@@ -77,8 +92,10 @@ def api_clients_add(name: NameArgument, valid_for: ValidForOption = "365d", conf
     """Issue a token for NAME and print it once."""
 
     async def main():
-        async with _tokens(config, name, token_client=True) as tokens:
-            return await tokens.issue(name, _seconds(valid_for))
+        async with _tokens(config, name, token_client=True) as (tokens, record):
+            token, info = await tokens.issue(name, _seconds(valid_for))
+            await record("api_token_issued", name, token_hint=info.hint, expires_at=info.expires_at.isoformat())
+            return token, info
 
     token, info = run_command(main())
     _show_token(name, token, info.expires_at)
@@ -94,8 +111,11 @@ def api_clients_rotate(
     """Issue a new token for NAME; the old ones stay valid for --overlap, then end."""
 
     async def main():
-        async with _tokens(config, name, token_client=True) as tokens:
-            return await tokens.rotate(name, _seconds(valid_for), _seconds(overlap))
+        async with _tokens(config, name, token_client=True) as (tokens, record):
+            token, info, shortened = await tokens.rotate(name, _seconds(valid_for), _seconds(overlap))
+            await record("api_token_rotated", name, token_hint=info.hint, expires_at=info.expires_at.isoformat(),
+                         overlap=overlap, older_tokens_shortened=shortened)
+            return token, info, shortened
 
     token, info, shortened = run_command(main())
     _show_token(name, token, info.expires_at)
@@ -107,8 +127,10 @@ def api_clients_revoke(name: NameArgument, config: ConfigOption = None) -> None:
     """End every token of NAME now, on every gateway."""
 
     async def main() -> int:
-        async with _tokens(config, None) as tokens:  # a client already removed from the policy too
-            return await tokens.revoke(name)
+        async with _tokens(config, None) as (tokens, record):  # a client already removed from the policy too
+            revoked = await tokens.revoke(name)
+            await record("api_tokens_revoked", name, revoked=revoked)
+            return revoked
 
     typer.echo(f"revoked {run_command(main())} token(s) of {name}")
 
@@ -118,7 +140,7 @@ def api_clients_list(config: ConfigOption = None) -> None:
     """Tokens issued (by their first characters), with their state."""
 
     async def main():
-        async with _tokens(config, None) as tokens:
+        async with _tokens(config, None) as (tokens, _record):
             return await tokens.list()
 
     infos = run_command(main())
@@ -161,11 +183,14 @@ def api_clients_set_upstream_credential(
             run_command(_refuse("the credential is empty or spans lines"))
 
     async def main() -> str:
-        async with _tokens(config, name, token_client=True) as tokens:
+        async with _tokens(config, name, token_client=True) as (tokens, record):
             if clear:
-                return "cleared" if await tokens.clear_upstream_credential(name) else "none stored"
+                cleared = await tokens.clear_upstream_credential(name)
+                await record("api_upstream_credential_cleared", name, had_one=cleared)
+                return "cleared" if cleared else "none stored"
             assert value is not None
             await tokens.set_upstream_credential(name, header, value)
+            await record("api_upstream_credential_set", name, header=header)  # never the value
             return f"stored (encrypted) for {name}: sent to the PMS as {header}"
 
     typer.echo(run_command(main()))

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.auth.keys import KeyRing
 from gateway.db import Database
@@ -44,6 +45,16 @@ def api_token_hash(token: str) -> str:
 
 def looks_like_api_token(value: str) -> bool:
     return value.startswith(TOKEN_PREFIX)
+
+
+async def purge_ended_tokens(conn: AsyncConnection, before: datetime) -> int:
+    """Forget the rows of tokens that ended (expired or revoked) before `before`: the
+    retention purge's cutoff, so `api-clients list` shows an ended token as long as the
+    audit trail keeps the requests made with it."""
+    result = await conn.execute(delete(api_tokens).where(
+        or_(api_tokens.c.expires_at < before, api_tokens.c.revoked_at < before)
+    ))
+    return result.rowcount or 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,14 +138,6 @@ class ApiTokens:
             query = query.where(api_tokens.c.client == client)
         async with self.database.connect() as conn:
             return [_info(row) for row in await conn.execute(query)]
-
-    async def purge_expired(self, before: datetime) -> int:
-        """Forget tokens that ended before `before` (kept a while so `list` shows them)."""
-        async with self.database.begin() as conn:
-            result = await conn.execute(delete(api_tokens).where(
-                or_(api_tokens.c.expires_at < before, api_tokens.c.revoked_at < before)
-            ))
-        return result.rowcount or 0
 
     # -- the PMS's credential for a client -----------------------------------------------
 

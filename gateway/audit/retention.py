@@ -3,9 +3,9 @@
 For each chain, the oldest record kept becomes the new start: its position and the MAC it
 links to are stored as an anchor, sealed with the audit key, before anything is deleted
 (so a crash mid-purge leaves a verifiable trail, and nobody without the key can move the
-anchor to hide deletions). Login history past retention and known IPs past
-`known_ips.keep_for` go too. The purge itself is recorded in the trail. The running
-gateway does this daily; `pms-gateway audit purge` does it on demand.
+anchor to hide deletions). Login history past retention, API tokens that ended before it
+and known IPs past `known_ips.keep_for` go too. The purge itself is recorded in the
+trail. The running gateway does this daily; `pms-gateway audit purge` does it on demand.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 import structlog
 from sqlalchemy import delete, func, select
 
+from gateway.access.api_tokens import purge_ended_tokens
 from gateway.audit.chain import anchor_mac
 from gateway.audit.entry import AuditEntry, admin_entry
 from gateway.audit.keys import AuditKeys
@@ -40,6 +41,7 @@ class PurgeResult:
     records: int = 0
     login_history: int = 0
     known_ips: int = 0
+    api_tokens: int = 0
     anchors: dict[str, int] = field(default_factory=dict)
 
     def entry(self, operator: str | None = None) -> AuditEntry:
@@ -48,7 +50,7 @@ class PurgeResult:
             operator=operator,
             reason=f"retention: records before {self.cutoff.isoformat(timespec='seconds')}",
             extra={"cutoff": self.cutoff.isoformat(), "records": self.records, "login_history": self.login_history,
-                   "known_ips": self.known_ips, "anchors": self.anchors},
+                   "known_ips": self.known_ips, "api_tokens": self.api_tokens, "anchors": self.anchors},
         )
 
 
@@ -65,6 +67,7 @@ async def purge(database: Database, keys: AuditKeys, policy: Policy, now: dateti
         result.login_history = (await conn.execute(delete(login_history).where(login_history.c.at < result.cutoff))).rowcount
         stale = now - timedelta(seconds=policy.known_ips.keep_for)
         result.known_ips = (await conn.execute(delete(known_ips).where(known_ips.c.last_seen < stale))).rowcount
+        result.api_tokens = await purge_ended_tokens(conn, result.cutoff)
     return result
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gateway.audit.addon import AuditAddon
 from gateway.audit.capture import EntryPreparer
+from gateway.audit.entry import AuditEntry
 from gateway.audit.heads import HeadExporter, heads_path
 from gateway.audit.keys import AuditKeys, key_path, load_or_create_keys
 from gateway.audit.logins import LoginHistory
@@ -30,6 +31,12 @@ from gateway.notify.webhook import WebhookSender
 from gateway.policy.reload import PolicyHolder
 from gateway.risk.geoip import GeoLocator
 from gateway.store.base import EphemeralStore
+
+
+async def record_admin_action(config: Config, database: Database, entry: AuditEntry) -> None:
+    """Append one admin record (an operator's command-line action) to this instance's chain,
+    from a process that runs no writer: the command's own, before it reports success."""
+    await AuditStore(database, load_or_create_keys(key_path(config.data_dir))).append([entry], instance_id_of(config))
 
 
 def instance_id_of(config: Config) -> str:
