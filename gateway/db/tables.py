@@ -253,9 +253,22 @@ audit_records = Table(
     Column("prev_mac", String(128), nullable=False),
     Column("mac", String(128), nullable=False),
     UniqueConstraint("instance_id", "seq"),
-    Index(None, "at"),
-    Index(None, "subject"),
+    # The console reads newest first, (at, id) descending, and resumes below a record: these
+    # hand it the newest matches of a time range straight from the index (migration 8).
+    Index(None, "at", "id"),
+    Index(None, "subject", "at", "id"),
+    Index("ix_audit_records_rare_decision", "decision", "at", "id",
+          postgresql_where=text("decision <> 'allowed'"), sqlite_where=text("decision <> 'allowed'")),
+    Index("ix_audit_records_rare_channel", "channel", "at",
+          postgresql_where=text("channel <> 'http'"), sqlite_where=text("channel <> 'http'")),
     Index(None, "request_id"),
+    # PostgreSQL: tags matched exactly (`--ip`, `--identifier`) in a GIN index of the tag
+    # list, the expression gateway.audit.query.tag_list spells. SQLite matches with LIKE.
+    Index("ix_audit_records_tag_list", text("string_to_array(btrim(tags), ' ')"),
+          postgresql_using="gin").ddl_if(dialect="postgresql"),
+    # PostgreSQL: path prefixes (`--path /reports/`) as a range of this index.
+    Index("ix_audit_records_path", "path", "at", postgresql_ops={"path": "text_pattern_ops"}).ddl_if(
+        dialect="postgresql"),
 )
 
 audit_chain_heads = Table(
