@@ -18,6 +18,7 @@ from gateway.audit.verify import verify_trail
 from gateway.db import audit_records
 from gateway.policy.schema import AuditPolicy, Policy
 from gateway.proxy.exchange import Addon, Exchange
+from gateway.sessions.model import device_label
 from tests.harness import run_gateway, serve_app
 from tests.test_audit_support import PretendUser, audit_stack, count_records, gateway_overrides
 from tests.upstream_app import create_upstream
@@ -48,7 +49,7 @@ async def test_each_request_recorded_with_its_facts(upstream, tmp_path: Path) ->
         assert (first.seq, second.seq) == (1, 2) and first.instance_id == "gw-test"
         assert first.method == "GET" and first.path == "/reservations/123" and first.status == 200
         assert first.query == "view&token"  # values dropped by default
-        assert first.session_hash == "s-hash" and first.device_id == "dev-1" and first.decision == "allowed"
+        assert first.session_hash == "s-hash" and first.device_id == device_label("dev-1") != "dev-1" and first.decision == "allowed"
         assert first.bytes_out > 0 and first.duration_ms > 0 and first.upstream_ms is not None
         assert first.country is None and first.city is None  # no GeoIP configured here
         # personal fields are ciphertext at rest

@@ -22,6 +22,7 @@ from gateway.policy.schema import Policy
 from gateway.proxy.exchange import Exchange
 from gateway.readers.credentials import canonical_name
 from gateway.risk.geoip import GeoLocator
+from gateway.sessions.model import device_label
 
 MAX_QUERY_CHARS = 2000
 MAX_IDENTIFIER_CHARS = 200
@@ -43,7 +44,7 @@ def entry_from_exchange(ex: Exchange) -> AuditEntry:
         decision=ex.decision,
         user=ex.user,
         session_hash=ex.session_hash,
-        device_id=ex.device_id,
+        device_id=device_label(ex.device_id),
         client_ip=ex.client_ip,
         method=ex.request.method,
         path=ex.path.path,

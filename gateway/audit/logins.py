@@ -28,6 +28,7 @@ from gateway.notify.alerter import Alerter
 from gateway.policy.schema import Policy
 from gateway.risk.geoip import UNKNOWN, GeoInfo, GeoLocator
 from gateway.risk.rdap import cached_names
+from gateway.sessions.model import device_label
 from gateway.store.base import EphemeralStore
 
 log = structlog.get_logger("gateway.audit.logins")
@@ -110,7 +111,7 @@ class LoginHistory:
                 insert(login_history).values(
                     user_id=user_id, username=attempt.username[:255], at=now, ip=attempt.ip[:64],
                     country=geo.country, city=geo.city, asn=geo.asn, outcome=attempt.outcome,
-                    login_type=(attempt.login_type or "none")[:32], device_id=(attempt.device_id or None),
+                    login_type=(attempt.login_type or "none")[:32], device_id=device_label(attempt.device_id),
                     new_ip=not known, reason=(attempt.reason or None) and attempt.reason[:255], owner=owner,
                 )
             )

@@ -18,6 +18,13 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def device_label(device_id: str | None) -> str | None:
+    """How a device is named in the audit trail, the login history and the console: a
+    short hash. The device cookie is half of what a session is bound to, so its value is
+    never written where people read records (a reader must not be able to forge it)."""
+    return token_hash(device_id)[:16] if device_id else None
+
+
 @dataclass
 class DeviceSession:
     id_hash: str

@@ -9,6 +9,7 @@ from gateway.admin.console import auth
 from gateway.admin.console.logins import place
 from gateway.admin.console.render import CONSOLE, PAGE_SIZE, Screen, Table, nav, page_number, screen_response
 from gateway.pages.render import see_other
+from gateway.sessions.model import device_label
 
 
 async def live_sessions(console, user: str | None = None) -> list:
@@ -37,7 +38,7 @@ async def page(request: web.Request) -> web.Response:
                     has_next=len(sessions) > number * PAGE_SIZE, notice=q.get("done") and "done.revoked",
                     notice_values={"n": q.get("done", "0")})
     screen.table = Table(["user", "device", "ip", "place", "browser", "started", "last_active", "idle_left"], [
-        {"user": {"text": s.user, "href": f"/sessions?user={s.user}"}, "device": s.device_id[:12],
+        {"user": {"text": s.user, "href": f"/sessions?user={s.user}"}, "device": device_label(s.device_id),
          "ip": {"text": s.ip, "href": f"/logins?ip={s.ip}"}, "place": where(s.ip), "browser": s.user_agent[:120],
          "started": clock.show(s.created), "last_active": clock.show(s.last_active),
          "idle_left": f"{max(0, int(policy.sessions_for(s.group).idle_timeout - (now - s.last_active))) // 60} min"}
