@@ -2,7 +2,9 @@
 
 A browser test module marks itself with `pytestmark = BROWSER_TESTS` (skipped where
 Chromium is not installed) and imports the fixture it needs (`page`, `browser`).
-Screenshots are kept in test-artifacts/browser/ for a human to look at.
+Screenshots are kept in test-artifacts/browser/ for a human to look at. The steps of a
+first sign-in (password on the PMS's form, invite code, authenticator app) are here once
+so that a change of the gateway's pages is followed in one place.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pyotp
 import pytest
+
+from tests.login_env import DEMO_PASSWORDS
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -71,3 +76,36 @@ async def page():
 
 async def shot(page, name: str) -> None:
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+async def submit_password(page, user: str, password: str | None = None) -> None:
+    """Fill the PMS's login form the page shows and submit it: the gateway asks for the
+    second factor."""
+    await page.fill("input[name=username]", user)
+    await page.fill("input[name=password]", password or DEMO_PASSWORDS[user])
+    await page.click("button[type=submit], input[type=submit]")
+    await page.wait_for_url("**/_gateway/2fa")
+
+
+async def enroll_with_app(page, env, user: str, invite: str | None = None) -> str:
+    """On the invite step: the invite code (a new one unless given), the QR page, the first
+    TOTP code; stops on the recovery codes page. Returns the TOTP secret."""
+    await page.fill("#invite_code", invite or await env.services.users.create_invite(user))
+    await page.click("button[type=submit]")
+    await page.wait_for_selector(".qr svg")
+    secret = (await page.inner_text("#secret")).strip()
+    await page.fill("#code", pyotp.TOTP(secret).at(env.clock()))
+    await page.click("form:has(#code) button[type=submit]")
+    await page.wait_for_selector("#recovery-codes")
+    return secret
+
+
+async def sign_in_enrolling(page, env, user: str = "alice") -> str:
+    """A first sign-in from the PMS's login page to its reservations: password, invite, app,
+    continue past the recovery codes. Returns the TOTP secret."""
+    await page.goto(env.url + "/login")
+    await submit_password(page, user)
+    secret = await enroll_with_app(page, env, user)
+    await page.click("button[type=submit]")
+    await page.wait_for_url("**/reservations")
+    return secret

@@ -6,10 +6,16 @@ every screen are kept in test-artifacts/browser/console-*.png."""
 
 from __future__ import annotations
 
-import pyotp
 
 from tests.audit_wait import audited
-from tests.browser import BROWSER_TESTS, browser, new_page, shot  # noqa: F401 (browser is a fixture)
+from tests.browser import (  # noqa: F401 (browser is a fixture)
+    BROWSER_TESTS,
+    browser,
+    enroll_with_app,
+    new_page,
+    shot,
+    submit_password,
+)
 from tests.console_env import PASSWORD, console_env
 from tests.login_env import Browser
 
@@ -88,17 +94,8 @@ async def test_operator_console_end_to_end(browser, tmp_path):
         await shot(page, "console-invite")
         bob, _ = await new_page(browser)
         await bob.goto(env.url + "/login")
-        await bob.fill("input[name=username]", "bob")
-        await bob.fill("input[name=password]", "bob-demo-pw")
-        await bob.click("button[type=submit], input[type=submit]")
-        await bob.wait_for_url("**/_gateway/2fa")
-        await bob.fill("#invite_code", invite)
-        await bob.click("button[type=submit]")
-        await bob.wait_for_selector(".qr svg")
-        secret = (await bob.inner_text("#secret")).strip()
-        await bob.fill("#code", pyotp.TOTP(secret).at(env.clock()))
-        await bob.click("form:has(#code) button[type=submit]")
-        await bob.wait_for_selector("#recovery-codes")
+        await submit_password(bob, "bob")
+        await enroll_with_app(bob, env, "bob", invite)
         await bob.click("button[type=submit]")
         await bob.wait_for_function("!location.pathname.startsWith('/_gateway')")
         assert await env.services.users.has_second_factor("bob")

@@ -6,33 +6,14 @@ Screenshots: test-artifacts/browser/hidden-sections-*.png.
 
 from __future__ import annotations
 
-import pyotp
 import pytest
 
 from gateway.demo import DemoSettings, create_app
-from tests.browser import BROWSER_TESTS, browser, new_page, shot  # noqa: F401 (browser is a fixture)
+from tests.browser import BROWSER_TESTS, browser, new_page, shot, sign_in_enrolling  # noqa: F401 (browser is a fixture)
 from tests.harness import serve_app
-from tests.login_env import DEMO_PASSWORDS, login_env
+from tests.login_env import login_env
 
 pytestmark = BROWSER_TESTS
-
-
-async def _sign_in(page, env, user: str) -> None:
-    """Password on the PMS's form, then the invite code, the first TOTP code and continue."""
-    await page.goto(env.url + "/login")
-    await page.fill("input[name=username]", user)
-    await page.fill("input[name=password]", DEMO_PASSWORDS[user])
-    await page.click("button[type=submit], input[type=submit]")
-    await page.wait_for_url("**/_gateway/2fa")
-    await page.fill("#invite_code", await env.services.users.create_invite(user))
-    await page.click("button[type=submit]")
-    await page.wait_for_selector(".qr svg")
-    secret = (await page.inner_text("#secret")).strip()
-    await page.fill("#code", pyotp.TOTP(secret).at(env.clock()))
-    await page.click("form:has(#code) button[type=submit]")
-    await page.wait_for_selector("#recovery-codes")
-    await page.click("button[type=submit]")
-    await page.wait_for_url("**/reservations")
 
 
 @pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
@@ -51,7 +32,7 @@ async def test_reception_sees_no_reports_link_and_gets_403_typing_it(browser, tm
                     failed.append(f"{response.status} {response.url.removeprefix(env.url)}")
 
             page.on("response", note)
-            await _sign_in(page, env, "alice")
+            await sign_in_enrolling(page, env, "alice")
             assert encodings["reservations"] == ("gzip" if compress else None)
             menu = page.locator("table.nav")
             assert "Reservations" in await menu.inner_text() and "Reports" not in await menu.inner_text()
@@ -69,6 +50,6 @@ async def test_reception_sees_no_reports_link_and_gets_403_typing_it(browser, tm
             assert set(failed) <= {"404 /favicon.ico", "403 /reports"} and "403 /reports" in failed, failed
 
             manager, _ = await new_page(browser)
-            await _sign_in(manager, env, "manager")
+            await sign_in_enrolling(manager, env, "manager")
             assert await manager.locator("a[href='/reports']").is_visible()
             await shot(manager, f"hidden-sections-manager-menu-{name}")

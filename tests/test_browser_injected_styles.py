@@ -9,15 +9,21 @@ Screenshots: test-artifacts/browser/injected-*.png.
 
 from __future__ import annotations
 
-import pyotp
 from aiohttp import web
 
 from gateway.demo import DemoSettings, create_app
 from gateway.policy.loader import load_policy
 from gateway.policy.schema import PagesPolicy
-from tests.browser import BROWSER_TESTS, browser, new_page, shot  # noqa: F401 (browser is a fixture)
+from tests.browser import (  # noqa: F401 (browser is a fixture)
+    BROWSER_TESTS,
+    browser,
+    enroll_with_app,
+    new_page,
+    shot,
+    submit_password,
+)
 from tests.harness import serve_app
-from tests.login_env import DEMO_PASSWORDS, login_env
+from tests.login_env import login_env
 
 pytestmark = BROWSER_TESTS
 
@@ -82,17 +88,8 @@ async def test_notices_and_account_link_styled_under_a_strict_csp(browser, tmp_p
         await shot(page, "injected-01-notice-sign-in-required")
 
         # Signed in: the invite, the authenticator app, then the PMS's own strict page.
-        await page.fill("input[name=username]", "alice")
-        await page.fill("input[name=password]", DEMO_PASSWORDS["alice"])
-        await page.click("button[type=submit], input[type=submit]")
-        await page.wait_for_url("**/_gateway/2fa")
-        await page.fill("#invite_code", await env.services.users.create_invite("alice"))
-        await page.click("button[type=submit]")
-        await page.wait_for_selector(".qr svg")
-        secret = (await page.inner_text("#secret")).strip()
-        await page.fill("#code", pyotp.TOTP(secret).at(env.clock()))
-        await page.click("form:has(#code) button[type=submit]")
-        await page.wait_for_selector("#recovery-codes")
+        await submit_password(page, "alice")
+        await enroll_with_app(page, env, "alice")
         await page.click("button[type=submit]")
         await page.wait_for_load_state()
         await page.goto(env.url + "/night-audit")

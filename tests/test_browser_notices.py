@@ -13,7 +13,7 @@ import re
 
 import pyotp
 
-from tests.browser import BROWSER_TESTS, page, shot  # noqa: F401 (page is a fixture)
+from tests.browser import BROWSER_TESTS, enroll_with_app, page, shot, submit_password  # noqa: F401 (page is a fixture)
 from tests.login_env import Browser, login_env
 
 IDLE = "signed out after a period of inactivity"
@@ -134,17 +134,8 @@ async def _enrolled_until_codes(env, browser: Browser) -> list[str]:
 
 async def _sign_in(page, env) -> None:
     await page.goto(env.url + "/reservations")
-    await page.fill("input[name=username]", "alice")
-    await page.fill("input[name=password]", "alice-demo-pw")
-    await page.click("button[type=submit], input[type=submit]")
-    await page.wait_for_url("**/_gateway/2fa")
-    await page.fill("#invite_code", await env.services.users.create_invite("alice"))
-    await page.click("button[type=submit]")
-    await page.wait_for_selector(".qr svg")
-    secret = (await page.inner_text("#secret")).strip()
-    await page.fill("#code", pyotp.TOTP(secret).at(env.clock()))
-    await page.click("form:has(#code) button[type=submit]")
-    await page.wait_for_selector("#recovery-codes")
+    await submit_password(page, "alice")
+    await enroll_with_app(page, env, "alice")
     await page.reload()  # the codes are not shown again
     assert await page.locator("#recovery-codes").count() == 0
     assert "shown once" in await page.inner_text("#recovery-codes-shown")

@@ -12,12 +12,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pyotp
 import pytest
 
 from gateway.policy import load_policy
 from gateway.policy.schema import Policy
-from tests.browser import CHROMIUM, page, shot  # noqa: F401 (page is a fixture)
+from tests.browser import CHROMIUM, page, shot, sign_in_enrolling  # noqa: F401 (page is a fixture)
 from tests.login_env import Browser, LoginEnv, login_env
 
 
@@ -121,21 +120,7 @@ async def test_revocation_noticed_on_a_request_clears_the_cache(tmp_path):
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
 async def test_back_after_logout_shows_no_guest_data_in_chromium(page, tmp_path):
     async with login_env(tmp_path) as env:
-        await page.goto(env.url + "/login")
-        await page.fill("input[name=username]", "alice")
-        await page.fill("input[name=password]", "alice-demo-pw")
-        await page.click("button[type=submit], input[type=submit]")
-        await page.wait_for_url("**/_gateway/2fa")
-        await page.fill("#invite_code", await env.services.users.create_invite("alice"))
-        await page.click("button[type=submit]")
-        await page.wait_for_selector(".qr svg")
-        secret = (await page.inner_text("#secret")).strip()
-        await page.fill("#code", pyotp.TOTP(secret).at(env.clock()))
-        await page.click("form:has(#code) button[type=submit]")
-        await page.wait_for_selector("#recovery-codes")
-        await page.click("button[type=submit]")
-        await page.wait_for_url("**/reservations")
-
+        await sign_in_enrolling(page, env, "alice")
         await page.goto(env.url + "/reservations/1003")
         card = (await page.inner_text("td.card")).strip()
         assert card
