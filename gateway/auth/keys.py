@@ -35,7 +35,6 @@ import os
 import re
 import secrets
 import stat
-import tempfile
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +43,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from gateway.store.private_files import replace_private
 
 __all__ = ["InvalidTag", "KeyFileError", "KeyRing", "UnknownKeyError", "ENV_KEY_ID"]
 
@@ -125,17 +126,7 @@ def _write_private(path: Path, text: str, *, exclusive: bool) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         return
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as handle:  # mkstemp creates it 0600
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    replace_private(path, text.encode("ascii"))
 
 
 class KeyRing:

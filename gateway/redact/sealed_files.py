@@ -14,13 +14,12 @@ opening it (metrics).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import secrets
 from pathlib import Path
 
 from gateway.sessions.sealed import Cipher, seal, unseal
+from gateway.store.private_files import fsync_dir, replace_private
 
 _ID = re.compile(r"^[0-9]{10}-[0-9a-f]{12}$")
 
@@ -61,22 +60,7 @@ class SealedFiles:
         """Create or replace the record atomically; returns once it is durable.
 
         Blocking (file I/O and fsync): async callers run it in a thread."""
-        sealed = seal(self.cipher, self._aad(message_id), plain)
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = self.path(message_id)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(sealed)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        fsync_dir(self.directory)
+        replace_private(self.path(message_id), seal(self.cipher, self._aad(message_id), plain))
 
     def read(self, message_id: str) -> bytes | None:
         """The record's plaintext; None if there is no such file. A file the key ring cannot
@@ -115,13 +99,3 @@ class Unreadable(LookupError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "unreadable sealed file"
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a created, renamed or deleted entry durable (POSIX; a no-op where unsupported)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
