@@ -197,14 +197,22 @@ async def read_login(ex: Exchange, rule: LoginRule) -> tuple[Credentials, bytes]
     Used by every feature that needs the login's username (the interceptor, the captcha
     gate), so they cannot read two different users out of one request.
     """
-    fields = _fields(rule)
+    body, content_type = await _read_credential_request(ex, _fields(rule), "login")
+    return parse_credentials(body, content_type, rule), body
+
+
+async def _read_credential_request(
+    ex: Exchange, fields: Sequence[str], what: str
+) -> tuple[bytes, ContentType | None]:
+    """The checks every request carrying a password gets before its body is parsed: no
+    credential name in the query or the cookies, the body read whole (or UnreadBody)."""
     refuse_in_query(ex.query, fields)
     refuse_in_cookies(ex.request.headers.getall("Cookie", []), fields)
     content_type = request_content_type(ex)
     body = await ex.read_body(MAX_CREDENTIAL_BODY)
     if body is None:
-        raise UnreadBody(f"login body over {MAX_CREDENTIAL_BODY // 1024} KiB")
-    return parse_credentials(body, content_type, rule), body
+        raise UnreadBody(f"{what} body over {MAX_CREDENTIAL_BODY // 1024} KiB")
+    return body, content_type
 
 
 # -- the PMS's other password forms -------------------------------------------------------------
@@ -226,12 +234,7 @@ async def read_password_form(ex: Exchange, form: PasswordForm, rule: LoginRule) 
     A login field the form does not declare (`login.username_field` on a form without a
     username field, say) is refused: a PMS could read it as whom to sign in."""
     fields = password_form_fields(form, rule)
-    refuse_in_query(ex.query, fields)
-    refuse_in_cookies(ex.request.headers.getall("Cookie", []), fields)
-    content_type = request_content_type(ex)
-    body = await ex.read_body(MAX_CREDENTIAL_BODY)
-    if body is None:
-        raise UnreadBody(f"password form body over {MAX_CREDENTIAL_BODY // 1024} KiB")
+    body, content_type = await _read_credential_request(ex, fields, "password form")
     pairs = _credential_pairs(body, content_type, rule.charset, form.format, fields, "password form")
     declared = {form.username_field, form.password_field, *form.new_password_fields}
     for field in fields:
