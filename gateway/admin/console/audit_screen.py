@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import select
 
-from gateway.admin.console.render import CONSOLE, PAGE_SIZE, Screen, Table, nav, render, screen_response
+from gateway.admin.console.render import CONSOLE, PAGE_SIZE, Screen, Table, keyset_page, nav, render, screen_response
 from gateway.audit.query import QueryFilter
 from gateway.db import audit_records
 
@@ -62,9 +62,7 @@ async def page(request: web.Request) -> web.Response:
                               since=since, until=until, decision=q.get("decision") or None)
         before = int(q["before"]) if q.get("before", "").isdigit() else 0
         rows = [r async for r in console.reader.records(filters, before_id=before, limit=PAGE_SIZE + 1)]
-    screen.has_next = len(rows) > PAGE_SIZE
-    rows = rows[:PAGE_SIZE]
-    screen.extra["next_before"] = rows[-1]["id"] if rows and screen.has_next else None
+    rows = keyset_page(screen, rows)
     screen.table = Table(["at", "user", "ip", "method", "path", "status", "decision", "identifiers"], [
         {"at": {"text": clock.show(_at(r["at"]), seconds=True), "href": f"/audit/record/{r['id']}"},
          "user": r["user"] or "", "ip": r["client_ip"] or "", "method": r["method"] or "", "path": r["path"] or "",

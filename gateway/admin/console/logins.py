@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gateway.admin.console import auth
 from gateway.admin.console.render import (
-    CONSOLE, PAGE_SIZE, Screen, Table, Translator, language, nav, page_number, screen_response,
+    CONSOLE, PAGE_SIZE, Screen, Table, Translator, keyset_page, language, nav, page_of, screen_response,
 )
 from gateway.audit.known_ips import forget as forget_known_ip
 from gateway.audit.known_ips import list_known
@@ -42,8 +42,7 @@ async def page(request: web.Request) -> web.Response:
                                until=until + timedelta(days=1) if until and len(q["until"]) <= 10 else until,
                                outcome=q.get("outcome") or None, new_ip=True if q.get("new_ip") else None,
                                before=int(q["before"]) if q.get("before", "").isdigit() else None)
-    screen.has_next = len(rows) > PAGE_SIZE
-    screen.extra["next_before"] = rows[PAGE_SIZE - 1]["id"] if screen.has_next else None  # keyset paging
+    rows = keyset_page(screen, rows)
     t_value = Translator(language(request)).value
     screen.table = Table(["at", "user", "ip", "place", "owner", "login_type", "outcome", "new_ip"], [
         {"at": clock.show(r["at"], seconds=True), "user": {"text": r["username"], "href": f"/logins?user={r['username']}"},
@@ -51,7 +50,7 @@ async def page(request: web.Request) -> web.Response:
          "place": place(r["city"], r["country"], r["asn"]), "owner": r["owner"] or "",
          "login_type": t_value("login_type", r["login_type"]), "outcome": t_value("outcome", r["outcome"]),
          "new_ip": {"text": t_value("flag", "new"), "flag": True} if r["new_ip"] and r["outcome"] == "success" else ""}
-        for r in rows[:PAGE_SIZE]
+        for r in rows
     ])
     return screen_response(request, screen, nav(request))
 
@@ -64,10 +63,9 @@ async def known_ips_page(request: web.Request, *, notice: str | None = None) -> 
     known = await list_known(console.database, keep_for, datetime.now(UTC), user)
     if q.get("ip"):
         known = [k for k in known if q["ip"] in k.ip_prefix]
-    number = page_number(request)
-    shown = known[(number - 1) * PAGE_SIZE: number * PAGE_SIZE]
+    shown, has_next = page_of(request, known)
     screen = Screen("known_ips", filters=[{"name": "user", "label": "col.user"}, {"name": "ip", "label": "col.ip"}],
-                    has_next=len(known) > number * PAGE_SIZE, notice=q.get("done") and "done.forgot")
+                    has_next=has_next, notice=q.get("done") and "done.forgot")
     screen.table = Table(["user", "ip", "place", "first_seen", "last_seen", "expires"], [
         {"user": k.user, "ip": {"text": k.ip_prefix, "href": f"/logins?ip={k.ip_prefix.split('/')[0]}"},
          "place": place(k.city, k.country), "first_seen": clock.show(k.first_seen), "last_seen": clock.show(k.last_seen),

@@ -10,7 +10,7 @@ from aiohttp import web
 from sqlalchemy import func, select
 
 from gateway.admin.console.audit_screen import _at
-from gateway.admin.console.render import CONSOLE, PAGE_SIZE, Screen, Table, nav, screen_response
+from gateway.admin.console.render import CONSOLE, PAGE_SIZE, Screen, Table, keyset_page, nav, screen_response
 from gateway.audit.query import QueryFilter
 from gateway.db import audit_records
 
@@ -58,8 +58,7 @@ async def page(request: web.Request) -> web.Response:
         rows = [r async for r in console.reader.records(
             QueryFilter(channel="outbound", since=since, decision=q.get("decision") or None),
             before_id=before, limit=PAGE_SIZE + 1)]
-    screen.has_next = len(rows) > PAGE_SIZE
-    screen.extra["next_before"] = rows[PAGE_SIZE - 1]["id"] if screen.has_next else None  # keyset paging
+    rows = keyset_page(screen, rows)
     counts = await counts_today(console)
     screen.notice, screen.notice_values = "outbound.today", {
         "redacted": counts.get("redacted", 0), "blocked": counts.get("blocked", 0),
@@ -68,6 +67,6 @@ async def page(request: web.Request) -> web.Response:
         {"at": clock.show(_at(r["at"]), seconds=True), "channel": r["method"] or "", "destination": r["path"] or "",
          "action": r["decision"], "reason": r["reason"] or "",
          "detectors": ", ".join(f"{k}: {v}" for k, v in (r["extra"] or {}).get("detectors", {}).items())}
-        for r in rows[:PAGE_SIZE]
+        for r in rows
     ])
     return screen_response(request, screen, nav(request))

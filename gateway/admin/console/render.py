@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -179,6 +180,23 @@ class Screen:
     notice_values: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def page_of(request: web.Request, items: Sequence[Any]) -> tuple[list[Any], bool]:
+    """Offset paging (`?page=`) of a list read whole: this page's items and whether a next
+    page exists."""
+    number = page_number(request)
+    return list(items[(number - 1) * PAGE_SIZE: number * PAGE_SIZE]), len(items) > number * PAGE_SIZE
+
+
+def keyset_page(screen: Screen, rows: list[Any]) -> list[Any]:
+    """Keyset paging (`?before=<id>`) of records read newest first with `PAGE_SIZE + 1`
+    as the limit: sets `has_next` and the id the next page starts below; returns the
+    page's rows."""
+    screen.has_next = len(rows) > PAGE_SIZE
+    rows = rows[:PAGE_SIZE]
+    screen.extra["next_before"] = rows[-1]["id"] if screen.has_next else None
+    return rows
 
 
 def screen_response(request: web.Request, screen: Screen, nav: dict[str, Any], template: str = "list.html",

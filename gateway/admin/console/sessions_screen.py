@@ -7,7 +7,7 @@ from aiohttp import web
 
 from gateway.admin.console import auth
 from gateway.admin.console.logins import place
-from gateway.admin.console.render import CONSOLE, PAGE_SIZE, Screen, Table, nav, page_number, screen_response
+from gateway.admin.console.render import CONSOLE, Screen, Table, nav, page_of, screen_response
 from gateway.pages.render import see_other
 from gateway.sessions.model import device_label
 
@@ -25,8 +25,7 @@ async def page(request: web.Request) -> web.Response:
     clock, q, policy = console.time(), request.query, console.policy()
     user = console.users.normalise(q["user"]) if q.get("user") else None
     sessions = await live_sessions(console, user)
-    number = page_number(request)
-    shown = sessions[(number - 1) * PAGE_SIZE: number * PAGE_SIZE]
+    shown, has_next = page_of(request, sessions)
     geo = console.services.audit.geo if console.services.audit else None
     now = console.clock()
 
@@ -35,7 +34,7 @@ async def page(request: web.Request) -> web.Response:
         return place(info.city, info.country, info.asn) if info is not None else ""
 
     screen = Screen("sessions", filters=[{"name": "user", "label": "col.user"}],
-                    has_next=len(sessions) > number * PAGE_SIZE, notice=q.get("done") and "done.revoked",
+                    has_next=has_next, notice=q.get("done") and "done.revoked",
                     notice_values={"n": q.get("done", "0")})
     screen.table = Table(["user", "device", "ip", "place", "browser", "started", "last_active", "idle_left"], [
         {"user": {"text": s.user, "href": f"/sessions?user={s.user}"}, "device": device_label(s.device_id),

@@ -7,7 +7,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.admin.console import auth
-from gateway.admin.console.render import CONSOLE, PAGE_SIZE, Screen, Table, nav, page_number, render, screen_response
+from gateway.admin.console.render import CONSOLE, Screen, Table, nav, page_of, render, screen_response
 from gateway.auth.users import UnknownUserError
 from gateway.pages.render import see_other
 
@@ -20,11 +20,10 @@ async def page(request: web.Request) -> web.Response:
     users = await console.users.list()
     if q.get("user"):
         users = [u for u in users if q["user"].strip().lower() in u.name]
-    number = page_number(request)
-    shown = users[(number - 1) * PAGE_SIZE: number * PAGE_SIZE]
+    shown, has_next = page_of(request, users)
     locked = {u.name: await console.lockouts.locked(u.name) for u in shown}
     yes = "✓"
-    screen = Screen("users", filters=[{"name": "user", "label": "col.user"}], has_next=len(users) > number * PAGE_SIZE,
+    screen = Screen("users", filters=[{"name": "user", "label": "col.user"}], has_next=has_next,
                     notice=q.get("done") and f"done.{q['done']}" if q.get("done") in ACTIONS else None,
                     forms=[{"id": "invite", "action": "/users/invite", "title": "action.invite",
                             "fields": [{"name": "user", "label": "col.user", "required": True}], "submit": "action.invite"}])
