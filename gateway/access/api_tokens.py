@@ -101,26 +101,24 @@ class ApiTokens:
         Returns the token, its record, and how many old tokens were shortened."""
         now = now or datetime.now(UTC)
         until = now + overlap
-        async with self.database.begin() as conn:
-            result = await conn.execute(
-                update(api_tokens)
-                .where(and_(api_tokens.c.client == client, api_tokens.c.revoked_at.is_(None),
-                            api_tokens.c.expires_at > until))
-                .values(expires_at=until)
-            )
-            shortened = result.rowcount or 0
+        shortened = await self._end_live(client, after=until, expires_at=until)
         token, info = await self.issue(client, valid_for, now)
         return token, info, shortened
 
     async def revoke(self, client: str, now: datetime | None = None) -> int:
         """End every token of `client` now; returns how many were live."""
         now = now or datetime.now(UTC)
+        return await self._end_live(client, after=now, revoked_at=now)
+
+    async def _end_live(self, client: str, *, after: datetime, **values: datetime) -> int:
+        """Set `values` on the client's unrevoked tokens that expire after `after` (rotation
+        shortens them, revocation ends them); returns how many there were."""
         async with self.database.begin() as conn:
             result = await conn.execute(
                 update(api_tokens)
                 .where(and_(api_tokens.c.client == client, api_tokens.c.revoked_at.is_(None),
-                            api_tokens.c.expires_at > now))
-                .values(revoked_at=now)
+                            api_tokens.c.expires_at > after))
+                .values(**values)
             )
         return result.rowcount or 0
 
