@@ -57,37 +57,34 @@ class UpstreamTimeout(Exception):
     """The upstream did not answer within the configured time (504)."""
 
 
-class Answer:
-    """The upstream's response as response hooks see it (implements UpstreamAnswer)."""
+class BufferedAnswer:
+    """What the answers of both engines (this one and `gateway.proxy.lean`) do alike over
+    their own source of body chunks (`_chunks`): read the body whole up to a limit, let a
+    filter replace it, or stream it. Chunks read by a hook that then found the body too
+    large are kept, so the answer can still be relayed whole (`stream` sends them first)."""
 
-    __slots__ = ("_response", "status", "headers", "_body", "_read")
+    __slots__ = ("status", "headers", "_body", "_read")
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
-        self.status = response.status
-        self.headers: CIMultiDict[str] = downstream_response_headers(response.headers)
+    def __init__(self, status: int, headers: CIMultiDict[str]) -> None:
+        self.status = status
+        self.headers = headers
         self._body: bytes | None = None
-        self._read: list[bytes] = []  # read by a hook that then found the body too large
+        self._read: list[bytes] = []
 
-    @property
-    def reason(self) -> str | None:
-        return self._response.reason
+    def _chunks(self) -> AsyncIterator[bytes]:
+        """The body's chunks not read yet, from the upstream connection."""
+        raise NotImplementedError
 
     async def read_body(self, limit: int) -> bytes:
         if self._body is None:
-            length = self._response.content_length
-            if length is not None and length <= limit and not self._read:
-                self._body = await self._response.read()  # one call instead of a chunk loop
-                return self._body
             chunks, size = self._read, sum(map(len, self._read))
             if size > limit:
                 raise BodyTooLarge(f"upstream body larger than {limit} bytes")
-            async for chunk in self._response.content.iter_any():
+            async for chunk in self._chunks():
                 size += len(chunk)
                 chunks.append(chunk)
                 if size > limit:
-                    # Kept: the answer can still be relayed whole (stream() sends them first).
-                    raise BodyTooLarge(f"upstream body larger than {limit} bytes")
+                    raise BodyTooLarge(f"upstream body larger than {limit} bytes")  # kept: see above
             self._body = b"".join(chunks)
             self._read = []
         return self._body
@@ -106,8 +103,33 @@ class Answer:
         read, self._read = self._read, []
         for chunk in read:
             yield chunk
-        async for chunk in self._response.content.iter_any():
+        async for chunk in self._chunks():
             yield chunk
+
+
+class Answer(BufferedAnswer):
+    """The upstream's response as response hooks see it (implements UpstreamAnswer)."""
+
+    __slots__ = ("_response",)
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        super().__init__(response.status, downstream_response_headers(response.headers))
+        self._response = response
+
+    @property
+    def reason(self) -> str | None:
+        return self._response.reason
+
+    def _chunks(self) -> AsyncIterator[bytes]:
+        return self._response.content.iter_any()
+
+    async def read_body(self, limit: int) -> bytes:
+        if self._body is None:
+            length = self._response.content_length
+            if length is not None and length <= limit and not self._read:
+                self._body = await self._response.read()  # one call instead of a chunk loop
+                return self._body
+        return await super().read_body(limit)
 
     def release(self) -> None:
         self._response.release()

@@ -16,7 +16,7 @@ from multidict import CIMultiDict
 
 from gateway.config import LimitsSettings, UpstreamSettings
 from gateway.proxy.exchange import Exchange
-from gateway.proxy.forward import BodyTooLarge, Forwarder, UpstreamTimeout, UpstreamUnavailable
+from gateway.proxy.forward import BodyTooLarge, BufferedAnswer, Forwarder, UpstreamTimeout, UpstreamUnavailable
 from gateway.proxy.headers import downstream_response_headers
 from gateway.proxy.lean.upstream import Head, UpstreamClosed, UpstreamConnection, UpstreamPool
 
@@ -28,20 +28,17 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-class LeanAnswer:
+class LeanAnswer(BufferedAnswer):
     """The upstream's answer as response hooks see it (implements UpstreamAnswer)."""
 
-    __slots__ = ("_pool", "_connection", "status", "headers", "_reason", "_body", "_read", "_released")
+    __slots__ = ("_pool", "_connection", "_reason", "_released")
 
     def __init__(self, pool: UpstreamPool, connection: UpstreamConnection, head: Head) -> None:
+        raw = CIMultiDict((_decode(n), _decode(v)) for n, v in head.raw_headers)
+        super().__init__(head.status, downstream_response_headers(raw))  # type: ignore[arg-type]
         self._pool = pool
         self._connection = connection
-        self.status = head.status
-        raw = CIMultiDict((_decode(n), _decode(v)) for n, v in head.raw_headers)
-        self.headers: CIMultiDict[str] = downstream_response_headers(raw)  # type: ignore[arg-type]
         self._reason = head.reason
-        self._body: bytes | None = None
-        self._read: list[bytes] = []
         self._released = False
 
     @property
@@ -52,33 +49,7 @@ class LeanAnswer:
     def raw_reason(self) -> bytes:
         return self._reason
 
-    async def read_body(self, limit: int) -> bytes:
-        if self._body is None:
-            chunks, size = self._read, sum(map(len, self._read))
-            if size > limit:
-                raise BodyTooLarge(f"upstream body larger than {limit} bytes")
-            while chunk := await self._connection.read_chunk():
-                size += len(chunk)
-                chunks.append(chunk)
-                if size > limit:
-                    raise BodyTooLarge(f"upstream body larger than {limit} bytes")  # kept: see Answer
-            self._body = b"".join(chunks)
-            self._read = []
-        return self._body
-
-    def replace_body(self, body: bytes) -> None:
-        self._body = body
-        if "Content-Length" in self.headers:
-            self.headers["Content-Length"] = str(len(body))
-
-    @property
-    def buffered_body(self) -> bytes | None:
-        return self._body
-
-    async def stream(self) -> AsyncIterator[bytes]:
-        read, self._read = self._read, []
-        for chunk in read:
-            yield chunk
+    async def _chunks(self) -> AsyncIterator[bytes]:
         while chunk := await self._connection.read_chunk():
             yield chunk
 
