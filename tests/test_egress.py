@@ -64,6 +64,18 @@ def self_signed_cert(directory: Path, hosts: list[str]) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+async def start_https(app: web.Application, cert: Path, key: Path) -> tuple[web.AppRunner, int]:
+    """Serve `app` over TLS with `cert` on a free loopback port (a fake provider's HTTPS);
+    returns the runner (for cleanup) and the port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]
+
+
 
 
 class FakeSmsProvider:
@@ -83,13 +95,7 @@ class FakeSmsProvider:
     async def start(self, cert: Path, key: Path) -> web.AppRunner:
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self.messages)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        tls.load_cert_chain(cert, key)
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        runner, self.port = await start_https(app, cert, key)
         return runner
 
 

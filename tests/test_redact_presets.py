@@ -24,7 +24,7 @@ from gateway.redact.egress import export_ca
 from gateway.redact.engine import Redactor
 from gateway.redact.policy import ChannelRule, NotificationsPolicy
 from gateway.redact.presets import PRESETS
-from tests.test_egress import egress, regular_settings, self_signed_cert  # noqa: F401 (fixture)
+from tests.test_egress import egress, regular_settings, self_signed_cert, start_https  # noqa: F401 (fixture)
 
 STRICT = NotificationsPolicy(
     detectors=["card", "iban", "email", "phone", "passport", "date_of_birth"],
@@ -239,13 +239,7 @@ class RawProvider:
     async def start(self, cert: Path, key: Path) -> web.AppRunner:
         app = web.Application()
         app.router.add_post("/{tail:.*}", self.handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        tls.load_cert_chain(cert, key)
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        runner, self.port = await start_https(app, cert, key)
         return runner
 
 

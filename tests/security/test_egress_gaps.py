@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from gateway.redact.egress import EgressSupervisor, export_ca
 from gateway.redact.settings import EgressSettings
 from tests.harness import free_port
-from tests.test_egress import self_signed_cert
+from tests.test_egress import self_signed_cert, start_https
 
 CARD = "4111 1111 1111 1111"
 CARD_DIGITS = CARD.replace(" ", "")
@@ -125,13 +125,7 @@ def egress(tmp_path_factory) -> Iterator[Egress]:
     async def start() -> tuple[web.AppRunner, EgressSupervisor]:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", provider.handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        tls.load_cert_chain(cert, key)
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
-        await site.start()
-        provider.port = site._server.sockets[0].getsockname()[1]
+        runner, provider.port = await start_https(app, cert, key)
         supervisor = EgressSupervisor(settings_, policy, min_backoff=0.1)
         await supervisor.start()
         await supervisor.wait_ready(timeout=30)
