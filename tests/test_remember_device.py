@@ -34,15 +34,20 @@ async def remembered_login(browser: Browser) -> None:
     assert status in (302, 303) and browser.cookie("gw_remember")
 
 
+async def remembered_then_signed_out(browser: Browser) -> None:
+    """Enrolled, then a remembered login, then signed out: the browser holds the cookie."""
+    await browser.password("alice")
+    await browser.enroll("alice")
+    await browser.request("GET", "/logout")
+    await remembered_login(browser)
+    await browser.request("GET", "/logout")
+
+
 async def test_turning_remember_off_ends_the_remembered_device_at_the_next_request(tmp_path) -> None:
     async with login_env(tmp_path, policy=reception_remembers("30d")) as env:
         browser = Browser(env)
         try:
-            await browser.password("alice")
-            await browser.enroll("alice")
-            await browser.request("GET", "/logout")
-            await remembered_login(browser)
-            await browser.request("GET", "/logout")
+            await remembered_then_signed_out(browser)
             status, headers, _ = await browser.password("alice")
             assert headers["Location"] == "/reservations"  # no second factor
             history = await recent_logins(env.services.audit.login_history.database, "alice")
@@ -67,11 +72,7 @@ async def test_a_cookie_the_group_ended_is_deleted_at_the_next_login_too(tmp_pat
     async with login_env(tmp_path, policy=reception_remembers("30d")) as env:
         browser = Browser(env)
         try:
-            await browser.password("alice")
-            await browser.enroll("alice")
-            await browser.request("GET", "/logout")
-            await remembered_login(browser)
-            await browser.request("GET", "/logout")
+            await remembered_then_signed_out(browser)
             env.policy.current = reception_remembers(False)
             status, headers, _ = await browser.password("alice")
             assert headers["Location"] == "/_gateway/2fa"
