@@ -169,6 +169,19 @@ class Browser:
         return await self.submit(action="verify", code=self.env.code(user))
 
 
+async def signed_in_without_csrf(env: LoginEnv, user: str = "alice") -> Browser:
+    """Password posted to /login with no CSRF token (the naive PMS's form has none; its
+    passwords are the demo's), then an enrolled second factor."""
+    browser = Browser(env)
+    status, headers, _ = await browser.request(
+        "POST", "/login", data=f"username={user}&password={DEMO_PASSWORDS[user]}",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert headers.get("Location") == "/_gateway/2fa", (status, headers)
+    await browser.enroll(user)
+    return browser
+
+
 # Fixtures for the HTTP-level login tests: import them into the test module.
 
 

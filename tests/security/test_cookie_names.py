@@ -20,7 +20,7 @@ from gateway.policy import load_policy
 from gateway.policy.schema import LoginIdentity, LoginRule
 from gateway.sessions.cookies import CookiePolicy, parse_cookie_header, set_cookie_name
 from tests.harness import serve_app
-from tests.login_env import Browser, LoginEnv, login_env
+from tests.login_env import Browser, LoginEnv, login_env, signed_in_without_csrf
 from tests.security import naive_upstream
 
 SLOPPY_SET_COOKIES = ["PMSSESSID =x", "PMSSESSID\t=x; Path=/", " PMSSESSID=x", "PMSSESSID= x ", "pmssessid=x"]
@@ -70,17 +70,6 @@ async def naive_gateway(tmp_path) -> AsyncIterator[LoginEnv]:
             yield env
 
 
-async def signed_in(env: LoginEnv, user: str = "alice") -> Browser:
-    browser = Browser(env)
-    status, headers, _ = await browser.request(
-        "POST", "/login", data=f"username={user}&password={naive_upstream.PASSWORDS[user]}",
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
-    )
-    assert headers.get("Location") == "/_gateway/2fa", (status, headers)
-    await browser.enroll(user)
-    return browser
-
-
 async def raw_cookie_request(browser: Browser, path: str, extra: str) -> dict:
     """GET `path` with the browser's gateway cookies plus `extra`, the header sent byte for byte."""
     jar = "; ".join(f"{c.key}={c.value}" for c in browser.client.cookie_jar)
@@ -97,7 +86,7 @@ def names_sent_to_browser(browser: Browser) -> set[str]:
 
 async def test_sloppy_pms_cookie_never_reaches_the_browser(tmp_path):
     async with naive_gateway(tmp_path) as env:
-        browser = await signed_in(env)
+        browser = await signed_in_without_csrf(env)
         try:
             status, _, _ = await browser.request("GET", "/sloppy-cookie")
             assert status == 302
@@ -112,7 +101,7 @@ async def test_sloppy_pms_cookie_never_reaches_the_browser(tmp_path):
 @pytest.mark.parametrize("forged", FORGED_COOKIES)
 async def test_browser_sent_vaulted_cookie_with_whitespace_never_reaches_the_pms(tmp_path, forged):
     async with naive_gateway(tmp_path) as env:
-        browser = await signed_in(env)
+        browser = await signed_in_without_csrf(env)
         try:
             seen = await raw_cookie_request(browser, "/echo", forged)
             cookie_headers = [v for k, v in seen["headers"] if k.lower() == "cookie"]

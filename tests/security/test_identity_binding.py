@@ -23,7 +23,7 @@ from gateway.audit.query import AuditReader
 from gateway.policy import load_policy
 from gateway.policy.schema import LoginIdentity, Policy
 from tests.harness import serve_app
-from tests.login_env import Browser, LoginEnv, login_env
+from tests.login_env import Browser, LoginEnv, login_env, signed_in_without_csrf
 from tests.security import naive_upstream
 
 PATTERN = "Logged in as <b>([^<]+)</b>"
@@ -62,18 +62,6 @@ async def naive_env(tmp_path, identity: LoginIdentity | None) -> AsyncIterator[t
             yield env, pms, alerts
 
 
-async def signed_in(env: LoginEnv, user: str = "alice") -> Browser:
-    """Password at the naive PMS's form (it has no CSRF token), then an enrolled second factor."""
-    browser = Browser(env)
-    status, headers, _ = await browser.request(
-        "POST", "/login", data=f"username={user}&password={naive_upstream.PASSWORDS[user]}",
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
-    )
-    assert headers.get("Location") == "/_gateway/2fa", (status, headers)
-    await browser.enroll(user)
-    return browser
-
-
 async def upstream_user(browser: Browser) -> str | None:
     """Who the PMS thinks is asking, as its /echo reports."""
     status, _, body = await browser.request("GET", "/echo")
@@ -95,7 +83,7 @@ async def audit_records(env: LoginEnv, path: str, method: str = "POST") -> list[
 
 async def test_switch_user_ends_the_session_with_identity_configured(tmp_path):
     async with naive_env(tmp_path, LoginIdentity(path="/", pattern=PATTERN)) as (env, pms, alerts):
-        browser = await signed_in(env)
+        browser = await signed_in_without_csrf(env)
         try:
             assert await upstream_user(browser) == "alice"
             alice_token = json.loads((await browser.request("GET", "/echo"))[2])["cookies"]["PMSSESSID"]
@@ -122,7 +110,7 @@ async def test_switch_user_ends_the_session_with_identity_configured(tmp_path):
 
 async def test_json_login_inside_a_session_never_changes_its_user(tmp_path):
     async with naive_env(tmp_path, LoginIdentity(path="/", pattern=PATTERN)) as (env, pms, _):
-        browser = await signed_in(env)
+        browser = await signed_in_without_csrf(env)
         try:
             status, _, _ = await browser.request(
                 "POST", "/api/login", json={"username": "manager", "password": naive_upstream.PASSWORDS["manager"]}
@@ -135,7 +123,7 @@ async def test_json_login_inside_a_session_never_changes_its_user(tmp_path):
 
 async def test_without_identity_a_vaulted_cookie_set_outside_the_login_is_dropped(tmp_path):
     async with naive_env(tmp_path, None) as (env, pms, alerts):
-        browser = await signed_in(env)
+        browser = await signed_in_without_csrf(env)
         try:
             status, headers, _ = await browser.request("POST", "/switch-user", data={"as": "manager"})
             assert status == 302  # the PMS's answer passes ...
@@ -153,7 +141,7 @@ async def test_without_identity_a_vaulted_cookie_set_outside_the_login_is_droppe
 
 async def test_identity_read_after_login_passes_for_the_right_user(tmp_path):
     async with naive_env(tmp_path, LoginIdentity(path="/", pattern=PATTERN)) as (env, pms, alerts):
-        browser = await signed_in(env, "bob")
+        browser = await signed_in_without_csrf(env, "bob")
         try:
             assert await upstream_user(browser) == "bob"
         finally:
