@@ -169,6 +169,21 @@ class Browser:
         return await self.submit(action="verify", code=self.env.code(user))
 
 
+class ForwardedBrowser(Browser):
+    """A browser at `ip`, its requests reaching the gateway through a trusted proxy's
+    X-Forwarded-For (None: no header, the gateway's own peer 127.0.0.1, inside hotel_lan)."""
+
+    def __init__(self, env: LoginEnv, ip: str | None) -> None:
+        super().__init__(env)
+        self.ip = ip
+
+    async def request(self, method: str, path: str, **kwargs) -> tuple[int, dict, str]:
+        headers = dict(kwargs.pop("headers", None) or {})
+        if self.ip is not None:
+            headers.setdefault("X-Forwarded-For", self.ip)
+        return await super().request(method, path, headers=headers, **kwargs)
+
+
 async def signed_in_without_csrf(env: LoginEnv, user: str = "alice") -> Browser:
     """Password posted to /login with no CSRF token (the naive PMS's form has none; its
     passwords are the demo's), then an enrolled second factor."""

@@ -26,7 +26,7 @@ from gateway.proxy.canonical import canonicalize
 from gateway.proxy.exchange import Exchange
 from gateway.risk.captcha import CaptchaGate, Challenges
 from gateway.store.memory import MemoryStore
-from tests.login_env import Browser, login_env, store_url_for
+from tests.login_env import Browser, ForwardedBrowser, login_env, store_url_for
 
 GEOIP = Path(__file__).parent / "data" / "geoip"
 VPN, TOR, HOSTING, PROXY = "1.2.0.1", "65.0.0.1", "71.160.223.1", "186.30.236.1"
@@ -43,17 +43,8 @@ def policy_with(**captcha) -> Policy:
     return Policy.model_validate(data)
 
 
-class RemoteBrowser(Browser):
+class RemoteBrowser(ForwardedBrowser):
     """A browser whose requests reach the gateway through a trusted proxy, from `ip`."""
-
-    def __init__(self, env, ip: str) -> None:
-        super().__init__(env)
-        self.ip = ip
-
-    async def request(self, method: str, path: str, **kwargs):
-        headers = dict(kwargs.pop("headers", None) or {})
-        headers.setdefault("X-Forwarded-For", self.ip)
-        return await super().request(method, path, headers=headers, **kwargs)
 
     async def pow_page(self, next_path: str = "/login") -> tuple[dict, str]:
         status, _, page = await self.request("GET", f"/_gateway/captcha?next={next_path}")

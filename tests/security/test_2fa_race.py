@@ -28,7 +28,7 @@ from gateway.db import open_database
 from gateway.policy import load_policy
 from gateway.policy.schema import Policy
 from tests.harness import serve_app
-from tests.login_env import DEMO_PASSWORDS, Browser, login_env
+from tests.login_env import DEMO_PASSWORDS, Browser, ForwardedBrowser, login_env
 from tests.processes import ROOT, gateway_process
 
 BURST = 150
@@ -179,26 +179,12 @@ def _outside_policy() -> Policy:
     return policy.model_copy(update={"captcha": policy.captcha.model_copy(update={"when": []})})
 
 
-class ProxiedBrowser(Browser):
-    """A browser reaching the gateway from `ip`, outside the hotel's networks, through a
-    trusted proxy's X-Forwarded-For."""
-
-    def __init__(self, env, ip: str) -> None:
-        super().__init__(env)
-        self.ip = ip
-
-    async def request(self, method: str, path: str, **kwargs):
-        headers = dict(kwargs.pop("headers", None) or {})
-        headers.setdefault("X-Forwarded-For", self.ip)
-        return await super().request(method, path, headers=headers, **kwargs)
-
-
 async def test_a_user_locked_meanwhile_is_refused_at_the_code_step(tmp_path):
     overrides = {"trusted_proxies": "[127.0.0.0/8]"}
     async with login_env(tmp_path, policy=_outside_policy(), config_overrides=overrides) as env:
-        enrolling = ProxiedBrowser(env, "198.51.100.7")
-        owner = ProxiedBrowser(env, "198.51.100.7")
-        attacker = ProxiedBrowser(env, "203.0.113.9")
+        enrolling = ForwardedBrowser(env, "198.51.100.7")  # outside the hotel's networks
+        owner = ForwardedBrowser(env, "198.51.100.7")
+        attacker = ForwardedBrowser(env, "203.0.113.9")
         try:
             await enrolling.password("alice")
             await enrolling.enroll("alice")

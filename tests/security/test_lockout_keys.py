@@ -14,7 +14,7 @@ import pytest
 from gateway.policy import load_policy
 from gateway.policy.schema import LockoutRule, Policy
 from gateway.risk.networks import network_key
-from tests.login_env import Browser, login_env
+from tests.login_env import Browser, ForwardedBrowser, login_env
 
 OVERRIDES = {"trusted_proxies": "[127.0.0.0/8]"}
 
@@ -28,27 +28,13 @@ def policy_with(lockout: dict | None = None, captcha: dict | None = None) -> Pol
     })
 
 
-class From(Browser):
-    """A browser at `ip` (None: the gateway's own peer, 127.0.0.1, inside hotel_lan)."""
-
-    def __init__(self, env, ip: str | None) -> None:
-        super().__init__(env)
-        self.ip = ip
-
-    async def request(self, method: str, path: str, **kwargs):
-        headers = dict(kwargs.pop("headers", None) or {})
-        if self.ip is not None:
-            headers.setdefault("X-Forwarded-For", self.ip)
-        return await super().request(method, path, headers=headers, **kwargs)
-
-
 @pytest.fixture
 async def at(request):
     """at(env, ip) -> a browser there; all closed after the test."""
     opened: list[Browser] = []
 
-    def make(env, ip: str | None) -> From:
-        opened.append(From(env, ip))
+    def make(env, ip: str | None) -> ForwardedBrowser:
+        opened.append(ForwardedBrowser(env, ip))
         return opened[-1]
 
     yield make
