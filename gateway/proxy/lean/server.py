@@ -334,7 +334,7 @@ class LeanProtocol(BaseProtocol):
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("unhandled error", path=message.path)
+            log.exception("unhandled error", method=message.method)  # no path: it may hold a reset or guest-link secret
             if writer.output_size > 0:
                 return False
             response = web.Response(status=500, text="500 Internal Server Error\n")
