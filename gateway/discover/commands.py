@@ -22,6 +22,17 @@ def _stop(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _without(text: str, password: str | None) -> str:
+    """`text` with the password masked, as typed and as a URL or form carries it."""
+    if not password:
+        return text
+    from urllib.parse import quote, quote_plus
+
+    for form in {password, quote(password, safe=""), quote_plus(password)}:
+        text = text.replace(form, "***")
+    return text
+
+
 @login_app.command("discover")
 def discover_command(
     url: Annotated[str, typer.Argument(help="The PMS's login page, reached directly (not through the gateway).")],
@@ -54,9 +65,8 @@ def discover_command(
     try:
         found = asyncio.run(discover(url, username, password, timeout=timeout))
     except DiscoverError as exc:
-        _stop(str(exc))
+        _stop(_without(str(exc), password))
     except Exception as exc:  # a page this reader did not foresee: still one line, never a traceback
-        detail = str(exc).replace(password, "***") if password else str(exc)
-        _stop(f"{url}: discovery failed ({type(exc).__name__}: {detail}); write the login rule by hand "
-              "(README: Writing the login rule)")
+        _stop(f"{url}: discovery failed ({type(exc).__name__}: {_without(str(exc), password)}); write the login "
+              "rule by hand (README: Writing the login rule)")
     typer.echo(render_rule(found, url), nl=False)

@@ -161,9 +161,12 @@ class _Browser:
                 return Answer(url, r.status, urljoin(url, location) if location else None,
                               r.headers.get("Content-Type", "").lower(), body, text, seen)
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            # Never the query: a GET login form's (the real login's password) is in it.
+            shown, query = url.split("?", 1)[0], urlsplit(url).query
             reason = str(exc) or type(exc).__name__
+            reason = reason.replace(url, shown).replace(query, "...") if query else reason
             raise DiscoverError(
-                f"cannot reach {url} ({reason}): check the address, and run `login discover` on a host "
+                f"cannot reach {shown} ({reason}): check the address, and run `login discover` on a host "
                 "that reaches the PMS directly (the gateway's host)"
             ) from None
 
