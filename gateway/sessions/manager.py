@@ -10,6 +10,7 @@ always ends the PMS session behind it.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 import structlog
@@ -23,6 +24,7 @@ from gateway.store.base import EphemeralStore
 log = structlog.get_logger("gateway.sessions")
 
 TOUCH_GRANULARITY = 5.0  # seconds: activity is written at most this often per session
+OPENED_RECORDS = 4096  # sessions whose decrypted fields this worker keeps (see `load`)
 
 UpstreamLogout = Callable[[dict[str, str]], Awaitable[None]]
 
@@ -47,6 +49,10 @@ class SessionManager:
         self.upstream_logout = upstream_logout
         self.clock = clock
         self._background: set[asyncio.Task] = set()
+        # id_hash -> (sealed record as last read, its decrypted fields). Every request still
+        # reads the record from the store, so a revoked, ended or changed session is seen
+        # at once on every worker; only an unchanged record skips AES-GCM and JSON again.
+        self._opened: dict[str, tuple[bytes, dict]] = {}
 
     # -- storage -------------------------------------------------------------------------
 
@@ -56,8 +62,23 @@ class SessionManager:
         await self.records.put(session.id_hash, session.to_json(), ttl=ttl)
 
     async def load(self, id_hash: str) -> DeviceSession | None:
-        data = await self.records.get(id_hash)
-        return DeviceSession.from_json(data) if data is not None else None
+        """The session as stored now (one store read), decrypted once per version of it."""
+        key = self.records.prefix + id_hash
+        sealed = await self.store.get(key)
+        if sealed is None:
+            self._opened.pop(id_hash, None)
+            return None
+        opened = self._opened.get(id_hash)
+        if opened is None or opened[0] != sealed:
+            data = unseal(self.cipher, key, sealed)
+            if data is None:
+                return None
+            opened = (sealed, json.loads(data))
+            self._opened.pop(id_hash, None)
+            if len(self._opened) >= OPENED_RECORDS:
+                del self._opened[next(iter(self._opened))]  # the oldest
+            self._opened[id_hash] = opened
+        return DeviceSession.from_fields(opened[1])
 
     async def get(self, session_id: str) -> DeviceSession | None:
         return await self.load(token_hash(session_id))
@@ -149,6 +170,7 @@ class SessionManager:
         if not await self.store.set_if_absent("ending:" + session.id_hash, b"1", ttl=60):
             return False
         await self.store.delete("sess:" + session.id_hash)
+        self._opened.pop(session.id_hash, None)
         await self.store.set_remove("user-sess:" + session.user, session.id_hash)
         await self.store.set_remove("sess-all", session.id_hash)
         marker = EndedSession(reason=reason, at=self.clock(), by_ip=by_ip, user=session.user)

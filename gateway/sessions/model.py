@@ -49,7 +49,15 @@ class DeviceSession:
 
     @classmethod
     def from_json(cls, data: bytes) -> DeviceSession:
-        return cls(**json.loads(data))
+        return cls.from_fields(json.loads(data))
+
+    @classmethod
+    def from_fields(cls, fields: dict) -> DeviceSession:
+        """A session of its own from decoded fields (which stay unchanged: they may be
+        kept to build the next request's session from)."""
+        session = cls(**fields)
+        session.vault = dict(session.vault)
+        return session
 
 
 @dataclass
