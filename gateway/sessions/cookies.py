@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 from urllib.parse import unquote_plus
 
 from gateway.policy.schema import LoginRule
@@ -22,9 +23,16 @@ CAPTCHA_COOKIE = "gw_captcha"
 STEP_UP_COOKIE = "gw_step_up"  # a re-authentication held for the second factor (auth/step_up.py)
 HELD_LOGIN_COOKIE = "gw_held"  # the key of a login held while its captcha is solved
 ACCOUNT_LINK_COOKIE = "gw_account_link"  # set by injected.js: the "my account" link was hidden
+# The operator console's (admin listener): cookies ignore ports, so a browser sends them to
+# the PMS's origin too when both are reached under one host name; never forwarded, never
+# set by the PMS (its session token would reach the PMS, or a PMS page could toss one).
+CONSOLE_COOKIE = "gw_console"  # `__Host-gw_console` over TLS
+CONSOLE_PRE_COOKIE = "gw_console_pre"
+CONSOLE_LANG_COOKIE = "gw_console_lang"
+CONSOLE_COOKIES = frozenset({CONSOLE_COOKIE, "__Host-" + CONSOLE_COOKIE, CONSOLE_PRE_COOKIE, CONSOLE_LANG_COOKIE})
 GATEWAY_COOKIES = frozenset(
     {SESSION_COOKIE, DEVICE_COOKIE, PENDING_COOKIE, REMEMBER_COOKIE, NOTICE_COOKIE, CAPTCHA_COOKIE, HELD_LOGIN_COOKIE, STEP_UP_COOKIE,
-     ACCOUNT_LINK_COOKIE}
+     ACCOUNT_LINK_COOKIE, *CONSOLE_COOKIES}
 )
 DEVICE_COOKIE_MAX_AGE = 400 * 86400  # the longest browsers keep a cookie
 # `name=` inside a cookie's value after white space, a comma or a quote: another pair to
@@ -83,12 +91,28 @@ def parse_cookie_header(header: str | None) -> list[tuple[str, str]]:
     A pair without a name (no `=`, or `=x`) is left out: servers read it differently
     (as a name, as a value, not at all), so it is never forwarded either.
     """
+    return list(_pairs(header or ""))
+
+
+@lru_cache(maxsize=1024)
+def _pairs(header: str) -> tuple[tuple[str, str], ...]:
+    """One reading per distinct header: a request's addons each ask about its cookies, and
+    a browser sends the same header request after request (read once, kept immutable)."""
     pairs = []
-    for item in (header or "").split(";"):
+    for item in header.split(";"):
         name, value = _name_value(item)
         if name:
             pairs.append((name, value))
-    return pairs
+    return tuple(pairs)
+
+
+@lru_cache(maxsize=1024)
+def _first_values(header: str) -> dict[str, str]:
+    """Name -> the first value sent under it (never handed out: callers get one value)."""
+    values: dict[str, str] = {}
+    for name, value in _pairs(header):
+        values.setdefault(name, value)
+    return values
 
 
 def hidden_names(value: str) -> list[str]:
@@ -103,10 +127,8 @@ def set_cookie_name(header: str) -> str:
 
 
 def cookie_value(header: str | None, name: str) -> str | None:
-    for key, value in parse_cookie_header(header):
-        if key == name:
-            return value
-    return None
+    """The first value sent under `name`, as `parse_cookie_header` reads the header."""
+    return _first_values(header).get(name) if header else None
 
 
 class CookiePolicy:
