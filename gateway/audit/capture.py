@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
 from gateway.audit.entry import AuditEntry
-from gateway.audit.path_secrets import compile_path_secrets, hash_path_secrets
+from gateway.audit.path_secrets import (
+    QUERY_SEPARATORS,
+    compile_path_secrets,
+    hash_path_secrets,
+    query_secret_names,
+    secret_digest,
+)
 from gateway.policy.schema import Policy
 from gateway.proxy.exchange import Exchange
 from gateway.readers.credentials import canonical_name
@@ -31,7 +37,6 @@ SECRET_PARAMETER = re.compile(
 )
 """Query parameters whose values are never kept, even with `query_values: keep`."""
 REDACTED = "[redacted]"
-_QUERY_SEPARATORS = re.compile(r"[&;]")  # `;` too: the credential reader and some servers split on it
 AREA_NOTE = "area"
 """`Exchange.notes` key: the public area or API client a request was judged as (recorded in `extra`)."""
 
@@ -59,12 +64,20 @@ def entry_from_exchange(ex: Exchange) -> AuditEntry:
     )
 
 
-def scrub_query(raw: str | None, *, keep_values: bool, secret_names: frozenset[str] = frozenset()) -> str | None:
-    """`a=1&b=2` -> `a&b` (drop) or `a=1&b=2` with secret-looking values replaced (keep)."""
+def scrub_query(
+    raw: str | None,
+    *,
+    keep_values: bool,
+    secret_names: frozenset[str] = frozenset(),
+    link_secrets: frozenset[str] = frozenset(),
+) -> str | None:
+    """`a=1&b=2` -> `a&b` (drop) or `a=1&b=2` with secret-looking values replaced (keep):
+    by a digest for the link secrets `audit.query_secrets` names (folded, see
+    `query_secret_names`), by `[redacted]` for other secret-looking names."""
     if not raw:
         return None
     parts: list[str] = []
-    for item in _QUERY_SEPARATORS.split(raw):
+    for item in QUERY_SEPARATORS.split(raw):
         if not item:
             continue
         name, has_value, value = item.partition("=")
@@ -72,6 +85,8 @@ def scrub_query(raw: str | None, *, keep_values: bool, secret_names: frozenset[s
         folded = canonical_name(name)  # as the credential reader folds it: `pa%00ss`, fullwidth, case
         if not keep_values or not has_value:
             parts.append(name)
+        elif folded in link_secrets:
+            parts.append(f"{name}={secret_digest(unquote_plus(value))}")
         elif SECRET_PARAMETER.search(folded) or folded in secret_names:
             parts.append(f"{name}={REDACTED}")
         else:
@@ -101,6 +116,7 @@ class _Rules:
 
     keep_values: bool
     secret_names: frozenset[str]
+    link_secrets: frozenset[str]
     identifiers: tuple[tuple[str, re.Pattern[str]], ...]
     path_secrets: tuple[re.Pattern[str], ...]
 
@@ -109,6 +125,7 @@ class _Rules:
         return cls(
             keep_values=policy.audit.query_values == "keep",
             secret_names=frozenset({policy.login.password_field.lower(), policy.login.username_field.lower()}),
+            link_secrets=query_secret_names(policy.audit.query_secrets),
             identifiers=tuple((name, re.compile(p)) for name, p in policy.audit.identifiers.items()),
             path_secrets=compile_path_secrets(policy.audit.path_secrets),
         )
@@ -133,7 +150,8 @@ class EntryPreparer:
             return entry
         rules = self._current()
         if entry.query:
-            entry.query = scrub_query(entry.query, keep_values=rules.keep_values, secret_names=rules.secret_names)
+            entry.query = scrub_query(entry.query, keep_values=rules.keep_values, secret_names=rules.secret_names,
+                                      link_secrets=rules.link_secrets)
         if entry.channel == "http":
             entry.path = hash_path_secrets(entry.path, rules.path_secrets)  # before identifiers are read
             entry.identifiers = extract_identifiers(entry.path, rules.identifiers)

@@ -7,6 +7,12 @@ module replaces each captured part by a short digest. The same link always gives
 digest, so an investigator can still follow one link across records (who opened the reset
 link, from where, how often) without being able to use it.
 
+Links also carry secrets in their query string (`/reset?token=...`, `/order?key=...`):
+`audit.query_secrets` names those parameters, and with `audit.query_values: keep` their
+values are recorded as the same digest (the token of `/reset/<t>` and of `/reset?token=<t>`
+digest alike). Names are folded as the credential reader folds them (`TOKEN`, fullwidth),
+so no spelling keeps a value in clear.
+
 One function, used by the audit preparer for every record (staff requests, reset forms,
 public guest areas alike), and by every log line that names a path (`path_for_logs`), so
 no feature hashes links its own way.
@@ -17,9 +23,13 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
+from urllib.parse import unquote_plus
+
+from gateway.readers.credentials import canonical_name
 
 DIGEST_PREFIX = "~"  # never produced by canonical PMS paths' secrets alone, easy to grep for
 _PERSON = b"pgw-path-secret"
+QUERY_SEPARATORS = re.compile(r"[&;]")  # `;` too: the credential reader and some servers split on it
 
 
 def secret_digest(secret: str) -> str:
@@ -45,10 +55,37 @@ def hash_path_secrets(path: str | None, patterns: tuple[re.Pattern[str], ...]) -
     return path
 
 
-def path_for_logs(path: str, patterns: Iterable[str]) -> str:
-    """`path` as a log line may show it: the policy's `audit.path_secrets` (its patterns as
-    written) digested exactly as in the audit trail, so logs never hold a usable link."""
-    return hash_path_secrets(path, compile_path_secrets(patterns)) or path  # re caches the patterns
+def query_secret_names(names: Iterable[str]) -> frozenset[str]:
+    """`audit.query_secrets` folded once, as `is_query_secret` compares them."""
+    return frozenset(canonical_name(name) for name in names)
+
+
+def is_query_secret(name: str, folded_secrets: frozenset[str]) -> bool:
+    """Whether a (percent-decoded) query parameter name is one `audit.query_secrets` names."""
+    return canonical_name(name) in folded_secrets
+
+
+def hash_query_secrets(query: str, folded_secrets: frozenset[str]) -> str:
+    """`query` with the value of every named secret parameter replaced by its digest; the
+    rest as sent. Values are digested decoded, so `a%2Bb` and `a+b` spellings agree."""
+    if not query or not folded_secrets:
+        return query
+    parts: list[str] = []
+    for item in QUERY_SEPARATORS.split(query):
+        name, has_value, value = item.partition("=")
+        if has_value and value and is_query_secret(unquote_plus(name), folded_secrets):
+            item = f"{name}={secret_digest(unquote_plus(value))}"
+        parts.append(item)
+    return "&".join(parts)
+
+
+def path_for_logs(path: str, patterns: Iterable[str], query_secrets: Iterable[str] = ()) -> str:
+    """`path` (with its query, if any) as a log line may show it: the policy's
+    `audit.path_secrets` (its patterns as written) and `audit.query_secrets` digested exactly
+    as in the audit trail, so logs never hold a usable link."""
+    path, mark, query = path.partition("?")
+    shown = hash_path_secrets(path, compile_path_secrets(patterns)) or path  # re caches the patterns
+    return shown + mark + hash_query_secrets(query, query_secret_names(query_secrets)) if mark else shown
 
 
 def _replace_groups(match: re.Match[str]) -> str:

@@ -50,6 +50,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/account/password", change_submit)
     app.router.add_get("/password/forgot", forgot_form)
     app.router.add_post("/password/forgot", forgot_submit)
+    app.router.add_get("/password/reset", reset_by_query)
     app.router.add_get("/password/reset/{token}", reset_form)
     app.router.add_post("/password/reset/{token}", reset_submit)
 
@@ -162,6 +163,15 @@ def _reset_user(request: web.Request) -> str | None:
     if entry is None or entry[1] < request.app[STATE].clock():
         return None
     return entry[0]
+
+
+async def reset_by_query(request: web.Request) -> web.Response:
+    """`/password/reset?token=...`: the link form of older e-mails (a secret in the query
+    string, as many PMSs send it), sent on to the form at `/password/reset/<token>`."""
+    token = request.query.get("token", "")
+    if not token or "/" in token:
+        raise web.HTTPNotFound()
+    return redirect(f"/password/reset/{token}")
 
 
 async def reset_form(request: web.Request) -> web.Response:

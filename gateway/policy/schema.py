@@ -512,6 +512,11 @@ class AuditPolicy(Section):
         description="Path patterns whose capture groups are secrets (reset tokens, guest order links): "
         "recorded as a digest (`~` and 16 hex digits), never in clear.",
     )
+    query_secrets: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        [],
+        description="Query parameters of e-mailed links whose values are secrets (`token` of `/reset?token=...`): "
+        "with `query_values: keep` recorded, and shown in logs, as the same digest as path_secrets.",
+    )
     retention: DurationIn("1d", "3650d") = Field(400 * 86400, description="Audit records older than this are purged.")
     on_store_failure: Literal["spool", "refuse"] = Field(
         "spool",
