@@ -142,6 +142,14 @@ async def sloppy_cookie(request: web.Request) -> web.Response:
     return _open_session(request, user, "/", sloppy=True)
 
 
+async def toss_console_cookies(request: web.Request) -> web.Response:
+    """A PMS page setting the console's cookie names (cookie tossing across ports)."""
+    response = _page(request, "tossed")
+    for name in ("gw_console", "__Host-gw_console", "gw_console_pre", "gw_console_lang", "kept"):
+        response.headers.add("Set-Cookie", f"{name}=tossed; Path=/")
+    return response
+
+
 async def home(request: web.Request) -> web.Response:
     return _page(request, "<a href='/reservations/1002'>1002</a>")
 
@@ -231,4 +239,5 @@ def create_app() -> web.Application:
     app.router.add_route("*", "/echo/{tail:.*}", echo)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/hop", hop)
+    app.router.add_get("/toss-console-cookies", toss_console_cookies)
     return app

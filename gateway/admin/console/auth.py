@@ -24,6 +24,7 @@ from aiohttp import web
 from gateway.admin.console.render import CONSOLE, OPERATOR, SESSION, render
 from gateway.audit.entry import admin_entry
 from gateway.pages.render import see_other
+from gateway.sessions.cookies import CONSOLE_COOKIE, CONSOLE_PRE_COOKIE
 
 if TYPE_CHECKING:
     from gateway.admin.console.app import Console
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 IDLE = 15 * 60.0
 ABSOLUTE = 8 * 3600.0
-PRE_COOKIE = "gw_console_pre"
+PRE_COOKIE = CONSOLE_PRE_COOKIE
 SESSION_KEY = "console:sess:"
 
 
@@ -45,7 +46,7 @@ class ConsoleSession:
 
 
 def cookie_name(console: Console) -> str:
-    return "__Host-gw_console" if console.tls else "gw_console"
+    return "__Host-" + CONSOLE_COOKIE if console.tls else CONSOLE_COOKIE
 
 
 def single_cookie(request: web.Request, name: str) -> str | None:

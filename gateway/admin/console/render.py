@@ -21,9 +21,10 @@ import jinja2
 from aiohttp import web
 
 from gateway.pages.render import LANGUAGES, choose_language
+from gateway.sessions.cookies import CONSOLE_LANG_COOKIE
 
 HERE = Path(__file__).parent
-LANG_COOKIE = "gw_console_lang"
+LANG_COOKIE = CONSOLE_LANG_COOKIE
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
