@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from functools import lru_cache
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+@lru_cache(maxsize=4096)  # a pure function of the text: the same few peers ask all day
 def canonical_address(address: str) -> str:
     """One spelling per address, so every feature (lockouts, group networks, known IPs,
     audit) keys on the same text: IPv4-mapped IPv6 (`::ffff:10.0.0.1`, what a dual-stack
@@ -22,6 +24,14 @@ def canonical_address(address: str) -> str:
     return str(ip)
 
 
+@lru_cache(maxsize=4096)
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
 class ClientResolver:
     def __init__(self, trusted_proxies: Iterable[str]) -> None:
         self._trusted: list[Network] = [ipaddress.ip_network(n, strict=False) for n in trusted_proxies]
@@ -29,11 +39,8 @@ class ClientResolver:
     def _is_trusted(self, address: str) -> bool:
         if not self._trusted:
             return False
-        try:
-            ip = ipaddress.ip_address(canonical_address(address))
-        except ValueError:
-            return False
-        return any(ip in net for net in self._trusted)
+        ip = _address(canonical_address(address))
+        return ip is not None and any(ip in net for net in self._trusted)
 
     def resolve(self, peer: str | None, forwarded_for: str | None) -> str:
         """The right-most address of X-Forwarded-For that is not a trusted proxy.

@@ -16,6 +16,7 @@ import codecs
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from email.message import Message
 
 _ASCII_BYTES = bytes(range(128))
@@ -84,8 +85,13 @@ def read_content_type(values: Sequence[str]) -> ContentType | None:
         return None
     if len(values) > 1:
         raise UnclearContentType("more than one Content-Type header")
+    return _read_one(values[0])
+
+
+@lru_cache(maxsize=512)  # the email parser is slow; a PMS sends a handful of distinct values
+def _read_one(value: str) -> ContentType | None:
     header = Message()
-    header["Content-Type"] = values[0]
+    header["Content-Type"] = value
     params = header.get_params(header="content-type") or [("", "")]
     media = params[0][0].strip().lower()
     if not media:
