@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from gateway.cli_support import ConfigOption, Refused, cli_actor, load_config_and_policy, run_command
+from gateway.cli_support import ConfigOption, Refused, load_config_and_policy, run_command
 
 if TYPE_CHECKING:
     from gateway.access.api_tokens import ApiTokens
@@ -40,8 +40,7 @@ async def _tokens(
     and `record(action, client, **extra)`: each change is written to the audit trail under
     the OS user running the command, never with a token or credential."""
     from gateway.access.api_tokens import ApiTokens
-    from gateway.audit.entry import admin_entry
-    from gateway.audit.services import record_admin_action
+    from gateway.audit.services import command_recorder
     from gateway.auth.keys import KeyRing
     from gateway.db import open_database
 
@@ -55,14 +54,8 @@ async def _tokens(
             raise Refused(f"{name!r} is recognised by `header_pattern`: it uses the PMS's own token, not the gateway's")
     keyring = KeyRing.load(config.resolved_key_file, os.environ.get(config.key_env))
     database = await open_database(config.resolved_database_url)
-
-    async def record(action: str, client: str, **extra: object) -> None:
-        entry = admin_entry(action, operator=cli_actor(), reason="command line",
-                            identifiers={"api_client": client}, extra=extra)
-        await record_admin_action(config, database, entry)
-
     try:
-        yield ApiTokens(database, keyring), record
+        yield ApiTokens(database, keyring), command_recorder(config, database, "api_client")
     finally:
         await database.close()
 

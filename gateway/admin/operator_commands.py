@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from gateway.cli_support import ConfigOption, cli_actor, load_settings, run_command
+from gateway.cli_support import ConfigOption, load_settings, run_command
 
 if TYPE_CHECKING:
     from gateway.admin.operators import OperatorDirectory
@@ -30,9 +30,7 @@ PermissionsOption = Annotated[str, typer.Option(
 @asynccontextmanager
 async def _directory(config_path: Path | None) -> AsyncIterator[tuple[OperatorDirectory, Any]]:
     from gateway.admin.operators import OperatorDirectory
-    from gateway.audit.keys import key_path, load_or_create_keys
-    from gateway.audit.services import instance_id_of
-    from gateway.audit.store import AuditStore
+    from gateway.audit.services import command_recorder
     from gateway.auth.keys import KeyRing
     from gateway.db import open_database
     from gateway.store import create_store
@@ -41,16 +39,8 @@ async def _directory(config_path: Path | None) -> AsyncIterator[tuple[OperatorDi
     keyring = KeyRing.load(config.resolved_key_file, os.environ.get(config.key_env))
     database = await open_database(config.resolved_database_url)
     store = create_store(config.store_url)
-    audit = AuditStore(database, load_or_create_keys(key_path(config.data_dir)))
-
-    async def record(action: str, name: str, **extra: Any) -> None:
-        from gateway.audit.entry import admin_entry
-
-        await audit.append([admin_entry(action, operator=cli_actor(), reason="command line",
-                                        identifiers={"operator": name}, extra=extra)], instance_id_of(config))
-
     try:
-        yield OperatorDirectory(database, keyring, store), record
+        yield OperatorDirectory(database, keyring, store), command_recorder(config, database, "operator")
     finally:
         await store.close()
         await database.close()

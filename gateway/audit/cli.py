@@ -92,11 +92,10 @@ async def _context(config_path: Path | None, key: Path | None = None) -> AsyncIt
 
 
 async def _record(ctx: _Context, entry: Any) -> None:
-    """Append an admin record to this instance's chain."""
-    from gateway.audit.services import instance_id_of
-    from gateway.audit.store import AuditStore
+    """Append an admin record to this instance's chain (with the command's own key file)."""
+    from gateway.audit.services import record_admin_action
 
-    await AuditStore(ctx.database, ctx.keys()).append([entry], instance_id_of(ctx.config))
+    await record_admin_action(ctx.config, ctx.database, entry, ctx.keys())
 
 
 def _when(ctx: _Context, option: str, text: str | None) -> datetime | None:

@@ -9,6 +9,7 @@ process, so throttling and the chain head are shared.
 from __future__ import annotations
 
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,10 +34,36 @@ from gateway.risk.geoip import GeoLocator
 from gateway.store.base import EphemeralStore
 
 
-async def record_admin_action(config: Config, database: Database, entry: AuditEntry) -> None:
+async def record_admin_action(
+    config: Config, database: Database, entry: AuditEntry, keys: AuditKeys | None = None
+) -> None:
     """Append one admin record (an operator's command-line action) to this instance's chain,
-    from a process that runs no writer: the command's own, before it reports success."""
-    await AuditStore(database, load_or_create_keys(key_path(config.data_dir))).append([entry], instance_id_of(config))
+    from a process that runs no writer: the command's own, before it reports success.
+
+    Every command records this way (users, operators, api-clients, audit, mail). `keys`:
+    ones the command loaded itself (`--key FILE`, or loaded before it changed anything, so
+    that an action that could not be recorded is not done); else the data dir's, created
+    on first use."""
+    keys = keys or load_or_create_keys(key_path(config.data_dir))
+    await AuditStore(database, keys).append([entry], instance_id_of(config))
+
+
+CommandRecord = Callable[..., Awaitable[None]]
+
+
+def command_recorder(config: Config, database: Database, subject: str) -> CommandRecord:
+    """`await record(action, name, **extra)` for a command-line command: an admin record under
+    the OS user running it (`cli_actor`, what the host vouches for), naming what it acted on
+    as `identifiers[subject]` (`user`, `operator`, `api_client`), never a secret."""
+    from gateway.audit.entry import admin_entry
+    from gateway.cli_support import cli_actor
+
+    async def record(action: str, name: str, **extra: object) -> None:
+        entry = admin_entry(action, operator=cli_actor(), reason="command line", identifiers={subject: name},
+                            extra=extra)
+        await record_admin_action(config, database, entry)
+
+    return record
 
 
 def instance_id_of(config: Config) -> str:

@@ -1,7 +1,9 @@
 """`pms-gateway users ...` and `pms-gateway keys ...`: the operator's account chores.
 
 Each command opens the same database, key file and store the gateway uses (from
-config.yaml and PMS_GATEWAY_* variables), does one thing and says what it did. Run them as
+config.yaml and PMS_GATEWAY_* variables), does one thing and says what it did. A change to
+an account (invite, deactivate, activate, reset-2fa) is recorded in the audit trail under
+the OS user running the command, as the console records it under its operator. Run them as
 the user the gateway runs as, so files they create (key file, SQLite database) stay
 readable by the gateway.
 """
@@ -20,6 +22,7 @@ import typer
 from gateway.cli_support import ConfigOption, Refused, load_config_and_policy, run_command
 
 if TYPE_CHECKING:
+    from gateway.audit.services import CommandRecord
     from gateway.auth.users import UserDirectory, UserRecord
     from gateway.store import EphemeralStore
 
@@ -48,7 +51,11 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 @asynccontextmanager
-async def _directory(config_path: Path | None) -> AsyncIterator[tuple[UserDirectory, EphemeralStore]]:
+async def _directory(
+    config_path: Path | None,
+) -> AsyncIterator[tuple[UserDirectory, EphemeralStore, CommandRecord]]:
+    """The user directory, the session store, and `record(action, user, **extra)`."""
+    from gateway.audit.services import command_recorder
     from gateway.auth.keys import KeyRing
     from gateway.auth.users import UserDirectory
     from gateway.db import open_database
@@ -59,7 +66,7 @@ async def _directory(config_path: Path | None) -> AsyncIterator[tuple[UserDirect
     database = await open_database(config.resolved_database_url)
     store = create_store(config.store_url)
     try:
-        yield UserDirectory(database, keyring, lambda: policy, store), store
+        yield UserDirectory(database, keyring, lambda: policy, store), store, command_recorder(config, database, "user")
     finally:
         await store.close()
         await database.close()
@@ -83,7 +90,7 @@ def users_list(
     """Every user who has logged in or been invited: group, active flag, factors."""
 
     async def main() -> list[UserRecord]:
-        async with _directory(config) as (directory, _store):
+        async with _directory(config) as (directory, _store, _record):
             return await directory.list()
 
     records = _run(main())
@@ -122,7 +129,7 @@ def users_invite(
     account."""
 
     async def main() -> tuple[UserRecord, Any]:
-        async with _directory(config) as (directory, _store):
+        async with _directory(config) as (directory, _store, record):
             group, matched = directory.membership(name)
             if group is None:
                 raise Refused(f"{directory.normalise(name)!r} is in no group and the policy "
@@ -134,7 +141,9 @@ def users_invite(
             if existing is not None and not existing.active:
                 raise Refused(f"{existing.name!r} is deactivated; run `users activate` first")
             invite = await directory.issue_invite(name)
-            return await directory.ensure(name), invite
+            user = await directory.ensure(name)
+            await record("user_invited", user.name, expires_at=invite.expires_at.isoformat())
+            return user, invite
 
     user, invite = _run(main())
     typer.echo(f"Invite for {user.name} (group {user.group}): {invite.code}")
@@ -148,11 +157,12 @@ def users_deactivate(name: NameArgument, config: ConfigOption = None) -> None:
     """Refuse NAME's logins from now on and end their open sessions (leavers)."""
 
     async def main() -> tuple[UserRecord, Any, bool]:
-        async with _directory(config) as (directory, store):
+        async with _directory(config) as (directory, store, record):
             user = await directory.set_active(name, False)
             from gateway.sessions.revocation import end_user_sessions
 
             ended = await end_user_sessions(store, user.name, reason="deactivated")
+            await record("user_deactivated", user.name, ended=ended)
             from gateway.store import MemoryStore
 
             return user, ended, isinstance(store, MemoryStore)
@@ -171,8 +181,10 @@ def users_activate(name: NameArgument, config: ConfigOption = None) -> None:
     """Allow NAME to log in again."""
 
     async def main() -> UserRecord:
-        async with _directory(config) as (directory, _store):
-            return await directory.set_active(name, True)
+        async with _directory(config) as (directory, _store, record):
+            user = await directory.set_active(name, True)
+            await record("user_activated", user.name)
+            return user
 
     user = _run(main())
     typer.echo(f"activated {user.name} (factors: {_factors(user)})")
@@ -186,10 +198,11 @@ def users_reset_2fa(name: NameArgument, config: ConfigOption = None) -> None:
     async def main() -> tuple[UserRecord, int, str, int]:
         from gateway.sessions.revocation import end_user_sessions
 
-        async with _directory(config) as (directory, store):
+        async with _directory(config) as (directory, store, record):
             removed = await directory.remove_factors(name)
             user = await directory.require(name)
             ended = await end_user_sessions(store, user.name, reason="revoked")
+            await record("user_2fa_reset", user.name, removed=removed, ended=ended)
             return user, removed, directory.policy().enrollment_for(user.group), ended
 
     user, removed, enrollment, ended = _run(main())

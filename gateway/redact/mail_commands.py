@@ -88,15 +88,13 @@ async def _audit(ctx: _Context) -> AsyncIterator[Any]:
     """An `append(entry)` into this instance's chain, opened before anything is changed, so
     that an action that cannot be recorded is not done."""
     from gateway.audit.keys import key_path, load_keys
-    from gateway.audit.services import instance_id_of
-    from gateway.audit.store import AuditStore
+    from gateway.audit.services import record_admin_action
     from gateway.db import open_database
 
     keys = load_keys(key_path(ctx.config.data_dir))
     database = await open_database(ctx.config.resolved_database_url)
-    store = AuditStore(database, keys)
     try:
-        yield lambda entry: store.append([entry], instance_id_of(ctx.config))
+        yield lambda entry: record_admin_action(ctx.config, database, entry, keys)
     finally:
         await database.close()
 
