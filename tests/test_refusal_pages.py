@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import re
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
@@ -122,3 +123,28 @@ def test_429_has_its_own_page(lang: str) -> None:
     response = error_response(request, 429, "req-1", "Hotel Demo")
     assert response.status == 429
     assert_page(response.text, lang, "too_many_requests")
+
+
+@pytest.mark.parametrize("zone", ["Asia/Kathmandu", "America/New_York"])
+async def test_the_lockout_page_shows_the_end_in_the_propertys_time_zone(tmp_path, zone: str) -> None:
+    """A receptionist in Kathmandu reads when the lock ends on her own clock, not in UTC."""
+    policy = refusal_policy().model_copy(update={"property_timezone": zone})
+    async with login_env(tmp_path, policy=policy) as env:
+        setup = Browser(env)
+        try:
+            for _ in range(2):
+                await setup.password("alice", "wrong-password")
+        finally:
+            await setup.close()
+        for lang in ("en", "de"):
+            browser = Browser(env)
+            try:
+                status, headers, page = await _login_in(browser, "alice", lang)
+            finally:
+                await browser.close()
+            assert status == 429
+            now = datetime.fromtimestamp(env.clock(), ZoneInfo(zone))
+            until = now + timedelta(seconds=int(headers["Retry-After"]))
+            shown = until.strftime("%H:%M:%S %Z" if until.date() == now.date() else "%Y-%m-%d %H:%M:%S %Z")
+            assert "UTC" not in shown and until.utcoffset() != timedelta(0)
+            assert_page(page, lang, "refused_locked", until=shown)

@@ -12,7 +12,6 @@ import ipaddress
 import re
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from urllib.parse import urljoin, urlsplit
 
 import structlog
@@ -22,7 +21,7 @@ from gateway.auth.device_ids import DeviceIds
 from gateway.auth.events import LoginEvents
 from gateway.auth.pending import PendingLogin, PendingLogins
 from gateway.auth.remember import RememberedDevices
-from gateway.pages.render import see_other, wants_json
+from gateway.pages.render import see_other, staff_time, wants_json
 from gateway.policy.schema import LoginRule, LoginSuccessRule, Policy
 from gateway.proxy.errors import error_response
 from gateway.proxy.exchange import Addon, Exchange, UpstreamAnswer
@@ -117,7 +116,7 @@ class LoginInterceptor(Addon):
             what = "slowed down" if lock.delay else "locked"
             await self.events.attempt(ex, user, "locked_out", None, f"{lock.scope} {what}")
             ex.deny("locked_out", f"{lock.scope} {what}")
-            response = self._refusal(ex, policy, 429, "refused_locked", until=self._until(lock))
+            response = self._refusal(ex, policy, 429, "refused_locked", until=self._until(lock, policy))
             response.headers["Retry-After"] = lock.retry_after
             return response
         record = await self.users.get(user)
@@ -151,9 +150,10 @@ class LoginInterceptor(Addon):
         `key`, `key_text`) in the browser's language, no English detail."""
         return error_response(ex.request, status, ex.request_id, policy.property, key=key, values=values)
 
-    def _until(self, lock) -> str:
-        """When `lock` ends, as the refusal page says it (UTC: the gateway knows no time zone)."""
-        return datetime.fromtimestamp(self.clock() + int(lock.retry_after), UTC).strftime("%H:%M:%S UTC")
+    def _until(self, lock, policy: Policy) -> str:
+        """When `lock` ends, as the refusal page says it: in the property's time zone."""
+        now = self.clock()
+        return staff_time(now + int(lock.retry_after), policy.property_timezone, now=now)
 
     # -- the PMS's answer ----------------------------------------------------------------
 

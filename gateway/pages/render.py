@@ -7,9 +7,11 @@ every page), show the property's name, and are chosen in the browser's language.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import jinja2
 from aiohttp import web
@@ -88,6 +90,16 @@ def render_page(
     if headers:
         response.headers.update(headers)
     return response
+
+
+def staff_time(timestamp: float, zone: str, *, now: float | None = None) -> str:
+    """A moment as staff read it on a page: in the property's time zone (policy
+    `property_timezone`) with its abbreviation, `14:05:30 CET`; the date too unless it is
+    `now`'s day there (`2025-03-01 08:00:00 CET`). Never UTC for a receptionist to convert."""
+    tz = ZoneInfo(zone)
+    moment = datetime.fromtimestamp(timestamp, tz)
+    same_day = now is not None and datetime.fromtimestamp(now, tz).date() == moment.date()
+    return moment.strftime("%H:%M:%S %Z" if same_day else "%Y-%m-%d %H:%M:%S %Z")
 
 
 def wants_json(request: web.BaseRequest) -> bool:

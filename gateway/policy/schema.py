@@ -605,8 +605,8 @@ class Policy(Section):
     )
     property: str = Field("Hotel Demo", description="The property's name, shown on every gateway page.")
     property_timezone: Annotated[str, AfterValidator(_time_zone)] = Field(
-        "UTC", description="The property's IANA time zone (e.g. Europe/Prague): times on the operator console "
-        "and on the \"signed in elsewhere\" page."
+        "UTC", description="The property's IANA time zone (e.g. Europe/Prague): times on the operator console, "
+        "on the \"signed in elsewhere\" page and on the lockout page."
     )
     upstream: UpstreamPolicy = UpstreamPolicy()
     login: LoginRule = LoginRule()
