@@ -152,8 +152,8 @@ def write(engine: str, text: str) -> None:
     )
     if START in results:
         body = results.split(START, 1)[1].split(END, 1)[0]
-        sections = re.split(r"(?=^### Engine )", body, flags=re.M)
-        kept = [s for s in sections if s.startswith("### Engine ") and not s.startswith(f"### Engine `{engine}`")]
+        sections = re.split(r"(?=^### )", body, flags=re.M)  # other engines' and notes are kept
+        kept = [s for s in sections if s.startswith("### ") and not s.startswith(f"### Engine `{engine}`")]
         new_body = "\n" + header + "\n" + "".join(sorted(kept + [text + "\n"]))
         results = results.split(START, 1)[0] + START + new_body + END + results.split(END, 1)[1]
     else:
