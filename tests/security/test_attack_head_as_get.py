@@ -12,9 +12,8 @@ import yaml
 
 from gateway.policy import load_policy
 from tests.harness import serve_app
-from tests.login_env import Browser, login_env
+from tests.login_env import Browser, login_env, signed_in_without_csrf
 from tests.security import naive_upstream
-from tests.security.hostile import FORM
 
 IDENTITY = {"path": "/", "pattern": "Logged in as <b>([^<]+)</b>", "status": [200]}
 
@@ -28,14 +27,8 @@ async def test_head_is_denied_where_get_is(tmp_path):
     app = naive_upstream.create_app()
     policy = load_policy("policies/default.yaml", overlay)
     async with serve_app(app) as pms, login_env(tmp_path, policy=policy, pms_url=pms) as env:
-        browser = Browser(env)
+        browser = await signed_in_without_csrf(env)
         try:
-            status, headers, _ = await browser.request(
-                "POST", "/login", data="username=alice&password=" + naive_upstream.PASSWORDS["alice"],
-                headers={"Content-Type": FORM},
-            )
-            assert headers.get("Location") == "/_gateway/2fa", (status, headers)
-            await browser.enroll("alice")
             app[naive_upstream.SEEN].clear()
             assert (await browser.request("GET", "/reservations/1002"))[0] == 403
             assert (await browser.request("HEAD", "/reservations/1002"))[0] == 403

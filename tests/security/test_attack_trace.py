@@ -9,23 +9,16 @@ browsers, usable without the gateway's session rules. TRACE, TRACK and CONNECT g
 
 from __future__ import annotations
 
-from tests.login_env import Browser
-from tests.security import naive_upstream
-from tests.security.hostile import FORM, naive
+from tests.login_env import signed_in_without_csrf
+from tests.security.hostile import naive
 
 IDENTITY = {"path": "/", "pattern": "Logged in as <b>([^<]+)</b>", "status": [200]}
 
 
 async def test_trace_with_a_session_is_refused_before_the_pms(tmp_path):
     async with naive(tmp_path, identity=IDENTITY) as upstream:
-        browser = Browser(upstream.env)
+        browser = await signed_in_without_csrf(upstream.env)
         try:
-            status, headers, _ = await browser.request(
-                "POST", "/login", data="username=alice&password=" + naive_upstream.PASSWORDS["alice"],
-                headers={"Content-Type": FORM},
-            )
-            assert headers.get("Location") == "/_gateway/2fa", (status, headers)
-            await browser.enroll("alice")
             upstream.seen.clear()
             status, _, body = await browser.request("TRACE", "/echo")
             assert status == 405 and "PMSSESSID" not in body
