@@ -12,7 +12,7 @@ import pytest
 
 from gateway.pages.render import LANGUAGES, _catalogs
 from tests.login_env import Browser, login_env
-from tests.test_refusal_pages import _login_in, assert_page, refusal_policy
+from tests.test_refusal_pages import _login_in, assert_page, lock_out, refusal_policy
 
 CATALOG = _catalogs()
 CONTACT = {"en": "IT support", "fr": "support informatique", "de": "IT-Support", "cs": "IT podporu"}
@@ -27,12 +27,7 @@ def test_every_language_says_what_to_do() -> None:
 @pytest.mark.parametrize("lang", ["de", "cs"])
 async def test_locked_login_page_and_json_say_the_same(tmp_path, lang) -> None:
     async with login_env(tmp_path, policy=refusal_policy()) as env:
-        setup = Browser(env)
-        try:
-            for _ in range(2):
-                await setup.password("alice", "wrong-password")
-        finally:
-            await setup.close()
+        await lock_out(env)
 
         browser = Browser(env)
         try:

@@ -80,12 +80,7 @@ async def test_each_refusal_in_each_language(tmp_path) -> None:
     async with login_env(tmp_path, policy=refusal_policy()) as env:
         await env.services.users.ensure("bob")
         await env.services.users.set_active("bob", False)
-        setup = Browser(env)
-        try:
-            for _ in range(2):
-                await setup.password("alice", "wrong-password")
-        finally:
-            await setup.close()
+        await lock_out(env)
         seen = 0
         for user, status, key in REFUSALS:
             for lang in LANGUAGES:
@@ -105,6 +100,16 @@ async def test_each_refusal_in_each_language(tmp_path) -> None:
                 seen += 1
         assert seen == len(REFUSALS) * len(LANGUAGES)
         assert await env.pms_users_alive() == []  # no refused login reached the PMS
+
+
+async def lock_out(env, user: str = "alice", failures: int = 2) -> None:
+    """Enough wrong passwords to lock `user` under `refusal_policy()`."""
+    setup = Browser(env)
+    try:
+        for _ in range(failures):
+            await setup.password(user, "wrong-password")
+    finally:
+        await setup.close()
 
 
 async def _login_in(browser: Browser, user: str, lang: str):
@@ -130,12 +135,7 @@ async def test_the_lockout_page_shows_the_end_in_the_propertys_time_zone(tmp_pat
     """A receptionist in Kathmandu reads when the lock ends on her own clock, not in UTC."""
     policy = refusal_policy().model_copy(update={"property_timezone": zone})
     async with login_env(tmp_path, policy=policy) as env:
-        setup = Browser(env)
-        try:
-            for _ in range(2):
-                await setup.password("alice", "wrong-password")
-        finally:
-            await setup.close()
+        await lock_out(env)
         for lang in ("en", "de"):
             browser = Browser(env)
             try:
