@@ -139,6 +139,7 @@ class KeyRing:
         self._current = keys[0][0]
         self._source = source
         self._derived: dict[tuple[str, str], bytes] = {}
+        self._ciphers: dict[str, AESGCM] = {}  # one AES-GCM context per key, built once
 
     # -- loading ---------------------------------------------------------------------
     @classmethod
@@ -186,7 +187,7 @@ class KeyRing:
     def encrypt(self, plaintext: bytes, associated_data: bytes) -> tuple[bytes, str]:
         """(nonce ‖ ciphertext ‖ tag, key id) under the current key."""
         nonce = os.urandom(NONCE_BYTES)
-        sealed = AESGCM(self._keys[self._current]).encrypt(nonce, plaintext, associated_data)
+        sealed = self._cipher(self._current, self._keys[self._current]).encrypt(nonce, plaintext, associated_data)
         return nonce + sealed, self._current
 
     def decrypt(self, ciphertext: bytes, key_id: str, associated_data: bytes) -> bytes:
@@ -195,7 +196,13 @@ class KeyRing:
         key = self._key(key_id)
         if len(ciphertext) < NONCE_BYTES + 16:
             raise InvalidTag()
-        return AESGCM(key).decrypt(ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:], associated_data)
+        return self._cipher(key_id, key).decrypt(ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:], associated_data)
+
+    def _cipher(self, key_id: str, key: bytes) -> AESGCM:
+        cipher = self._ciphers.get(key_id)
+        if cipher is None:
+            cipher = self._ciphers[key_id] = AESGCM(key)
+        return cipher
 
     def _key(self, key_id: str) -> bytes:
         key = self._keys.get(key_id)
