@@ -8,12 +8,15 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 
 import pytest
 from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
 
 from gateway.proxy.exchange import Addon, Exchange
-from tests.harness import run_gateway, serve_app
+from tests.harness import raw_http, run_gateway, serve_app
 from tests.upstream_app import SEEN, create_upstream
 
 LEAN = {"listen__engine": "lean"}
@@ -296,3 +299,59 @@ async def test_ten_thousand_keep_alive_requests_on_one_connection(upstream):
                 status, _, body = await _read_answer(reader)
                 assert status == 200 and body == b'{"status": "ok"}'
         writer.close()
+
+
+# -- parity with the aiohttp engine (found by an attack pass) ------------------------------------
+
+ENGINES = ["aiohttp", "lean"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("body", [
+    b"5\nhello\n0\n\n",  # bare LF after the chunk size
+    b"fffffffffffffffffffff\r\nhello\r\n0\r\n\r\n",  # a chunk size past 64 bits
+    b"5\r\nhello\r\n0\r\nContent-Length: 5\r\n\r\n",  # framing in a trailer
+], ids=["bare-lf", "oversize", "length-trailer"])
+async def test_malformed_chunked_body_gets_400_and_nothing_goes_upstream(raw_upstream, engine, body):
+    pms, url = raw_upstream
+    async with run_gateway(url, listen__engine=engine) as gw:
+        answer = await raw_http(gw.port, (
+            f"POST /user?name=secret-marker HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n"
+        ).encode() + body)
+    assert re.match(rb"HTTP/1\.[01] 400 ", answer), answer[:80]
+    assert b"secret-marker" not in answer and b"hello" not in answer  # the request is never echoed
+    assert pms.requests == []
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_forwarded_answer_gets_date_and_server_like_aiohttp(raw_upstream, engine):
+    _, url = raw_upstream  # its answers carry neither Date nor Server
+    async with run_gateway(url, listen__engine=engine) as gw:
+        reader, writer = await _connect(gw.port)
+        writer.write(_get("/user?name=B", gw.port))
+        status, headers, body = await _read_answer(reader)
+        writer.close()
+    assert status == 200 and body == b"page of B"
+    sent = parsedate_to_datetime(headers["date"])
+    assert abs((sent - datetime.now(timezone.utc)).total_seconds()) < 60
+    assert headers["server"] == SERVER_SOFTWARE
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_http10_keep_alive_is_kept_alive_and_plain_http10_closed(raw_upstream, engine):
+    pms, url = raw_upstream
+    async with run_gateway(url, listen__engine=engine) as gw:
+        reader, writer = await _connect(gw.port)
+        host = f"Host: 127.0.0.1:{gw.port}\r\n"
+        for name in ("A", "B"):
+            writer.write(f"GET /user?name={name} HTTP/1.0\r\n{host}Connection: keep-alive\r\n\r\n".encode())
+            status, headers, body = await _read_answer(reader)
+            assert status == 200 and body == f"page of {name}".encode()
+            assert headers["connection"].lower() == "keep-alive"
+        writer.write(f"GET /user?name=C HTTP/1.0\r\n{host}\r\n".encode())
+        status, _, body = await _read_answer(reader)
+        assert body == b"page of C"
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # no keep-alive asked: closed
+        writer.close()
+    assert [path for _, path in pms.requests] == ["/user?name=A", "/user?name=B", "/user?name=C"]

@@ -27,7 +27,8 @@ import httptools
 import structlog
 from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http import HttpVersion10, HttpVersion11
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion10, HttpVersion11
 from aiohttp.http_parser import SINGLETON_HEADERS, RawRequestMessage
 from aiohttp.http_writer import StreamWriter
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
@@ -279,6 +280,13 @@ class LeanProtocol(BaseProtocol):
         self._broken = True  # what still arrives is read and dropped: closing on unread bytes would reset the answer
         self._cancel_timers()
         if self._payload is not None:
+            # A malformed body (a bare-LF chunk line, an oversize chunk size, framing in a
+            # trailer). Still queued, its request is replaced by the refusal, as aiohttp's
+            # engine does: nothing of it goes upstream. Already being answered, its handler
+            # sees the body fail and the connection closes after that answer.
+            queued = self._messages[-1] if self._messages else None
+            if isinstance(queued, tuple) and queued[1] is self._payload:
+                self._messages.pop()
             self._payload.set_exception(ConnectionResetError("malformed request"))
             self._payload = None
         self._messages.append(refusal)
@@ -391,7 +399,7 @@ class LeanProtocol(BaseProtocol):
         if body is None and not bodiless and length_header is not None and length_header.isdigit():
             if int(length_header) <= buffer_below:
                 body = await answer.read_body(int(length_header))
-        closing = request.version is HttpVersion10 or not request.keep_alive or self._close_after
+        closing = not request.keep_alive or self._close_after  # HTTP/1.0 asked for keep-alive when it is True
         reason = answer.raw_reason or _phrase(status).encode()
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         if body is not None and not bodiless:
@@ -410,8 +418,13 @@ class LeanProtocol(BaseProtocol):
         if closing:
             headers["Connection"] = "close"
             self._close_after = True
+        elif request.version is HttpVersion10:
+            headers["Connection"] = "keep-alive"  # as aiohttp: an HTTP/1.0 client closes unless told
         if "X-Request-Id" not in headers:
             headers["X-Request-Id"] = ex.request_id
+        if "Date" not in headers:  # what aiohttp's StreamResponse adds to every answer
+            headers["Date"] = rfc822_formatted_time()
+        headers.setdefault("Server", SERVER_SOFTWARE)
         for name, value in headers.items():
             lines.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
         lines.append(b"\r\n")
