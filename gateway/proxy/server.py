@@ -189,7 +189,13 @@ class Gateway:
             return "?"
 
     def _error(self, request: web.BaseRequest, status: int, request_id: str, detail: str | None) -> web.Response:
-        return error_response(request, status, request_id, self.policy().property, detail=detail)
+        response = error_response(request, status, request_id, self.policy().property, detail=detail)
+        if request.body_exists and not request.content.at_eof():
+            # Answered before the body was read whole (refused early, a broken chunk, the
+            # PMS gone mid-body): what is still in flight must never be read as the next
+            # request on this connection, so it is closed after the answer.
+            response.force_close()
+        return response
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         request_id = request[REQUEST_ID]
