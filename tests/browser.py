@@ -9,6 +9,7 @@ so that a change of the gateway's pages is followed in one place.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 from collections.abc import AsyncIterator
@@ -72,6 +73,15 @@ async def page():
         page, errors = await new_page(launched, page_errors=False)
         yield page
     assert not [e for e in errors if "Content Security Policy" in e], errors
+
+
+async def noted(seen: dict, key: str) -> None:
+    """Wait until a `page.on("response")` handler (which reads headers asynchronously,
+    after the page may already have loaded) has noted `key` in `seen`."""
+    for _ in range(100):
+        if key in seen:
+            return
+        await asyncio.sleep(0.05)
 
 
 async def shot(page, name: str) -> None:

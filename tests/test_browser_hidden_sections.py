@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.demo import DemoSettings, create_app
-from tests.browser import BROWSER_TESTS, browser, new_page, shot, sign_in_enrolling  # noqa: F401 (browser is a fixture)
+from tests.browser import BROWSER_TESTS, browser, new_page, noted, shot, sign_in_enrolling  # noqa: F401 (browser is a fixture)
 from tests.harness import serve_app
 from tests.login_env import login_env
 
@@ -33,6 +33,7 @@ async def test_reception_sees_no_reports_link_and_gets_403_typing_it(browser, tm
 
             page.on("response", note)
             await sign_in_enrolling(page, env, "alice")
+            await noted(encodings, "reservations")
             assert encodings["reservations"] == ("gzip" if compress else None)
             menu = page.locator("table.nav")
             assert "Reservations" in await menu.inner_text() and "Reports" not in await menu.inner_text()

@@ -9,8 +9,6 @@ Screenshots: test-artifacts/browser/injected-*.png.
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
 from gateway.demo import DemoSettings, create_app
@@ -21,6 +19,7 @@ from tests.browser import (  # noqa: F401 (browser is a fixture)
     browser,
     enroll_with_app,
     new_page,
+    noted,
     shot,
     submit_password,
 )
@@ -61,14 +60,6 @@ async def _styles(page, selector: str, *properties: str) -> dict[str, str]:
     )
 
 
-async def _arrived(answers: dict, path: str) -> None:
-    """The response handler reads headers asynchronously: wait until it has noted `path`."""
-    for _ in range(100):
-        if path in answers:
-            return
-        await asyncio.sleep(0.05)
-
-
 async def test_notices_and_account_link_styled_under_a_strict_csp(browser, tmp_path):  # noqa: F811
     policy = load_policy("policies/default.yaml")
     policy = policy.model_copy(update={"pages": PagesPolicy(account_link=True)})
@@ -88,7 +79,7 @@ async def test_notices_and_account_link_styled_under_a_strict_csp(browser, tmp_p
         # Signed out: the PMS page sends the browser to the PMS's login, with the notice.
         await page.goto(env.url + "/night-audit")
         assert "/login" in page.url
-        await _arrived(answers, "/login")
+        await noted(answers, "/login")
         assert answers["/login"]["content-security-policy"] == STRICT_CSP
         assert answers["/login"].get("content-encoding") == "gzip"
         notice = page.locator("#gateway-notice.gw-notice")
@@ -105,7 +96,7 @@ async def test_notices_and_account_link_styled_under_a_strict_csp(browser, tmp_p
         await page.wait_for_load_state()
         answers.pop("/night-audit", None)  # the signed-out visit's answer was the gateway's
         await page.goto(env.url + "/night-audit")
-        await _arrived(answers, "/night-audit")
+        await noted(answers, "/night-audit")
         assert answers["/night-audit"]["content-security-policy"] == STRICT_CSP
         assert answers["/night-audit"].get("content-encoding") == "gzip"
         assert "Night audit – résumé" in await page.inner_text("h1")  # the page's own bytes intact
