@@ -26,7 +26,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import structlog
 from aiohttp import web
@@ -36,7 +35,7 @@ from gateway.auth.events import LoginEvents
 from gateway.auth.login import CHALLENGE_PATH, password_accepted
 from gateway.auth.pending import PendingLogin, PendingLogins
 from gateway.auth.step_up import StepUps, clear_step_up
-from gateway.pages.render import see_other, wants_json
+from gateway.pages.render import see_other, staff_time, wants_json
 from gateway.policy.schema import PasswordForm, Policy
 from gateway.proxy.errors import error_response
 from gateway.proxy.exchange import Addon, Exchange, UpstreamAnswer
@@ -133,7 +132,8 @@ class PasswordForms(Addon):
         lock = await self.lockouts.current(session.user, ex.client_ip)
         if lock is not None:
             ex.deny("locked_out", f"{lock.scope} locked: {form.kind} form refused")
-            until = datetime.fromtimestamp(self.clock() + int(lock.retry_after), UTC).strftime("%H:%M:%S UTC")
+            now = self.clock()
+            until = staff_time(now + int(lock.retry_after), policy.property_timezone, now=now)
             response = error_response(ex.request, 429, ex.request_id, policy.property, key="refused_locked",
                                       values={"until": until})
             response.headers["Retry-After"] = lock.retry_after

@@ -9,6 +9,7 @@ length are read whole, which is measurably faster.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import ssl
 import time
@@ -57,7 +58,7 @@ class UpstreamTimeout(Exception):
     """The upstream did not answer within the configured time (504)."""
 
 
-class BufferedAnswer:
+class BufferedAnswer(abc.ABC):
     """What the answers of both engines (this one and `gateway.proxy.lean`) do alike over
     their own source of body chunks (`_chunks`): read the body whole up to a limit, let a
     filter replace it, or stream it. Chunks read by a hook that then found the body too
@@ -71,9 +72,9 @@ class BufferedAnswer:
         self._body: bytes | None = None
         self._read: list[bytes] = []
 
+    @abc.abstractmethod
     def _chunks(self) -> AsyncIterator[bytes]:
-        """The body's chunks not read yet, from the upstream connection."""
-        raise NotImplementedError
+        """The body's chunks not read yet, from the upstream connection (each engine's own)."""
 
     async def read_body(self, limit: int) -> bytes:
         if self._body is None:
