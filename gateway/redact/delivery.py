@@ -19,25 +19,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiosmtplib
 
 from gateway.redact.dsn import FailedRecipient, build_dsn, is_bounce
 from gateway.redact.mail_queue import MailQueue, QueuedMessage, Recipient, QueueNotFound, retry_delay
-from gateway.redact.outbound_audit import OutboundAudit, OutboundRecord, emit
+from gateway.redact.outbound_audit import AlertHook, OutboundAudit, OutboundRecord, alert, emit, one_line
 from gateway.redact.sealed_files import new_id
 from gateway.redact.settings import SmtpRelaySettings, resolve_secret
 
 log = logging.getLogger(__name__)
 
 POLL = 15.0  # seconds between looks at the queue directory (a `mail retry` from the CLI)
-AlertHook = Callable[[OutboundRecord], Awaitable[object] | object]
 
 
 # ---------------------------------------------------------------- one attempt
@@ -75,16 +73,16 @@ async def attempt(settings: SmtpRelaySettings, message: QueuedMessage) -> dict[s
                 mail_options=[o for o in message.mail_options if o.upper().startswith(("BODY=", "SMTPUTF8"))],
             )
     except aiosmtplib.SMTPRecipientsRefused as exc:
-        refused = {r.recipient: (r.code, _one_line(r.message)) for r in exc.recipients}
+        refused = {r.recipient: (r.code, one_line(r.message)) for r in exc.recipients}
         return {a: refused.get(a, (0, "not tried")) for a in pending}
     except (aiosmtplib.SMTPSenderRefused, aiosmtplib.SMTPDataError) as exc:
-        return dict.fromkeys(pending, (exc.code, _one_line(exc.message)))
+        return dict.fromkeys(pending, (exc.code, one_line(exc.message)))
     except Exception as exc:  # noqa: BLE001 - every failure is an answer per recipient
         what = type(exc).__name__ + (f" {exc.code}" if isinstance(exc, aiosmtplib.SMTPResponseException) else "")
         code = exc.code if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code < 500 else 0
         return dict.fromkeys(pending, (code, f"smarthost unavailable ({what})"))
-    accepted = (250, _one_line(response))
-    return {a: ((errors[a].code, _one_line(errors[a].message)) if a in errors else accepted) for a in pending}
+    accepted = (250, one_line(response))
+    return {a: ((errors[a].code, one_line(errors[a].message)) if a in errors else accepted) for a in pending}
 
 
 # ---------------------------------------------------------------- the worker
@@ -233,7 +231,7 @@ class DeliveryWorker:
                 recipient.state = "failed"
         if message.pending() and not message.warned and now - message.queued_at >= self.settings.delay_warning:
             message.warned = True
-            await _call(self.on_delayed, self._record(message, "deferred", self._summary(message, now)))
+            await alert(self.on_delayed, self._record(message, "deferred", self._summary(message, now)))
         if message.pending():
             if not await asyncio.to_thread(self.queue.update, message):
                 log.info("queued message %s was dropped during its attempt", message_id)
@@ -278,7 +276,7 @@ class DeliveryWorker:
                       + (f" ({codes})" if codes else "") + f" after {message.attempts} attempt(s)")
             record = self._record(message, "refused", reason)
             await emit(self.audit, record)
-            await _call(self.on_failed, record)
+            await alert(self.on_failed, record)
             await self._bounce(message, failed, now, expired)
         await asyncio.to_thread(self.queue.delete, message.id)
 
@@ -310,19 +308,3 @@ class DeliveryWorker:
         codes = ", ".join(sorted({str(r.code) if r.code else "no answer" for r in message.pending()}))
         return (f"queued as {message.id} {hours:.1f} h ago; {len(message.pending())} recipient(s) pending "
                 f"after {message.attempts} attempt(s) ({codes})")
-
-
-async def _call(hook: AlertHook | None, record: OutboundRecord) -> None:
-    """Call an alert hook; its failure is logged, never the queue's problem."""
-    if hook is None:
-        return
-    try:
-        result = hook(record)
-        if inspect.isawaitable(result):
-            await result
-    except Exception:
-        log.exception("mail queue alert hook failed")
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())[:400]

@@ -8,8 +8,10 @@ what happened to the message; never the values themselves.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -60,3 +62,25 @@ async def emit(audit: OutboundAudit | None, record: OutboundRecord) -> None:
         await audit(record)
     except Exception:
         log.exception("outbound audit sink failed; record: %s", record.to_json())
+
+
+AlertHook = Callable[[OutboundRecord], Awaitable[object] | object]
+"""What the relay and its delivery queue call to alert the operator (blocked, held,
+delayed, failed mail)."""
+
+
+async def alert(hook: AlertHook | None, record: OutboundRecord) -> None:
+    """Call an alert hook; its failure is logged, never the sender's or the queue's problem."""
+    if hook is None:
+        return
+    try:
+        result = hook(record)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        log.exception("outbound alert hook failed")
+
+
+def one_line(text: object) -> str:
+    """A remote answer or reason as one bounded line, fit for a header, a log or a record."""
+    return " ".join(str(text).split())[:400]

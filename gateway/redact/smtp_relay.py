@@ -30,7 +30,6 @@ import email.policy
 import email.utils
 import hashlib
 import hmac
-import inspect
 import ipaddress
 import logging
 import os
@@ -46,7 +45,7 @@ from gateway.redact.delivery import DeliveryWorker
 from gateway.redact.dsn import header_block
 from gateway.redact.hold_queue import HoldQueue
 from gateway.redact.mail_queue import QueuedMessage
-from gateway.redact.outbound_audit import Action, OutboundAudit, OutboundRecord, emit
+from gateway.redact.outbound_audit import Action, AlertHook, OutboundAudit, OutboundRecord, alert, emit, one_line
 from gateway.redact.sealed_files import new_id
 from gateway.redact.settings import SmtpRelaySettings, resolve_secret
 
@@ -57,7 +56,7 @@ log = logging.getLogger(__name__)
 
 NO_SPACE = "452 4.3.1 Insufficient system storage, try again later"
 FIRST_ATTEMPT_WAIT = 10.0  # seconds the PMS waits for the first delivery attempt at most
-BlockedHook = Callable[[OutboundRecord], Awaitable[None] | None]
+BlockedHook = AlertHook
 
 # ---------------------------------------------------------------- AUTH passwords
 
@@ -222,7 +221,7 @@ class RelayHandler:
         if outcome.blocked:
             reason = _one_line(outcome.reason or "blocked by the notification policy")
             rec = await record("blocked", reason, outcome.counts(), len(raw))
-            await _notify(self.on_blocked, rec)
+            await alert(self.on_blocked, rec)
             return f"554 5.7.1 {reason}"
 
         now = self.clock()
@@ -260,24 +259,12 @@ class RelayHandler:
             await record("deferred", "hold queue unavailable", {}, len(raw))
             return "451 4.3.0 Message could not be held, try again later"
         rec = await record("held", f"{why}; held as {held_id}", {}, len(raw))
-        await _notify(self.on_held, rec)
+        await alert(self.on_held, rec)
         return f"250 2.0.0 Held for operator review as {held_id}, not delivered"
 
 
-async def _notify(hook: BlockedHook | None, rec: OutboundRecord) -> None:
-    """Call an alert hook; its failure is logged, never the sender's problem."""
-    if hook is None:
-        return
-    try:
-        result = hook(rec)
-        if inspect.isawaitable(result):
-            await result
-    except Exception:
-        log.exception("outbound alert hook failed")
-
-
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())[:400] or "refused"
+    return one_line(text) or "refused"
 
 
 def _sender(envelope: Envelope) -> str:
