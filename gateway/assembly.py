@@ -16,7 +16,7 @@ from gateway.access.api_tokens import ApiTokens
 from gateway.access.hidden_links import HiddenLinks
 from gateway.access.origin_check import OriginCheck
 from gateway.admin.metrics import Metrics
-from gateway.audit.services import AuditServices, build_audit, build_login_history  # noqa: F401  (re-exported)
+from gateway.audit.services import AuditServices, build_audit
 from gateway.auth.account import AccountPage
 from gateway.auth.account_link import AccountLink
 from gateway.auth.account_step_up import AccountStepUp

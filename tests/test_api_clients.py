@@ -17,7 +17,7 @@ from gateway.policy import load_policy
 from gateway.policy.schema import Policy
 from tests.audit_wait import audited
 from tests.harness import serve_app
-from tests.login_env import Browser, login_env, store_url_for
+from tests.login_env import login_env, store_url_for
 from tests.upstream_app import create_upstream
 
 from datetime import timedelta

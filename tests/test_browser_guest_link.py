@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
 
 from gateway.demo.app import STATE, DemoSettings, _templates, create_app
 from gateway.demo.confirmations import build_email

@@ -15,7 +15,6 @@ from gateway.admin.console.render import HERE, LANGUAGES, Screen, Table, Transla
 from gateway.admin.listener import admin_app
 from gateway.admin.metrics import Metrics
 from gateway.audit.logins import LoginAttempt
-from gateway.audit.query import QueryFilter
 from tests.audit_wait import audited
 from tests.console_env import ConsoleClient, console_env
 from tests.harness import serve_app

@@ -81,19 +81,6 @@ def build_alerter(config: Config, policy: PolicyHolder, geo: GeoLocator | None =
     )
 
 
-def build_login_history(
-    config: Config,
-    policy: PolicyHolder,
-    database: Database,
-    *,
-    geo: GeoLocator | None = None,
-    alerter: Alerter | None = None,
-) -> LoginHistory:
-    """The login history the login code records attempts to (see `gateway.audit.logins`)."""
-    geo = geo or GeoLocator(config.geoip)
-    return LoginHistory(database, geo, policy, alerter or build_alerter(config, policy, geo))
-
-
 @dataclass
 class AuditServices:
     keys: AuditKeys

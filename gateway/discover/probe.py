@@ -9,7 +9,6 @@ the findings, not in any message.
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import json
 import re

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, Tag, field_validator, model_validator
 
 from gateway.policy.areas import ApiClient, ApiClientName, CompiledAreas, PublicArea
-from gateway.policy.durations import Duration, DurationIn
+from gateway.policy.durations import DurationIn
 from gateway.policy.rate_limits import DEFAULT_RATE_LIMITS, RateLimitRule
 from gateway.policy.types import Cidr, Member, NetworkRef, Regex, Section, network_ref_problem
 from gateway.readers.content_type import codec_name

@@ -13,7 +13,6 @@ import asyncio
 from urllib.parse import urlsplit
 
 from gateway.audit.query import AuditReader, QueryFilter
-from gateway.policy import load_policy
 from tests.harness import free_port
 from tests.login_env import Browser, login_env
 from tests.test_audit_support import TcpCut

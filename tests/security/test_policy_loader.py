@@ -12,7 +12,6 @@ nothing else.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import tempfile
 from pathlib import Path

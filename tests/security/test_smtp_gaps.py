@@ -45,7 +45,7 @@ VISA13 = "4222222222222"
 GUEST = "Jana Nováková"
 HEAD = (
     "From: reservations@hotel.example\r\n"
-    f"To: =?utf-8?q?Jana_Nov=C3=A1kov=C3=A1?= <jana@mail.example>\r\n"
+    "To: =?utf-8?q?Jana_Nov=C3=A1kov=C3=A1?= <jana@mail.example>\r\n"
     "Message-ID: <gap-1@hotel.example>\r\n"
     "MIME-Version: 1.0\r\n"
 )
