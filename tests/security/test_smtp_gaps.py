@@ -222,6 +222,12 @@ HELD = {
         + base64.encodebytes(b"%PDF-1.4 Jana Nov\xc3\xa1kov\xc3\xa1 (4111 1111 1111 1111) Tj").decode().replace("\n", "\r\n")
         + "--b1--\r\n"
     ),
+    # Labelled one-byte, written UTF-8: zero-width spaces between the groups read as
+    # mojibake in latin-1 but vanish in a viewer that reads UTF-8 (found by hypothesis).
+    "zero-width-card-in-mislabelled-binary": (
+        HEAD + "Subject: Booking\r\nContent-Type: application/octet-stream; charset=iso-8859-1\r\n"
+        "Content-Transfer-Encoding: 7bit\r\n\r\n"
+    ).encode() + "Dear guest 4111\u200b1111\u200b1111\u200b1111 Jana Nováková\r\n".encode(),
 }
 
 

@@ -193,16 +193,20 @@ def _encode(part: Message, text: str, charset: str) -> None:
     part.set_payload(payload)
 
 
-def _as_text(part: Message, data: bytes) -> str:
-    """A binary part read as text: in the charset it declares (a UTF-16 "octet-stream"),
-    else byte for byte, where ASCII digits stay digits."""
-    charset = part.get_content_charset()
-    if charset:
-        try:
-            return data.decode(charset)
-        except (LookupError, UnicodeDecodeError):
-            pass
-    return data.decode("latin-1")
+def _readings(part: Message, data: bytes) -> list[str]:
+    """A binary part read as text every way a viewer might: in the charset it declares (a
+    UTF-16 "octet-stream"), as UTF-8 (a card written with zero-width characters between
+    its groups is UTF-8 whatever the label says), and byte for byte, where ASCII digits
+    stay digits."""
+    readings = []
+    for charset in (part.get_content_charset(), "utf-8"):
+        if charset:
+            try:
+                readings.append(data.decode(charset))
+            except (LookupError, UnicodeDecodeError):
+                pass
+    readings.append(data.decode("latin-1"))
+    return readings
 
 
 def _is_attachment(part: Message) -> bool:
@@ -316,7 +320,7 @@ class MailDocument:
             if part.is_multipart() or _textish(part) or part.get_content_maintype() in MEDIA:
                 continue
             data = part.get_payload(decode=True)
-            if isinstance(data, bytes) and data and binary(_as_text(part, data)):
+            if isinstance(data, bytes) and data and any(binary(text) for text in _readings(part, data)):
                 raise NotFullyParsed(f"part {index} ({part.get_content_type()}) carries a card or account "
                                      "number that cannot be removed from it")
 
