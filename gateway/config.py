@@ -33,7 +33,9 @@ class ListenSettings(Section):
     tls_key: Path | None = Field(None, description="PEM private key for tls_cert.")
     workers: int = Field(1, ge=1, description="Processes sharing the port (needs a Redis store when > 1).")
     engine: Literal["aiohttp", "lean"] = Field(
-        "aiohttp", description="HTTP/1.1 engine of the data path: aiohttp, or lean (httptools, fewer objects per request)."
+        "lean",
+        description="HTTP/1.1 engine of the data path: lean (httptools both ends, pooled keep-alive upstream "
+        "connections; the default), or aiohttp (aiohttp's server and client).",
     )
 
 
