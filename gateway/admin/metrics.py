@@ -30,6 +30,7 @@ class Metrics(Addon):
         self.upstream = Histogram(
             "gateway_upstream_duration_seconds", "Time the PMS took to answer", buckets=_BUCKETS, registry=self.registry
         )
+        self._counters: dict[tuple[str, str], Counter] = {}  # labelled children, looked up once each
 
     def watch_mail_queue(self, queue: MailQueue, clock: Callable[[], float] = time.time) -> None:
         """Export the SMTP relay's delivery queue: depth and the oldest message's age."""
@@ -37,7 +38,11 @@ class Metrics(Addon):
 
     async def done(self, ex: Exchange) -> None:
         status_class = f"{ex.status // 100}xx" if ex.status else "none"
-        self.requests.labels(ex.decision, status_class).inc()
+        key = (ex.decision, status_class)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.requests.labels(*key)
+        counter.inc()
         self.duration.observe(time.perf_counter() - ex.started)
         if ex.upstream_seconds is not None:
             self.upstream.observe(ex.upstream_seconds)

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from email.utils import collapse_rfc2231_value
+from functools import lru_cache
 from urllib.parse import parse_qsl, unquote_plus
 
 from python_multipart.exceptions import MultipartParseError
@@ -37,6 +38,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from gateway.policy.schema import LoginRule, PasswordForm
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.overrides import METHOD_PARAMETER
+from gateway.readers.field_names import canonical_name
 from gateway.readers.content_type import ContentType, UnclearContentType, read_content_type
 from gateway.sessions.cookies import hidden_names, parse_cookie_header
 
@@ -64,16 +66,6 @@ class Credentials:
 
 
 # -- names ----------------------------------------------------------------------------------
-
-
-def canonical_name(name: str) -> str:
-    """A field name as the most lenient reader could take it: NFKC, no white space or
-    control characters anywhere, case-folded. Over-matching only refuses a request."""
-    if name.isascii() and name.isprintable():
-        return "".join(name.split()).lower()
-    text = unicodedata.normalize("NFKC", name)
-    text = "".join(ch for ch in text if not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf"))
-    return text.casefold()
 
 
 def is_credential_name(name: str, field: str) -> bool:
@@ -107,11 +99,20 @@ def refuse_in_query(query: str, fields: Sequence[str]) -> None:
 def refuse_in_cookies(cookie_headers: Sequence[str], fields: Sequence[str]) -> None:
     if not cookie_headers:
         return
-    for name, value in parse_cookie_header("; ".join(cookie_headers)):
+    field = _credential_in_cookies("; ".join(cookie_headers), tuple(fields))
+    if field is not None:
+        raise AmbiguousCredentials(f"credential field {field!r} in a cookie")
+
+
+@lru_cache(maxsize=256)  # a browser sends the same Cookie header on every request of a page
+def _credential_in_cookies(header: str, fields: tuple[str, ...]) -> str | None:
+    """The first of `fields` that a cookie of `header` names in some reading, or None."""
+    for name, value in parse_cookie_header(header):
         for reading in {name, unquote_plus(name, errors="replace"), *hidden_names(value)}:
             for field in fields:
                 if is_credential_name(reading, field):
-                    raise AmbiguousCredentials(f"credential field {field!r} in a cookie")
+                    return field
+    return None
 
 
 def check_query(query: str, rule: LoginRule) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from functools import lru_cache
 
 import structlog
 
@@ -27,6 +28,7 @@ log = structlog.get_logger("gateway.risk")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+@lru_cache(maxsize=4096)  # every request asks (rate limits, lockouts); a hotel has few addresses at a time
 def network_key(ip: str, ipv6_prefix: int) -> str:
     """The IPv4 address (mapped IPv6 unwrapped) or the IPv6 /`ipv6_prefix` network of `ip`.
 
