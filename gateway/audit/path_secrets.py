@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import unquote_plus
 
-from gateway.readers.credentials import canonical_name
+from gateway.readers.field_names import canonical_name
 
 DIGEST_PREFIX = "~"  # never produced by canonical PMS paths' secrets alone, easy to grep for
 _PERSON = b"pgw-path-secret"
