@@ -104,6 +104,7 @@ class SessionGuard(Addon):
 
     async def startup(self) -> None:
         store = self.sessions.store
+        await self.sessions.listen()
         self._subscriptions.append(await store.subscribe(SESSION_ENDED_CHANNEL, self._on_session_ended))
         self._subscriptions.append(await store.subscribe(USER_REVOKED_CHANNEL, self._on_user_revoked))
         self._tasks.append(asyncio.create_task(self._sweep_forever()))
@@ -113,6 +114,7 @@ class SessionGuard(Addon):
             task.cancel()
         for subscription in self._subscriptions:
             await subscription.close()
+        await self.sessions.stop_listening()
         await self.sessions.drain()
 
     async def _sweep_forever(self) -> None:

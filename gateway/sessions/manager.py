@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from gateway.policy.schema import Policy
+from gateway.sessions.cache import SESSION_CHANGED_CHANNEL, SessionCache
 from gateway.sessions.model import DeviceSession, EndedSession, LogoutSubject, new_token, token_hash
 from gateway.sessions.revocation import ENDED_MARKER_TTL, SESSION_ENDED_CHANNEL, end_user_sessions
 from gateway.sessions.sealed import Cipher, SealedRecords, unseal
@@ -49,10 +50,19 @@ class SessionManager:
         self.upstream_logout = upstream_logout
         self.clock = clock
         self._background: set[asyncio.Task] = set()
-        # id_hash -> (sealed record as last read, its decrypted fields). Every request still
-        # reads the record from the store, so a revoked, ended or changed session is seen
-        # at once on every worker; only an unchanged record skips AES-GCM and JSON again.
+        # id_hash -> (sealed record as last read, its decrypted fields): an unchanged
+        # record read again skips AES-GCM and JSON.
         self._opened: dict[str, tuple[bytes, dict]] = {}
+        # Skips the read itself, while every change is announced to it (see cache.py);
+        # inactive until `listen()` (the session guard's startup).
+        self.cache = SessionCache()
+
+    async def listen(self) -> None:
+        """Cache sessions between requests, invalidated by the store's broadcast."""
+        await self.cache.start(self.store)
+
+    async def stop_listening(self) -> None:
+        await self.cache.stop()
 
     # -- storage -------------------------------------------------------------------------
 
@@ -60,9 +70,20 @@ class SessionManager:
         rules = self.policy().sessions_for(session.group)
         ttl = max(1.0, session.deadline(rules.max_lifetime) - self.clock())
         await self.records.put(session.id_hash, session.to_json(), ttl=ttl)
+        self.cache.forget(session.id_hash)  # after the write: a read from now on sees it
+        await self.store.publish(SESSION_CHANGED_CHANNEL, session.id_hash.encode())
 
     async def load(self, id_hash: str) -> DeviceSession | None:
-        """The session as stored now (one store read), decrypted once per version of it."""
+        """The session as stored (see cache.py for how recent), decrypted once per version.
+
+        A cached copy that looks expired is not trusted with that verdict: the store's
+        record decides (another worker may have recorded activity a moment ago)."""
+        fields = self.cache.lookup(id_hash)
+        if fields is not None:
+            session = DeviceSession.from_fields(fields)
+            if self.expiry_reason(session) is None:
+                return session
+        ticket = self.cache.ticket()
         key = self.records.prefix + id_hash
         sealed = await self.store.get(key)
         if sealed is None:
@@ -78,6 +99,7 @@ class SessionManager:
             if len(self._opened) >= OPENED_RECORDS:
                 del self._opened[next(iter(self._opened))]  # the oldest
             self._opened[id_hash] = opened
+        self.cache.keep(id_hash, opened[1], ticket)
         return DeviceSession.from_fields(opened[1])
 
     async def get(self, session_id: str) -> DeviceSession | None:
@@ -168,9 +190,11 @@ class SessionManager:
     ) -> bool:
         """End a session once (whoever gets there first across workers does the work)."""
         if not await self.store.set_if_absent("ending:" + session.id_hash, b"1", ttl=60):
+            self.cache.forget(session.id_hash)  # another worker is ending it right now
             return False
         await self.store.delete("sess:" + session.id_hash)
         self._opened.pop(session.id_hash, None)
+        self.cache.forget(session.id_hash)
         await self.store.set_remove("user-sess:" + session.user, session.id_hash)
         await self.store.set_remove("sess-all", session.id_hash)
         marker = EndedSession(reason=reason, at=self.clock(), by_ip=by_ip, user=session.user)
@@ -188,6 +212,7 @@ class SessionManager:
 
     async def end_user(self, user: str, reason: str) -> int:
         ended = await end_user_sessions(self.store, user, reason)
+        self.cache.forget_all()  # here at once, without waiting for the broadcast
         await self.finish_revoked()
         return ended
 

@@ -46,38 +46,77 @@ def check_safe_int(value: int) -> None:
 
 
 class Subscription:
-    """One handler listening on one channel, until `close()`.
+    """One listener on one channel, until `close()`.
 
-    Messages are queued per subscription and handed to the handler by a task of its own,
-    so a slow or failing handler never delays the store's reader or other subscribers.
-    A handler that raises is logged and keeps receiving later messages.
+    Messages are queued per subscription and handed to the async `handler` by a task of
+    its own, so a slow or failing handler never delays the store's reader or other
+    subscribers. A handler that raises is logged and keeps receiving later messages.
+    `immediate`, if given, is called synchronously as each message is read, before any
+    other task runs: for cache invalidation, which must win the race against a request
+    that arrives right after the announcement.
+
+    `live` says whether delivery is assured right now (the backend is subscribed on a
+    working connection); `gaps` counts the interruptions so far, in which messages may
+    have been lost. A listener that keeps state derived from the messages (a cache) uses
+    it only while `live`, and only from a time with the same `gaps`.
     """
 
     def __init__(
         self,
         channel: str,
-        handler: Handler,
+        handler: Handler | None,
         on_close: Callable[[Subscription], Awaitable[None]],
+        *,
+        immediate: Callable[[bytes], None] | None = None,
     ) -> None:
         self.channel = channel
         self._handler = handler
+        self._immediate = immediate
         self._on_close = on_close
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._closed = False
-        self._task = asyncio.get_running_loop().create_task(
-            self._pump(), name=f"store-subscription:{channel}"
+        self._live = False
+        self._gaps = 0
+        self._task = (
+            asyncio.get_running_loop().create_task(self._pump(), name=f"store-subscription:{channel}")
+            if handler is not None else None
         )
 
     @property
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def live(self) -> bool:
+        return self._live and not self._closed
+
+    @property
+    def gaps(self) -> int:
+        return self._gaps
+
+    def mark_live(self) -> None:
+        """The backend is subscribed: every message from now on is delivered."""
+        self._live = True
+
+    def mark_interrupted(self) -> None:
+        """The backend lost its subscription: messages may be lost until `mark_live`."""
+        self._live = False
+        self._gaps += 1
+
     def deliver(self, message: bytes) -> None:
-        """Queue a message for the handler (called by the backend, never blocks)."""
-        if not self._closed:
+        """Hand a message over (called by the backend, never blocks)."""
+        if self._closed:
+            return
+        if self._immediate is not None:
+            try:
+                self._immediate(message)
+            except Exception:
+                log.exception("pub/sub listener for channel %r failed", self.channel)
+        if self._task is not None:
             self._queue.put_nowait(message)
 
     async def _pump(self) -> None:
+        assert self._handler is not None
         while True:
             message = await self._queue.get()
             try:
@@ -93,15 +132,20 @@ class Subscription:
         try:
             await self._on_close(self)
         finally:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            if self._task is not None:
+                self._task.cancel()
+                try:
+                    await self._task
+                except asyncio.CancelledError:
+                    pass
 
 
 class EphemeralStore(abc.ABC):
     """Atomic key/value, counter, set and pub/sub operations with TTLs."""
+
+    shared: bool = False
+    """True when the state lives outside this process: every read is a network round
+    trip, and other processes change it (so a copy kept here needs invalidating)."""
 
     # -- values -------------------------------------------------------------------
     @abc.abstractmethod
@@ -166,9 +210,12 @@ class EphemeralStore(abc.ABC):
         workers that are disconnected at that moment)."""
 
     @abc.abstractmethod
-    async def subscribe(self, channel: str, handler: Handler) -> Subscription:
-        """Call `handler` for each message published on `channel` from now on. Returns
-        once the subscription is active, so a publish that follows is received."""
+    async def subscribe(
+        self, channel: str, handler: Handler | None, *, immediate: Callable[[bytes], None] | None = None
+    ) -> Subscription:
+        """Call `handler` (and `immediate`, see Subscription) for each message published on
+        `channel` from now on. Returns once the subscription is active, so a publish that
+        follows is received."""
 
     # -- lifecycle ----------------------------------------------------------------
     @abc.abstractmethod

@@ -183,8 +183,11 @@ class MemoryStore(EphemeralStore):
         for subscription in tuple(self._subscriptions.get(channel, ())):
             subscription.deliver(bytes(message))
 
-    async def subscribe(self, channel: str, handler: Handler) -> Subscription:
-        subscription = Subscription(channel, handler, self._unsubscribe)
+    async def subscribe(
+        self, channel: str, handler: Handler | None, *, immediate: Callable[[bytes], None] | None = None
+    ) -> Subscription:
+        subscription = Subscription(channel, handler, self._unsubscribe, immediate=immediate)
+        subscription.mark_live()  # one process: nothing to lose
         self._subscriptions.setdefault(channel, set()).add(subscription)
         return subscription
 

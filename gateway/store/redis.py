@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -64,6 +65,8 @@ def _ms(ttl: float) -> int:
 
 class RedisStore(EphemeralStore):
     """EphemeralStore on a `redis.asyncio.Redis` client (created with bytes responses)."""
+
+    shared = True
 
     def __init__(
         self,
@@ -171,8 +174,10 @@ class RedisStore(EphemeralStore):
     async def publish(self, channel: str, message: bytes) -> None:
         await self._client.publish(self._k(channel), message)
 
-    async def subscribe(self, channel: str, handler: Handler) -> Subscription:
-        return await self._hub.subscribe(channel, handler)
+    async def subscribe(
+        self, channel: str, handler: Handler | None, *, immediate: Callable[[bytes], None] | None = None
+    ) -> Subscription:
+        return await self._hub.subscribe(channel, handler, immediate)
 
     # -- lifecycle ----------------------------------------------------------------
     async def ping(self) -> bool:
@@ -193,6 +198,9 @@ class _PubSubHub:
     Only the reader task creates and replaces the PubSub object. `subscribe` registers a
     handler, sends SUBSCRIBE when a connection is up (otherwise the reader sends it on
     connecting) and waits until Redis confirms, so a publish that follows is delivered.
+    Subscriptions are marked live when Redis confirms them and interrupted the moment the
+    connection is found broken (see Subscription.live): messages published until the
+    reader has reconnected and subscribed again are lost.
     """
 
     def __init__(self, client: Redis, prefix: str, subscribe_timeout: float) -> None:
@@ -207,14 +215,17 @@ class _PubSubHub:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
-    async def subscribe(self, channel: str, handler: Handler) -> Subscription:
+    async def subscribe(
+        self, channel: str, handler: Handler | None, immediate: Callable[[bytes], None] | None
+    ) -> Subscription:
         if self._closed:
             raise RuntimeError("store is closed")
         full = self._prefix + channel
-        subscription = Subscription(channel, handler, self._unsubscribe)
+        subscription = Subscription(channel, handler, self._unsubscribe, immediate=immediate)
         first = full not in self._subs
         self._subs.setdefault(full, set()).add(subscription)
         if full in self._confirmed:
+            subscription.mark_live()
             return subscription
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(full, []).append(waiter)
@@ -271,6 +282,9 @@ class _PubSubHub:
     async def _disconnect(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
         self._confirmed.clear()
+        for subscribers in self._subs.values():
+            for subscription in subscribers:
+                subscription.mark_interrupted()
         if pubsub is not None:
             try:
                 await pubsub.aclose()
@@ -315,6 +329,8 @@ class _PubSubHub:
         if kind == "subscribe":
             if full in self._subs:
                 self._confirmed.add(full)
+                for subscription in self._subs[full]:
+                    subscription.mark_live()
             for waiter in self._waiters.pop(full, ()):
                 if not waiter.done():
                     waiter.set_result(None)
