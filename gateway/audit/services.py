@@ -23,7 +23,10 @@ from gateway.audit.outbound import OutboundAuditSink
 from gateway.audit.retention import RetentionTask
 from gateway.audit.spool import Spool, spool_dir
 from gateway.audit.store import AuditStore
+from gateway.audit.prepare import rules_from_policy
 from gateway.audit.writer import AuditWriter, settings_from_policy
+from gateway.audit.writer_link import Start
+from gateway.audit.writer_process import ProcessWriter
 from gateway.config import Config
 from gateway.db import Database
 from gateway.notify.alerter import Alerter
@@ -87,7 +90,7 @@ class AuditServices:
     geo: GeoLocator
     alerter: Alerter
     store: AuditStore
-    writer: AuditWriter
+    writer: AuditWriter | ProcessWriter
     addon: AuditAddon
     login_history: LoginHistory
     outbound: OutboundAuditSink
@@ -109,17 +112,31 @@ async def build_audit(
     alerter: Alerter | None = None,
     data_dir: Path | None = None,
     ephemeral: EphemeralStore | None = None,
+    writer_process: bool | None = None,
 ) -> AuditServices:
-    """`ephemeral`: the ephemeral store, where the login history reads the RDAP owners found."""
+    """`ephemeral`: the ephemeral store, where the login history reads the RDAP owners found.
+
+    `writer_process`: write the trail from a child process (`ProcessWriter`), so its CPU
+    never competes with the event loop for the GIL. By default it does whenever it can:
+    not for an in-memory SQLite database (one process's memory) nor with a `geo` object
+    handed in (the child opens its own from the configuration)."""
     data_dir = data_dir or config.data_dir
     keys = load_or_create_keys(key_path(data_dir))
+    own_geo = geo is None
     geo = geo or GeoLocator(config.geoip)
     alerter = alerter or build_alerter(config, policy, geo)
     instance = instance_id_of(config)
     store = AuditStore(database, keys)
-    writer = AuditWriter(
-        store, Spool(spool_dir(data_dir), instance), instance, EntryPreparer(policy, geo), settings_from_policy(policy)
-    )
+    if writer_process is None:
+        writer_process = own_geo and not _in_memory(database)
+    writer: AuditWriter | ProcessWriter
+    if writer_process:
+        start = Start(database.engine.url.render_as_string(hide_password=False), database.schema_version, keys,
+                      spool_dir(data_dir), instance, config.geoip, config.log.format, config.log.level)
+        writer = ProcessWriter(start, settings_from_policy(policy), rules_from_policy(policy))
+    else:
+        writer = AuditWriter(store, Spool(spool_dir(data_dir), instance), instance, EntryPreparer(policy, geo),
+                             settings_from_policy(policy))
     exporter = HeadExporter(
         database, instance, heads_path(data_dir), lambda: policy().audit.head_export_interval, alerter.publish
     )
@@ -127,3 +144,8 @@ async def build_audit(
     addon = AuditAddon(writer, policy, exporter, [retention])
     history = LoginHistory(database, geo, policy, alerter, store=ephemeral)
     return AuditServices(keys, geo, alerter, store, writer, addon, history, OutboundAuditSink(writer))
+
+
+def _in_memory(database: Database) -> bool:
+    url = database.engine.url
+    return database.dialect == "sqlite" and url.database in (None, "", ":memory:")

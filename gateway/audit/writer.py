@@ -21,6 +21,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
@@ -47,10 +48,25 @@ class WriterSettings:
     queue_size: int = 20000
 
 
+class WriterEvents(Protocol):
+    """What the writer reports as it goes (the writer process acknowledges through this):
+    batches leave the queue head first, so counts are enough to name the records."""
+
+    def stored(self, count: int) -> None:
+        """The `count` oldest queued entries are stored (database or spool)."""
+
+    def unavailable(self, count: int) -> None:
+        """The `count` oldest queued entries could be stored nowhere (kept queued)."""
+
+    def changed(self) -> None:
+        """store_failing, stuck, the spool or the head may have changed."""
+
+
 @dataclass(slots=True)
 class _Queued:
     entry: AuditEntry
     done: asyncio.Future[None] | None = None
+    dedupe: bool = False  # may already be stored (re-sent after a writer process died)
 
 
 class AuditWriter:
@@ -61,12 +77,14 @@ class AuditWriter:
         instance_id: str,
         prepare: Callable[[AuditEntry], AuditEntry],
         settings: Callable[[], WriterSettings] = WriterSettings,
+        events: WriterEvents | None = None,
     ) -> None:
         self.store = store
         self.spool = spool
         self.instance_id = instance_id
         self._prepare = prepare
         self._settings = settings
+        self._events = events
         self._queue: list[_Queued] = []
         self._oldest = 0.0  # monotonic time the oldest queued entry arrived
         self._wake = asyncio.Event()
@@ -120,6 +138,12 @@ class AuditWriter:
         self._push(_Queued(entry, future))
         await future
 
+    def submit(self, entry: AuditEntry, done: asyncio.Future[None] | None = None, *, dedupe: bool = False) -> None:
+        """Queue beyond the limit, as the writer process does with what its gateway sent
+        (the gateway applies the limit): `done` resolves once stored, `dedupe` when the
+        entry may already be stored."""
+        self._push(_Queued(entry, done, dedupe))
+
     def _push(self, item: _Queued) -> None:
         if self._closing and (self._task is None or self._task.done()):
             # A late record (the relay finishing a message during shutdown): write it too.
@@ -166,6 +190,8 @@ class AuditWriter:
             progress = False
             if self.spool.pending and time.monotonic() >= self._retry_at:
                 progress = await self._replay()
+                if self._events is not None:
+                    self._events.changed()
             if self._closing and not self._queue:
                 if self.spool.pending and (progress or not tried_at_close):
                     # One more replay whatever the back-off says; go on while it works.
@@ -207,7 +233,7 @@ class AuditWriter:
                 log.exception("audit entry preparation failed; stored unenriched", request_id=item.entry.request_id)
                 item.entry.query, item.entry.prepared = None, True
                 entries.append(item.entry)
-        stored = await self._store(entries)
+        stored = await self._store(entries, dedupe=any(item.dedupe for item in batch))
         if not stored:
             self._queue[:0] = batch  # keep them, in order, for the next attempt
             self._oldest = time.monotonic()
@@ -216,17 +242,23 @@ class AuditWriter:
                 if item.done is not None and not item.done.done():
                     item.done.set_exception(failure)
                     item.done = None
+            if self._events is not None:
+                self._events.unavailable(len(batch))
+                self._events.changed()
             await asyncio.sleep(self._retry_delay)
             return
         for item in batch:
             if item.done is not None and not item.done.done():
                 item.done.set_result(None)
+        if self._events is not None:
+            self._events.stored(len(batch))
+            self._events.changed()
 
-    async def _store(self, entries: list[AuditEntry]) -> bool:
+    async def _store(self, entries: list[AuditEntry], *, dedupe: bool = False) -> bool:
         if not self.spool.pending:
             try:
                 async with asyncio.timeout(STORE_TIMEOUT):
-                    head = await self.store.append(entries, self.instance_id)
+                    head = await self.store.append(entries, self.instance_id, dedupe=dedupe)
             except Exception as exc:
                 self._database_failed(exc)
             else:

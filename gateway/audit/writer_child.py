@@ -1,0 +1,160 @@
+"""The audit writer process: `python -m gateway.audit.writer_child FD`.
+
+Started by its gateway process (`ProcessWriter`), one per gateway process, so the work
+that costs the audit trail its CPU (scrubbing, geo look-ups, sealing personal fields,
+the hash chain, the database driver, the spool's fsync) never takes the GIL from the
+gateway's event loop. It runs the ordinary `AuditWriter` (same batching, spool, replay
+and group commit) fed by the records arriving on the socket `FD`, and acknowledges each
+one once it is stored in the database or the fsync'd spool.
+
+It imports no web stack. It ignores SIGINT and SIGTERM: a Ctrl-C or a service stop
+reaches the whole process group, and the writer must outlive its gateway's drain. It
+stops when the gateway says so (after writing everything) or when the link closes (the
+gateway died: it writes what it received, then exits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+from collections import deque
+
+import structlog
+
+from gateway.audit.entry import AuditEntry
+from gateway.audit.prepare import RulesPreparer
+from gateway.audit.spool import Spool
+from gateway.audit.store import AuditStore
+from gateway.audit.writer import AuditWriter
+from gateway.audit.writer_link import CLOSE, READY, Ack, Nack, Records, Rules, Start, Status, frame, read_message
+from gateway.db import Database
+from gateway.db.engine import create_engine
+from gateway.logs import configure_logging
+from gateway.risk.geoip import GeoLocator
+
+log = structlog.get_logger("gateway.audit.writer_process")
+
+
+class Acknowledger:
+    """The writer's events turned into messages: it stores its queue head first, so the
+    `count` oldest records received are the ones a batch stored."""
+
+    def __init__(self, link: asyncio.StreamWriter) -> None:
+        self.link = link
+        self.writer: AuditWriter | None = None
+        self.held: deque[list[int | bool]] = deque()  # [seq, strict] in the writer's queue order
+        self._status: Status | None = None
+
+    def received(self, seq: int, strict: bool) -> None:
+        self.held.append([seq, strict])
+
+    def stored(self, count: int) -> None:
+        last = 0
+        for _ in range(count):
+            last = int(self.held.popleft()[0])
+        self._send(Ack(last))
+
+    def unavailable(self, count: int) -> None:
+        failed = []
+        for index in range(min(count, len(self.held))):
+            item = self.held[index]
+            if item[1]:
+                failed.append(int(item[0]))
+                item[1] = False  # its producer was told: as the in-process writer does
+        if failed:
+            self._send(Nack(tuple(failed)))
+
+    def changed(self) -> None:
+        writer = self.writer
+        if writer is None:
+            return
+        status = Status(writer.store_failing, writer.stuck, writer.spool.pending, writer.written, writer.spooled,
+                        writer.head)
+        if status != self._status:
+            self._status = status
+            self._send(status)
+
+    def _send(self, message: object) -> None:
+        if not self.link.is_closing():
+            self.link.write(frame(message))
+
+
+def build_writer(start: Start, current: list[Rules], events: Acknowledger) -> AuditWriter:
+    """The ordinary writer on this process's own engine (the gateway already brought the
+    schema up to date: nothing to migrate, and no connection needed to start, so a
+    database that is away sends records to the spool as in the gateway). `current[0]`:
+    the rules in force, replaced when the gateway sends new ones."""
+    database = Database(create_engine(start.database_url), start.schema_version, ())
+    return AuditWriter(
+        AuditStore(database, start.keys),
+        Spool(start.spool_dir, start.instance_id),
+        start.instance_id,
+        RulesPreparer(lambda: current[0].rules, GeoLocator(start.geoip)),
+        lambda: current[0].settings,
+        events,
+    )
+
+
+async def serve(fd: int) -> int:
+    sock = socket.socket(fileno=fd)
+    reader, link = await asyncio.open_unix_connection(sock=sock)
+    start = await read_message(reader)
+    rules = await read_message(reader)
+    if not isinstance(start, Start) or not isinstance(rules, Rules):
+        return 2  # not our gateway at the other end
+    configure_logging(start.log_format, start.log_level)
+    events = Acknowledger(link)
+    current = [rules]
+    writer = events.writer = build_writer(start, current, events)
+    await writer.start()
+    link.write(frame(READY))
+    events.changed()
+    loop = asyncio.get_running_loop()
+    try:
+        while (message := await read_message(reader)) is not None:
+            if isinstance(message, Records):
+                for offset, (strict, row) in enumerate(message.rows):
+                    events.received(message.first_seq + offset, strict)
+                    done = loop.create_future() if strict else None
+                    if done is not None:
+                        done.add_done_callback(_retrieve)
+                    writer.submit(AuditEntry(*row), done, dedupe=message.resent)
+            elif isinstance(message, Rules):
+                current[0] = message
+            elif message == CLOSE:
+                break
+    finally:
+        await writer.close()  # drains: every record received is stored (or spooled)
+        events.changed()
+        await writer.store.database.close()
+        if not link.is_closing():
+            link.close()
+            try:
+                await link.wait_closed()
+            except ConnectionError:
+                pass
+    return 0
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """The gateway learns of failures through Nack; keep asyncio quiet about them."""
+    if not future.cancelled():
+        future.exception()
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    sys.exit(runner(serve(int(sys.argv[1]))))
+
+
+if __name__ == "__main__":
+    main()

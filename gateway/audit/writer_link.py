@@ -1,0 +1,99 @@
+"""The wire between a gateway process and its audit writer process.
+
+A Unix socket pair carrying length-prefixed pickle frames (4-byte big-endian length,
+then one pickled tuple). Both ends are this code base, started by the gateway itself,
+so pickle is safe here and the cheapest encoding measured: about 1 µs per record for a
+batch of rows, against 30-50 µs to prepare, seal, chain and insert that record.
+
+Messages, gateway to writer: `Start` (once), `Rules` (whenever the policy changes,
+before the records it applies to), `Records` (a run of consecutive sequence numbers),
+`CLOSE`. Writer to gateway: `READY`, `Ack` (every record up to `seq` is stored,
+cumulative), `Nack` (these strict records could be stored nowhere for now: they stay
+queued), `Status` (the writer's state, sent when it changes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.audit.keys import AuditKeys
+from gateway.audit.prepare import PrepareRules
+from gateway.audit.store import ChainHead
+from gateway.audit.writer import WriterSettings
+from gateway.config import GeoipSettings
+
+_LENGTH = struct.Struct(">I")
+MAX_FRAME = 256 * 1024 * 1024  # a frame above this is a broken link, not a batch
+
+Row = tuple[Any, ...]
+"""An AuditEntry's field values in slot order (`entry_row` / `AuditEntry(*row)`)."""
+
+READY = ("ready",)
+CLOSE = ("close",)
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    database_url: str
+    schema_version: int
+    keys: AuditKeys
+    spool_dir: Path
+    instance_id: str
+    geoip: GeoipSettings
+    log_format: str
+    log_level: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    settings: WriterSettings
+    rules: PrepareRules
+
+
+@dataclass(frozen=True, slots=True)
+class Records:
+    first_seq: int
+    resent: bool  # sent before to a writer process that died: may already be stored
+    rows: list[tuple[bool, Row]]  # (strict, row) for seq first_seq, first_seq + 1, ...
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    seqs: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    store_failing: bool
+    stuck: bool
+    spool_pending: bool
+    written: int
+    spooled: int
+    head: ChainHead | None
+
+
+def frame(message: object) -> bytes:
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LENGTH.pack(len(body)) + body
+
+
+async def read_message(reader: asyncio.StreamReader) -> object | None:
+    """The next message, or None when the other end closed the link."""
+    try:
+        head = await reader.readexactly(_LENGTH.size)
+        (length,) = _LENGTH.unpack(head)
+        if length > MAX_FRAME:
+            raise ConnectionError(f"audit writer link: frame of {length} bytes")
+        return pickle.loads(await reader.readexactly(length))
+    except (asyncio.IncompleteReadError, ConnectionResetError):
+        return None
