@@ -110,7 +110,7 @@ def test_profile_summary_groups_by_package():
         "Gateway.handle (gateway/proxy/server.py:120);StreamWriter._write (aiohttp/http_writer.py:103) 6\n"
         "Runner.run (asyncio/runners.py:118) 1\n"
     )
-    summary = load_bench().summarise_profile(raw)
+    summary = load("bench_profile").summarise_profile(raw)
     assert summary["samples"] == 10
     assert dict(summary["packages"]) == {"aiohttp": 0.6, "gateway": 0.3, "asyncio (stdlib)": 0.1}
     assert summary["own"][0] == ("StreamWriter._write (aiohttp/http_writer.py)", 0.6)
