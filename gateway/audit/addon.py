@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 
 from gateway.audit.capture import entry_from_exchange
-from gateway.audit.writer import AuditUnavailable, AuditWriter
+from gateway.audit.writer import AuditUnavailable, RecordQueue
 from gateway.policy.schema import Policy
 from gateway.proxy.errors import error_response
 from gateway.proxy.exchange import Addon, Exchange, UpstreamAnswer
@@ -44,7 +44,7 @@ class AuditAddon(Addon):
 
     def __init__(
         self,
-        writer: AuditWriter,
+        writer: RecordQueue,
         policy: Callable[[], Policy],
         exporter: Companion | None = None,
         background: Sequence[Companion] = (),

@@ -10,12 +10,12 @@ import secrets
 import time
 
 from gateway.audit.entry import AuditEntry
-from gateway.audit.writer import AuditWriter
+from gateway.audit.writer import RecordQueue
 from gateway.redact.outbound_audit import OutboundRecord
 
 
 class OutboundAuditSink:
-    def __init__(self, writer: AuditWriter) -> None:
+    def __init__(self, writer: RecordQueue) -> None:
         self.writer = writer
 
     async def __call__(self, record: OutboundRecord) -> None:

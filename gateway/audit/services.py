@@ -24,7 +24,7 @@ from gateway.audit.retention import RetentionTask
 from gateway.audit.spool import Spool, spool_dir
 from gateway.audit.store import AuditStore
 from gateway.audit.prepare import rules_from_policy
-from gateway.audit.writer import AuditWriter, settings_from_policy
+from gateway.audit.writer import AuditWriter, RecordQueue, settings_from_policy
 from gateway.audit.writer_link import Start
 from gateway.audit.writer_process import ProcessWriter
 from gateway.config import Config
@@ -90,7 +90,7 @@ class AuditServices:
     geo: GeoLocator
     alerter: Alerter
     store: AuditStore
-    writer: AuditWriter | ProcessWriter
+    writer: RecordQueue
     addon: AuditAddon
     login_history: LoginHistory
     outbound: OutboundAuditSink
@@ -129,7 +129,7 @@ async def build_audit(
     store = AuditStore(database, keys)
     if writer_process is None:
         writer_process = own_geo and not _in_memory(database)
-    writer: AuditWriter | ProcessWriter
+    writer: RecordQueue
     if writer_process:
         start = Start(database.engine.url.render_as_string(hide_password=False), database.schema_version, keys,
                       spool_dir(data_dir), instance, config.geoip, config.log.format, config.log.level)

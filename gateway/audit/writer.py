@@ -62,6 +62,32 @@ class WriterEvents(Protocol):
         """store_failing, stuck, the spool or the head may have changed."""
 
 
+class RecordQueue(Protocol):
+    """What the proxy, the relay and the console use of a writer: this module's
+    `AuditWriter` (in the gateway process) or `ProcessWriter` (a writer process)."""
+
+    stuck: bool
+    store_failing: bool
+
+    @property
+    def queued(self) -> int: ...
+
+    @property
+    def full(self) -> bool: ...
+
+    def offer(self, entry: AuditEntry) -> bool: ...
+
+    async def put(self, entry: AuditEntry) -> None: ...
+
+    def force(self, entry: AuditEntry) -> None: ...
+
+    async def put_durable(self, entry: AuditEntry) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 @dataclass(slots=True)
 class _Queued:
     entry: AuditEntry
