@@ -22,11 +22,12 @@ from gateway.audit.entry import AuditEntry
 from gateway.audit.keys import key_path, load_keys
 from gateway.audit.services import AuditServices, build_audit
 from gateway.audit.verify import verify_trail
+from gateway.audit.writer import AuditUnavailable
 from gateway.audit.writer_process import ProcessWriter
 from gateway.db import Database, audit_records, open_database
 from gateway.policy.reload import PolicyHolder
 from gateway.policy.schema import AuditPolicy, Policy
-from tests.test_audit_support import audit_config
+from tests.test_audit_support import TcpCut, audit_config
 
 pytestmark = pytest.mark.slow
 INSTANCE = "gw-test"
@@ -88,12 +89,12 @@ async def test_records_are_written_by_a_child_process_in_one_chain_order(tmp_pat
     policy = Policy(audit=AuditPolicy(batch_size=20, flush_interval=0.05))
     async with open_stack(tmp_path, f"sqlite:///{tmp_path}/gateway.db", policy) as stack:
         writer = stack.writer
-        assert writer.pid is not None and writer.pid != os.getpid()
         for n in range(150):
             if n % 3 == 0:
                 await writer.put_durable(entry(n))
             else:
                 assert writer.offer(entry(n))
+        assert writer.pid is not None and writer.pid != os.getpid()
         await writer.close()
         assert writer.queued == 0
         assert await stack.paths() == [f"/p/{n}" for n in range(150)]
@@ -201,3 +202,26 @@ async def test_unacknowledged_normal_records_are_resent_after_a_kill(tmp_path: P
         assert writer.queued == 0
         assert await stack.paths() == [f"/p/{n}" for n in range(80)]
         assert await stack.verified()
+
+
+async def test_a_refused_strict_record_is_stored_as_the_client_was_answered(tmp_path: Path,
+                                                                           postgres_database_url: str) -> None:
+    """Database and spool both failing: the strict producer is told (AuditUnavailable), answers
+    503 and says so in its entry; once the database is back the record stored says 503."""
+    target = make_url(postgres_database_url)
+    (tmp_path / "audit-spool").write_text("a file where the spool directory should be")
+    policy = Policy(audit=AuditPolicy(flush_interval=0.05))
+    async with TcpCut(target.host or "127.0.0.1", target.port or 5432) as cut:
+        async with open_stack(tmp_path, cut.url_for(postgres_database_url), policy) as stack:
+            writer = stack.writer
+            cut.cut()
+            refused = entry(0)
+            with pytest.raises(AuditUnavailable):
+                await writer.put_durable(refused)
+            refused.status, refused.decision, refused.reason = 503, "refused", "audit trail unavailable"
+            await until(lambda: _true(writer.stuck), "the writer reports it can store nothing")
+            cut.restore()
+            await until(lambda: _true(writer.queued == 0), "the record stored once the database is back")
+            async with stack.database.connect() as conn:
+                rows = (await conn.execute(select(audit_records.c.status, audit_records.c.decision))).all()
+            assert [tuple(r) for r in rows] == [(503, "refused")]

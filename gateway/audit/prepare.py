@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import unquote_plus
 
 from gateway.audit.entry import AuditEntry
@@ -23,9 +24,11 @@ from gateway.audit.path_secrets import (
     query_secret_names,
     secret_digest,
 )
-from gateway.policy.schema import Policy
 from gateway.readers.field_names import canonical_name
 from gateway.risk.geoip import GeoLocator
+
+if TYPE_CHECKING:  # the writer process never loads the policy schema
+    from gateway.policy.schema import Policy
 
 MAX_QUERY_CHARS = 2000
 MAX_IDENTIFIER_CHARS = 200

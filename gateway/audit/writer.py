@@ -21,14 +21,16 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
 from gateway.audit.entry import AuditEntry
 from gateway.audit.spool import Spool
 from gateway.audit.store import AuditStore, ChainHead
-from gateway.policy.schema import Policy
+
+if TYPE_CHECKING:  # the writer process never loads the policy schema
+    from gateway.policy.schema import Policy
 
 log = structlog.get_logger("gateway.audit.writer")
 

@@ -28,7 +28,7 @@ from gateway.audit.prepare import RulesPreparer
 from gateway.audit.spool import Spool
 from gateway.audit.store import AuditStore
 from gateway.audit.writer import AuditWriter
-from gateway.audit.writer_link import CLOSE, READY, Ack, Nack, Records, Rules, Start, Status, frame, read_message
+from gateway.audit.writer_link import CLOSE, READY, Ack, Amend, Nack, Records, Rules, Start, Status, frame, read_message
 from gateway.db import Database
 from gateway.db.engine import create_engine
 from gateway.logs import configure_logging
@@ -44,11 +44,21 @@ class Acknowledger:
     def __init__(self, link: asyncio.StreamWriter) -> None:
         self.link = link
         self.writer: AuditWriter | None = None
-        self.held: deque[list[int | bool]] = deque()  # [seq, strict] in the writer's queue order
+        self.held: deque[list] = deque()  # [seq, strict, entry] in the writer's queue order
         self._status: Status | None = None
 
-    def received(self, seq: int, strict: bool) -> None:
-        self.held.append([seq, strict])
+    def received(self, seq: int, strict: bool, entry: AuditEntry) -> None:
+        self.held.append([seq, strict, entry])
+
+    def amend(self, seq: int, changes: dict[str, object]) -> None:
+        """Change a record still queued (the same object the writer holds); one already
+        stored stays as it was stored."""
+        if self.held:
+            index = seq - int(self.held[0][0])
+            if 0 <= index < len(self.held):
+                entry = self.held[index][2]
+                for name, value in changes.items():
+                    setattr(entry, name, value)
 
     def stored(self, count: int) -> None:
         last = 0
@@ -116,11 +126,14 @@ async def serve(fd: int) -> int:
         while (message := await read_message(reader)) is not None:
             if isinstance(message, Records):
                 for offset, (strict, row) in enumerate(message.rows):
-                    events.received(message.first_seq + offset, strict)
+                    entry = AuditEntry(*row)
+                    events.received(message.first_seq + offset, strict, entry)
                     done = loop.create_future() if strict else None
                     if done is not None:
                         done.add_done_callback(_retrieve)
-                    writer.submit(AuditEntry(*row), done, dedupe=message.resent)
+                    writer.submit(entry, done, dedupe=message.resent)
+            elif isinstance(message, Amend):
+                events.amend(message.seq, message.changes)
             elif isinstance(message, Rules):
                 current[0] = message
             elif message == CLOSE:

@@ -7,7 +7,7 @@ batch of rows, against 30-50 µs to prepare, seal, chain and insert that record.
 
 Messages, gateway to writer: `Start` (once), `Rules` (whenever the policy changes,
 before the records it applies to), `Records` (a run of consecutive sequence numbers),
-`CLOSE`. Writer to gateway: `READY`, `Ack` (every record up to `seq` is stored,
+`Amend` (a refused strict record changed), `CLOSE`. Writer to gateway: `READY`, `Ack` (every record up to `seq` is stored,
 cumulative), `Nack` (these strict records could be stored nowhere for now: they stay
 queued), `Status` (the writer's state, sent when it changes).
 """
@@ -60,6 +60,16 @@ class Records:
     first_seq: int
     resent: bool  # sent before to a writer process that died: may already be stored
     rows: list[tuple[bool, Row]]  # (strict, row) for seq first_seq, first_seq + 1, ...
+
+
+@dataclass(frozen=True, slots=True)
+class Amend:
+    """A strict record refused for now was changed by its request (it now records the 503
+    the client got): the writer updates the queued entry, as the in-process writer's
+    shared entry object would be."""
+
+    seq: int
+    changes: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,7 +45,7 @@ from gateway.audit.prepare import PrepareRules
 from gateway.audit.spool import Spool
 from gateway.audit.store import ChainHead
 from gateway.audit.writer import RETRY_MAX, RETRY_MIN, AuditUnavailable, WriterSettings
-from gateway.audit.writer_link import CLOSE, READY, Ack, Nack, Records, Rules, Start, Status, frame, read_message
+from gateway.audit.writer_link import CLOSE, READY, Ack, Amend, Nack, Records, Rules, Start, Status, frame, read_message
 
 log = structlog.get_logger("gateway.audit.writer_process")
 
@@ -72,6 +72,7 @@ class _Held:
     seq: int
     row: tuple
     done: asyncio.Future[None] | None
+    entry: AuditEntry | None  # strict records: the producer may change it once refused
 
 
 class ProcessWriter:
@@ -101,7 +102,6 @@ class ProcessWriter:
         self._sent_rules: Rules | None = None
         self._closing = False
         self._supervisor: asyncio.Task[None] | None = None
-        self._ready: asyncio.Future[None] | None = None
         self.restarts = 0  # children started after one died
         self._children = 0  # children that got ready: what is held may be stored already
         self._counted = (0, 0)  # written, spooled by children that have exited
@@ -147,7 +147,7 @@ class ProcessWriter:
             await self._space.wait()
 
     def _push(self, entry: AuditEntry, done: asyncio.Future[None] | None) -> None:
-        held = _Held(self._next_seq, entry_row(entry), done)
+        held = _Held(self._next_seq, entry_row(entry), done, None if done is None else entry)
         self._next_seq += 1
         self._held.append(held)
         if self._supervisor is None or self._supervisor.done():
@@ -188,10 +188,11 @@ class ProcessWriter:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        """Start the child and wait until it is ready (it claims crash leftovers first)."""
-        self._ready = asyncio.get_running_loop().create_future()
-        self._supervisor = asyncio.get_running_loop().create_task(self._supervise(), name="audit-writer")
-        await asyncio.shield(self._ready)
+        """Start the child without waiting for it (its imports take about a second):
+        records are held meanwhile and sent once it is ready, after the spool leftovers of
+        crashed processes it claims first."""
+        if self._supervisor is None or self._supervisor.done():
+            self._supervisor = asyncio.get_running_loop().create_task(self._supervise(), name="audit-writer")
 
     async def close(self) -> None:
         """Drain: every record held is stored (the child writes, replays its spool if it
@@ -258,8 +259,6 @@ class ProcessWriter:
             if self._held:
                 self._write_records(link, self._held, resent=self._children > 0)
             self._children += 1
-            if self._ready is not None and not self._ready.done():
-                self._ready.set_result(None)
             if self._closing:
                 link.write(frame(CLOSE))
             else:
@@ -283,9 +282,7 @@ class ProcessWriter:
         if not self._down:
             log.error(reason + "; records held in memory")
         self._down = True
-        self._update_stuck()
-        if self._ready is not None and not self._ready.done():
-            self._ready.set_result(None)  # start() returns; the addon refuses while stuck
+        self._update_stuck()  # the addon refuses requests while no writer can be started
 
     async def _serve(self, reader: asyncio.StreamReader) -> None:
         while (message := await read_message(reader)) is not None:
@@ -310,13 +307,30 @@ class ProcessWriter:
             return
         first = self._held[0].seq
         failure = AuditUnavailable("audit trail unavailable: database and spool both failed")
+        refused = []
         for seq in seqs:
             index = seq - first
             if 0 <= index < len(self._held):
                 held = self._held[index]
                 if held.done is not None and not held.done.done():
                     held.done.set_exception(failure)
+                    refused.append(held)
                 held.done = None  # kept held: it is still written once either store is back
+        if refused:  # after the producers' handlers ran (they were woken first)
+            asyncio.get_running_loop().call_soon(self._amend, refused)
+
+    def _amend(self, refused: list[_Held]) -> None:
+        """Send what the producers changed in their refused records (the answer they gave
+        instead, a 503), so the record stored later says what the client got."""
+        for held in refused:
+            if held.entry is None:
+                continue
+            row = entry_row(held.entry)
+            changes = {name: new for name, old, new in zip(AuditEntry.__slots__, held.row, row, strict=True)
+                       if new != old}
+            held.row, held.entry = row, None
+            if changes and self._link is not None:
+                self._link.write(frame(Amend(held.seq, changes)))
 
     def _status(self, status: Status) -> None:
         self.store_failing = status.store_failing
