@@ -131,6 +131,17 @@ def group_ticks(pgids: dict[str, int]) -> dict[str, int]:
     return out
 
 
+def group_pids(pgid: int) -> list[int]:
+    """Every live process of a process group (a gateway's workers and helper processes)."""
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                if int(Path(entry.path, "stat").read_text().rpartition(")")[2].split()[2]) == pgid:
+                    pids.append(int(entry.name))
+    return pids
+
+
 def children_seconds() -> float:
     import resource
 

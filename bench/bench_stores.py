@@ -40,6 +40,7 @@ class BenchStores:
         self.loop = asyncio.new_event_loop()
         self.conn = None  # an asyncpg connection to the run's database, once created
         self.audit_key = ""
+        self.made: list = []  # the cleanup steps of what create() made
 
     # -- what the gateway config says ------------------------------------------------
 
@@ -72,10 +73,12 @@ class BenchStores:
         self.audit_key = secrets.token_bytes(32).hex() + "\n"
         try:
             self.loop.run_until_complete(self._create())
+            self.made.append(self._drop)
         except (OSError, asyncio.TimeoutError) as exc:
             raise StoreError(f"PostgreSQL at {SERVER_URL} is not reachable ({exc}); set GW_BENCH_POSTGRES_URL") from None
         try:
             self.loop.run_until_complete(self._redis_ping())
+            self.made.append(self._forget_keys)
         except Exception as exc:  # redis-py raises its own ConnectionError family
             raise StoreError(f"Redis at {REDIS_URL} is not reachable ({exc}); set GW_BENCH_REDIS_URL") from None
 
@@ -99,8 +102,9 @@ class BenchStores:
             await client.aclose()
 
     def remove(self) -> None:
-        """Drop the database and delete the prefix's keys; errors are reported, not raised."""
-        for step in (self._drop, self._forget_keys):
+        """Drop the database and delete the prefix's keys (what create made); errors are
+        reported, not raised."""
+        for step in self.made:
             try:
                 self.loop.run_until_complete(step())
             except Exception as exc:  # cleanup must not hide the run's own outcome

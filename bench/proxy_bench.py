@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Proxy benchmark: the gateway against the bare upstream and against nginx, in one run.
 
-    .venv/bin/python bench/proxy_bench.py [--duration 10] [--write]     # make bench
+    .venv/bin/python bench/proxy_bench.py [--duration 8] [--write]      # make bench
     .venv/bin/python bench/proxy_bench.py --soak MINUTES | --stream     # make bench-soak, bench-stream
 
 Starts a minimal upstream (bench_upstream.py: the pages, and a login form the default
@@ -49,7 +49,8 @@ from bench_layout import (  # noqa: E402
 from bench_session import SignInError, invite_code, refuses_anonymous, sign_in, start_invite  # noqa: E402
 from bench_stores import REDIS_URL, BenchStores, StoreError  # noqa: E402
 from bench_processes import (  # noqa: E402
-    TICK, CpuSnapshot, CpuUse, Processes, can_pin, free_port, group_ticks, http_get, pin, process_times, wait_ready,
+    TICK, CpuSnapshot, CpuUse, Processes, can_pin, free_port, group_pids, group_ticks, http_get, pin, process_times,
+    wait_ready,
 )
 from bench_profile import machine_info, py_spy_path, summarise_profile  # noqa: E402
 from bench_results import RESULTS, write_readme_summary, write_results  # noqa: E402
@@ -498,13 +499,14 @@ class Bench:
             }
 
     def spread(self, spread: bool) -> None:
-        """The workers comparison's placement (spread=True): the upstream and the one-worker
-        gateway free on every core, as the two-worker gateway and the generator are; else
-        back on SERVER_CORE."""
+        """The workers comparison's placement (spread=True): the upstream and every process
+        of the one-worker gateway free on every core, as the two-worker gateway and the
+        generator are; else back on SERVER_CORE."""
         cores = ",".join(str(c) for c in range(os.cpu_count() or 1)) if spread else str(SERVER_CORE)
         if can_pin():
             for name in ("upstream", "gateway"):
-                subprocess.run(["taskset", "-a", "-p", "-c", cores, str(self.pgids[name])], capture_output=True)
+                for pid in group_pids(self.pgids[name]):
+                    subprocess.run(["taskset", "-a", "-p", "-c", cores, str(pid)], capture_output=True)
 
     def settle(self, name: str) -> float:
         """Wait until `name` stops working after a load (background work such as audit
@@ -605,7 +607,7 @@ class Bench:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement (default 10)")
+    parser.add_argument("--duration", type=int, default=8, help="seconds per measurement (default 8: about 4 minutes in all)")
     parser.add_argument("--write", action="store_true", help="replace the proxy section of bench/RESULTS.md")
     parser.add_argument("--smoke", action="store_true",
                         help="1 s per measurement, no warm-up, no profile, no writing; exit 0 when every target answered 200")

@@ -6,6 +6,7 @@ It reads the rows bench/proxy_bench.py measured; it measures nothing itself.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 
 from bench_goals import CPU_US_2K, RPS_VS_NGINX, Goals
@@ -153,11 +154,13 @@ class Report:
             "",
             f"Workers: `gateway-w1` is the one-worker gateway above and `gateway-w2` the same configuration "
             f"with `listen.workers: 2` (SO_REUSEPORT, both workers on the run's Redis and database), measured "
-            f"one after the other in one placement: for these two cells nothing is pinned, so the gateway's "
-            f"workers, the upstream and wrk (one thread, a process of its own) share all {cores} cores. On "
-            f"{cores} cores the upstream and the load generator take a large part of the cores the second worker "
-            f"would need, so the ratio is a floor of what a second worker gives on a host of its own. "
-            f"Ratio w2/w1: {fmt_ratio(ratio(two, one))}.",
+            f"one after the other in one placement. For these two cells nothing is pinned: the upstream and "
+            f"every process of the one-worker gateway are moved from core {SERVER_CORE} to all {cores} cores "
+            f"(`taskset -a -p`, moved back afterwards), the two-worker gateway was started unpinned, and wrk "
+            f"(one thread, a process of its own) runs unpinned too, so workers, upstream and load generator "
+            f"share the {cores} cores. On {cores} cores the upstream and wrk take a large part of the core a "
+            f"second worker would need, so the ratio is a floor of what a second worker gives on a host of its "
+            f"own. Ratio w2/w1: {fmt_ratio(ratio(two, one))}.",
         ]
 
     def fixed_table(self) -> list[str]:
@@ -308,10 +311,16 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def summary(self) -> list[str]:
-        """README's benchmark summary: the goals' lines of this run, one bullet each."""
+        """README's benchmark summary: the goals' lines of this run, wrapped as README is."""
         m = self.machine
+        cells = [*self.throughput, *self.fixed]
+        disturbed = sum(1 for r in cells if r.other_pct >= DISTURBED_PCT)
         head = (f"Last `make bench` ({self.date}, {m['nproc']} cores, commit {m['commit']}; the gateway on its "
-                "default lean engine, every addon on, a signed-in user's requests, sessions in Redis, audit in "
-                "PostgreSQL):")
-        return [head, "", *(f"- {name}: **{verdict}**" + (f" ({figure})" if figure else "")
-                            for name, verdict, figure in self.goals())]
+                "default lean engine, every addon on, a signed-in user's audited requests, sessions in Redis, "
+                "audit in PostgreSQL" + (f"; other jobs took >= {DISTURBED_PCT:.0f}% of a core during {disturbed} "
+                                         f"of its {len(cells)} cells" if disturbed else "") + "):")
+        bullets = [f"{name}: **{verdict}**" + (f" ({figure})" if figure else "") for name, verdict, figure in self.goals()]
+        bullets.append("memory: `make bench-soak` and `make bench-stream`, figures in bench/RESULTS.md")
+        return [*textwrap.wrap(head, 90), "",
+                *(line for bullet in bullets for line in textwrap.wrap(bullet, 90, initial_indent="- ",
+                                                                        subsequent_indent="  "))]
