@@ -285,3 +285,32 @@ async def test_a_gateway_whose_pubsub_connection_drops_refuses_a_session_ended_m
             await _refused_everywhere([second, first], cookie)
         finally:
             await browser.close()
+
+
+async def test_the_feed_is_not_trusted_while_anything_waits_unread_on_its_socket():
+    """SocketWatch: a message or the connection's end that reached the host but was not
+    read yet makes the feed not quiet, before any task of the event loop has run."""
+    from gateway.store.socket_watch import SocketWatch
+
+    accepted: asyncio.Future = asyncio.get_running_loop().create_future()
+    server = await asyncio.start_server(lambda r, w: accepted.set_result((r, w)), "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+    _, peer = await accepted
+    watch = SocketWatch()
+    try:
+        assert watch.quiet(reader, writer)
+        peer.write(b"*3\r\n")
+        await peer.drain()
+
+        async def not_quiet() -> bool:
+            return not watch.quiet(reader, writer)
+
+        await eventually(not_quiet)
+        await reader.readexactly(4)
+        assert watch.quiet(reader, writer)
+        peer.transport.abort()
+        await eventually(not_quiet)
+    finally:
+        writer.close()
+        server.close()
+        await server.wait_closed()

@@ -14,7 +14,10 @@ read, for at most `LIFETIME` seconds, and only while it is told of every change:
 - an entry is used only while both subscriptions are live and have had no interruption
   since it was read: when the pub/sub connection drops the cache is flushed and bypassed
   until Redis has confirmed the subscriptions again (messages published meanwhile are
-  lost, so nothing read before can be trusted);
+  lost, so nothing read before can be trusted). "Live" is asked of the socket itself
+  (store/socket_watch.py): while an announcement or the connection's end has reached
+  this host but is not read yet, the store is read instead, so what was announced before
+  a request arrived is never overtaken by it;
 - a read that started before an invalidation is not kept (the generation counter);
 - `LIFETIME` bounds the rest: a drop nobody noticed yet (a silent network loss) leaves
   an entry usable for at most that long.
@@ -71,7 +74,9 @@ class SessionCache:
         if entry is None:
             return None
         gaps = self._gaps()
-        if gaps is None or entry[2] != gaps:
+        if gaps is None:
+            return None  # the feed is down, or a message is on its way: read the store
+        if entry[2] != gaps:
             self._entries.clear()  # the feed dropped since: nothing read before is trusted
             return None
         if self.clock() >= entry[1]:

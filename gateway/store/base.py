@@ -58,7 +58,9 @@ class Subscription:
     `live` says whether delivery is assured right now (the backend is subscribed on a
     working connection); `gaps` counts the interruptions so far, in which messages may
     have been lost. A listener that keeps state derived from the messages (a cache) uses
-    it only while `live`, and only from a time with the same `gaps`.
+    it only while `live`, and only from a time with the same `gaps`. A backend may also
+    pass `probe`, asked on every `live`: False while a message or the connection's end
+    has arrived but not been read yet, known before the backend's reader task runs.
     """
 
     def __init__(
@@ -68,8 +70,10 @@ class Subscription:
         on_close: Callable[[Subscription], Awaitable[None]],
         *,
         immediate: Callable[[bytes], None] | None = None,
+        probe: Callable[[], bool] | None = None,
     ) -> None:
         self.channel = channel
+        self._probe = probe
         self._handler = handler
         self._immediate = immediate
         self._on_close = on_close
@@ -88,7 +92,7 @@ class Subscription:
 
     @property
     def live(self) -> bool:
-        return self._live and not self._closed
+        return self._live and not self._closed and (self._probe is None or self._probe())
 
     @property
     def gaps(self) -> int:

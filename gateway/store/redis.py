@@ -28,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from .base import EphemeralStore, Handler, Subscription, check_safe_int, check_ttl
+from .socket_watch import SocketWatch
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,7 @@ class _PubSubHub:
         self._confirmed: set[str] = set()  # channels confirmed on the current connection
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._pubsub: PubSub | None = None
+        self._watch = SocketWatch()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -221,7 +223,9 @@ class _PubSubHub:
         if self._closed:
             raise RuntimeError("store is closed")
         full = self._prefix + channel
-        subscription = Subscription(channel, handler, self._unsubscribe, immediate=immediate)
+        subscription = Subscription(
+            channel, handler, self._unsubscribe, immediate=immediate, probe=self._connection_open
+        )
         first = full not in self._subs
         self._subs.setdefault(full, set()).add(subscription)
         if full in self._confirmed:
@@ -247,6 +251,15 @@ class _PubSubHub:
             if waiter in self._waiters.get(full, ()):
                 self._waiters[full].remove(waiter)
         return subscription
+
+    def _connection_open(self) -> bool:
+        """False while anything may be on its way that the reader task has not handed out:
+        a message waiting unread, or the connection closed or reset (see SocketWatch),
+        although the reader may not have run since. A request handled right then must
+        not trust what was announced before."""
+        pubsub = self._pubsub
+        connection = pubsub.connection if pubsub is not None else None
+        return self._watch.quiet(getattr(connection, "_reader", None), getattr(connection, "_writer", None))
 
     async def _unsubscribe(self, subscription: Subscription) -> None:
         full = self._prefix + subscription.channel
@@ -281,6 +294,7 @@ class _PubSubHub:
 
     async def _disconnect(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
+        self._watch.close()
         self._confirmed.clear()
         for subscribers in self._subs.values():
             for subscription in subscribers:
