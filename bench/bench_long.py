@@ -145,7 +145,8 @@ class LongRuns:
         rate = max(1.0, capacity.rps / 2)
         seconds = minutes * 60
         instance = "pb-lean"
-        stored_before = bench.stores.stored(instance)
+        heads = bench.stores.heads(instance)
+        stored_before = sum(heads.values())
         bench.log(f"soak: {rate:,.0f} req/s (half of {capacity.rps:,.0f}) for {minutes:g} min")
         url = bench.urls["gateway"] + "/page2k"
         cmd = bench.placement("gateway") + bench.helper("--role", "open", "--url", url, "--rate", f"{rate:.0f}", "--seconds", str(seconds),
@@ -156,19 +157,21 @@ class LongRuns:
         figures = json.loads(bench.procs.output("soak-load").strip().splitlines()[-1])
         bench.settle("gateway")
         stored = bench.stores.stored(instance) - stored_before
+        audited = ", ".join(f"{k}: {v:,}" for k, v in sorted(bench.stores.statuses(instance, heads).items()))
         samples = [s for s in sampler.samples if s[0] <= seconds]
         after_minute = next((s for s in samples if s[0] >= 60), samples[-1])
         end = samples[-1]
         growth = (end[2] - after_minute[2]) / after_minute[2] if after_minute[2] else 0.0
         non200 = sum(n for status, n in figures["statuses"].items() if status != "200")
-        passed = abs(growth) <= SOAK_TOLERANCE and non200 == 0
+        answers = ", ".join(f"{k}: {v:,}" for k, v in sorted(figures["statuses"].items()))
+        flat = abs(growth) <= SOAK_TOLERANCE
         lines = self.header(f"proxy soak: {minutes:g} min at half of the gateway's capacity")
         lines += [
             f"Capacity first measured: {capacity.rps:,.0f} req/s (wrk, 5 s, /page2k); soak at {rate:,.0f} req/s "
             f"(open loop, Python generator) for {minutes:g} min: {figures['achieved_rps']:,.0f} req/s achieved, "
-            f"{figures['requests']:,} requests, {non200} not 200; p50 {figures['p50_ms']:.2f} ms, p99 "
-            f"{figures['p99_ms']:.2f} ms, p99.9 {figures['p999_ms']:.2f} ms. Audit records stored: {stored:,} "
-            f"for {figures['requests']:,} requests.",
+            f"{figures['requests']:,} requests ({answers}); p50 {figures['p50_ms']:.2f} ms, p99 "
+            f"{figures['p99_ms']:.2f} ms, p99.9 {figures['p999_ms']:.2f} ms; generator lag p99 "
+            f"{figures['schedule_lag_p99_ms']:.2f} ms. Audit records stored: {stored:,} ({audited}).",
             "",
             "| time | RSS gateway process, MiB | RSS all its processes, MiB |",
             "| ---: | ---: | ---: |",
@@ -176,10 +179,12 @@ class LongRuns:
         for sample in samples:
             if sample is samples[0] or sample is end or int(sample[0]) % 60 < SOAK_SAMPLE_S:
                 lines.append(f"| {sample[0]:.0f} s | {mib(sample[1])} | {mib(sample[2])} |")
-        lines += ["", f"- RSS within {SOAK_TOLERANCE:.0%} of its value after one minute: **{'MET' if passed else 'NOT MET'}** "
+        lines += ["", f"- RSS within {SOAK_TOLERANCE:.0%} of its value after one minute: **{'MET' if flat else 'NOT MET'}** "
                       f"({mib(after_minute[2])} MiB at {after_minute[0]:.0f} s, {mib(end[2])} MiB at the end: "
-                      f"{growth:+.1%}{'' if non200 == 0 else f'; {non200} answers not 200'})"]
-        return "\n".join(lines) + "\n", passed
+                      f"{growth:+.1%})"]
+        if non200:
+            lines.append(f"- {non200:,} answers were not 200 (see above): the run exits 1.")
+        return "\n".join(lines) + "\n", flat and non200 == 0
 
     # -- stream ---------------------------------------------------------------------
 

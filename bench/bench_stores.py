@@ -157,16 +157,17 @@ class BenchStores:
         return int(rows[0]["n"])
 
     def statuses(self, instance: str, before: dict[str, int]) -> Counter:
-        """"status decision" of the records `instance` (and its workers) stored past the
+        """"status decision (reason, when not 200)" of the records `instance` (and its workers) stored past the
         chain positions in `before` (a worker not in it: from its first record)."""
         counts: Counter = Counter()
         for name in self.heads(instance):
             rows = self._query(
-                "SELECT status, decision, count(*) AS n FROM audit_records WHERE instance_id = $1 AND seq > $2 "
-                "GROUP BY status, decision", name, before.get(name, 0),
+                "SELECT status, decision, CASE WHEN status = 200 THEN NULL ELSE reason END AS reason, count(*) AS n "
+                "FROM audit_records WHERE instance_id = $1 AND seq > $2 GROUP BY 1, 2, 3", name, before.get(name, 0),
             )
             for row in rows:
-                counts[f"{row['status']} {row['decision']}"] += row["n"]
+                why = f" ({row['reason']})" if row["reason"] else ""
+                counts[f"{row['status']} {row['decision']}{why}"] += row["n"]
         return counts
 
     def heads(self, instance: str) -> dict[str, int]:

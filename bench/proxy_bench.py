@@ -621,6 +621,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="before measuring, wait up to this long for other jobs to leave the machine idle")
     parser.add_argument("--json", type=Path, help="also write every figure as JSON to this file")
     parser.add_argument("--keep-profile", type=Path, help="copy py-spy's raw (collapsed) stacks to this file")
+    parser.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy every started process's output to DIR")
     parser.add_argument("--soak", type=float, metavar="MINUTES",
                         help="instead: load the gateway at half its measured capacity for MINUTES; RSS after 1 min vs at the end")
     parser.add_argument("--stream", action="store_true",
@@ -692,6 +693,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         procs.stop_all()
+        if args.keep_logs:
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+            for out in workdir.glob("*.out"):
+                shutil.copy(out, args.keep_logs / out.name)
         stores.remove()
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -315,7 +315,8 @@ class Report:
         m = self.machine
         cells = [*self.throughput, *self.fixed]
         disturbed = sum(1 for r in cells if r.other_pct >= DISTURBED_PCT)
-        head = (f"Last `make bench` ({self.date}, {m['nproc']} cores, commit {m['commit']}; the gateway on its "
+        head = (f"Last proxy benchmark (`{self.command}`, {self.date}, {m['nproc']} cores, commit {m['commit']}; "
+                "the gateway on its "
                 "default lean engine, every addon on, a signed-in user's audited requests, sessions in Redis, "
                 "audit in PostgreSQL" + (f"; other jobs took >= {DISTURBED_PCT:.0f}% of a core during {disturbed} "
                                          f"of its {len(cells)} cells" if disturbed else "") + "):")
