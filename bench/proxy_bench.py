@@ -191,6 +191,7 @@ class FixedRate:
     cpu_us: dict[str, float] = field(default_factory=dict)
     other_pct: float = 0.0
     drain_s: float | None = None
+    detail: str = ""  # the answers by status (and a gateway's own records of them) when some were not 200
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
@@ -475,6 +476,8 @@ class Bench:
 
     def fixed_rate(self, target: str, page: str, duration: int, warmup: float) -> FixedRate:
         url = self.urls[target] + page
+        instance = GATEWAY_SPECS[process_of(target)].instance if target in GATEWAYS else None
+        heads = self.stores.heads(instance) if instance else {}
         before = CpuSnapshot.take(self.pgids)
         out = self.python_load("open", target, url, duration, warmup, "--rate", str(self.args.rate))
         figures = json.loads(out.strip().splitlines()[-1])
@@ -483,6 +486,10 @@ class Bench:
         row = FixedRate(target, self.args.rate, figures["achieved_rps"], figures["requests"], figures["p50_ms"],
                         figures["p99_ms"], figures["p999_ms"], figures["max_ms"], figures["schedule_lag_p99_ms"], bad)
         self.account(row, target, cpu, figures["requests"] + figures["warmup_requests"])
+        if bad:
+            row.detail = f"answers {json.dumps(figures['statuses'])}"
+            if instance:  # settled in account(): the gateway's records of the cell are all stored
+                row.detail += f"; its audit records {json.dumps(dict(self.stores.statuses(instance, heads)))}"
         return row
 
     def account(self, row: Throughput | FixedRate, target: str, cpu: CpuUse, served: int) -> None:
@@ -769,7 +776,7 @@ def run_proxy_bench(bench: Bench, args: argparse.Namespace, command: str) -> int
                       lambda: bench.fixed_rate(target, "/page2k", args.duration, warmup))
         report.fixed.append(row)
         if row.bad:
-            report.problems.append(f"{target} fixed rate: {row.bad} non-200 answers")
+            report.problems.append(f"{target} fixed rate: {row.bad} non-200 answers: {row.detail}")
     if args.profile_seconds > 0:
         bench.log(f"profiling the gateway with py-spy ({args.profile_seconds} s)")
         bench.wait_quiet()

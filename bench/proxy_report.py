@@ -182,6 +182,9 @@ class Report:
                 f"{row.p999_ms:.2f} | {row.max_ms:.2f} | {fmt_cpu(row.cpu_us)} | {fmt_drain(row.drain_s)} | "
                 f"{row.schedule_lag_p99_ms:.2f} | {row.other_pct:.0f}% | {row.bad} |"
             )
+        for row in self.fixed:
+            if row.bad and row.detail:
+                lines += ["", f"{row.target} at the fixed rate: {row.detail}"]
         direct = self.fixed_row("direct")
         for name in ("gateway", "gateway-aiohttp"):
             gw = self.fixed_row(name)
