@@ -1,13 +1,13 @@
-"""An audit writer process that dies once, right after a commit and before acknowledging
-it (the window where a record is stored but its gateway cannot know): the first time the
-file named by $AUDIT_CRASH_MARKER is absent, at the batch number $AUDIT_CRASH_AT."""
+"""A zygote whose audit writers die once, right after a commit and before acknowledging
+it (the window where a record is stored but its gateway cannot know): the first writer
+to reach batch number $AUDIT_CRASH_AT while the file $AUDIT_CRASH_MARKER is absent."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from gateway.audit import writer_child
+from gateway.audit import writer_child, writer_zygote
 
 _stored = writer_child.Acknowledger.stored
 _batches = [0]
@@ -25,4 +25,4 @@ def stored_then_crash(self: writer_child.Acknowledger, count: int) -> None:
 writer_child.Acknowledger.stored = stored_then_crash  # type: ignore[method-assign]
 
 if __name__ == "__main__":
-    writer_child.main()
+    writer_zygote.main()

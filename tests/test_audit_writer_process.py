@@ -24,6 +24,7 @@ from gateway.audit.services import AuditServices, build_audit
 from gateway.audit.verify import verify_trail
 from gateway.audit.writer import AuditUnavailable
 from gateway.audit.writer_process import ProcessWriter
+from gateway.audit.writer_zygote import Zygote
 from gateway.db import Database, audit_records, open_database
 from gateway.policy.reload import PolicyHolder
 from gateway.policy.schema import AuditPolicy, Policy
@@ -106,8 +107,8 @@ async def test_records_are_written_by_a_child_process_in_one_chain_order(tmp_pat
         assert user != "staff1"  # sealed with the audit key
 
 
-async def test_the_child_imports_no_web_stack(tmp_path: Path) -> None:
-    code = ("import sys, gateway.audit.writer_child; "
+async def test_the_writer_processes_import_no_web_stack(tmp_path: Path) -> None:
+    code = ("import sys, gateway.audit.writer_zygote, gateway.audit.writer_child; "
             "print(sorted(m for m in ('aiohttp', 'httptools', 'gateway.proxy') if m in sys.modules))")
     process = await asyncio.create_subprocess_exec(sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE,
                                                    cwd=Path(__file__).parent.parent)
@@ -168,7 +169,8 @@ async def test_writer_killed_after_commit_before_ack_stores_nothing_twice(
     monkeypatch.setenv("AUDIT_CRASH_AT", "3")
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent.parent))
     policy = Policy(audit=AuditPolicy(batch_size=10, flush_interval=0.02, queue_size=10_000))
-    async with open_stack(tmp_path, postgres_database_url, policy, child=("-m", "tests.audit_crashing_writer")) as stack:
+    forks = Zygote("tests.audit_crashing_writer")
+    async with open_stack(tmp_path, postgres_database_url, policy, forks=forks) as stack:
         writer = stack.writer
         for n in range(200):
             writer.force(entry(n))
@@ -179,6 +181,7 @@ async def test_writer_killed_after_commit_before_ack_stores_nothing_twice(
         await writer.close()
         assert await stack.paths() == [f"/p/{n}" for n in range(200)]
         assert await stack.verified()
+    forks.close()
 
 
 async def test_unacknowledged_normal_records_are_resent_after_a_kill(tmp_path: Path) -> None:

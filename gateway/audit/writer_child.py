@@ -28,7 +28,7 @@ from gateway.audit.prepare import RulesPreparer
 from gateway.audit.spool import Spool
 from gateway.audit.store import AuditStore
 from gateway.audit.writer import AuditWriter
-from gateway.audit.writer_link import CLOSE, READY, Ack, Amend, Nack, Records, Rules, Start, Status, frame, read_message
+from gateway.audit.writer_link import BYE, CLOSE, READY, Ack, Amend, Nack, Records, Rules, Start, Status, frame, read_message
 from gateway.db import Database
 from gateway.db.engine import create_engine
 from gateway.logs import configure_logging
@@ -64,7 +64,7 @@ class Acknowledger:
         last = 0
         for _ in range(count):
             last = int(self.held.popleft()[0])
-        self._send(Ack(last))
+        self.send(Ack(last))
 
     def unavailable(self, count: int) -> None:
         failed = []
@@ -74,7 +74,7 @@ class Acknowledger:
                 failed.append(int(item[0]))
                 item[1] = False  # its producer was told: as the in-process writer does
         if failed:
-            self._send(Nack(tuple(failed)))
+            self.send(Nack(tuple(failed)))
 
     def changed(self) -> None:
         writer = self.writer
@@ -84,9 +84,9 @@ class Acknowledger:
                         writer.head)
         if status != self._status:
             self._status = status
-            self._send(status)
+            self.send(status)
 
-    def _send(self, message: object) -> None:
+    def send(self, message: object) -> None:
         if not self.link.is_closing():
             self.link.write(frame(message))
 
@@ -122,6 +122,7 @@ async def serve(fd: int) -> int:
     link.write(frame(READY))
     events.changed()
     loop = asyncio.get_running_loop()
+    closing = False
     try:
         while (message := await read_message(reader)) is not None:
             if isinstance(message, Records):
@@ -137,11 +138,14 @@ async def serve(fd: int) -> int:
             elif isinstance(message, Rules):
                 current[0] = message
             elif message == CLOSE:
+                closing = True
                 break
     finally:
         await writer.close()  # drains: every record received is stored (or spooled)
         events.changed()
         await writer.store.database.close()
+        if closing:
+            events.send(BYE)  # asked to stop, stopped: not a death
         if not link.is_closing():
             link.close()
             try:
@@ -157,7 +161,8 @@ def _retrieve(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
-def main() -> None:
+def run(fd: int) -> int:
+    """The writer's life on the link socket `fd`; its exit status."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
@@ -166,7 +171,17 @@ def main() -> None:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    sys.exit(runner(serve(int(sys.argv[1]))))
+    try:
+        return runner(serve(fd))
+    except Exception:
+        log.exception("audit writer process failed")
+        return 1
+    finally:
+        sys.stderr.flush()
+
+
+def main() -> None:
+    sys.exit(run(int(sys.argv[1])))
 
 
 if __name__ == "__main__":

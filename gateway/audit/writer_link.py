@@ -9,7 +9,8 @@ Messages, gateway to writer: `Start` (once), `Rules` (whenever the policy change
 before the records it applies to), `Records` (a run of consecutive sequence numbers),
 `Amend` (a refused strict record changed), `CLOSE`. Writer to gateway: `READY`, `Ack` (every record up to `seq` is stored,
 cumulative), `Nack` (these strict records could be stored nowhere for now: they stay
-queued), `Status` (the writer's state, sent when it changes).
+queued), `Status` (the writer's state, sent when it changes), `BYE` (drained after
+`CLOSE`, exiting).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ Row = tuple[Any, ...]
 
 READY = ("ready",)
 CLOSE = ("close",)
+BYE = ("bye",)  # the writer drained after CLOSE and exits: anything else closing the link is a death
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import socket
-import sys
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
-from pathlib import Path
 
 import structlog
 
@@ -45,11 +45,13 @@ from gateway.audit.prepare import PrepareRules
 from gateway.audit.spool import Spool
 from gateway.audit.store import ChainHead
 from gateway.audit.writer import RETRY_MAX, RETRY_MIN, AuditUnavailable, WriterSettings
-from gateway.audit.writer_link import CLOSE, READY, Ack, Amend, Nack, Records, Rules, Start, Status, frame, read_message
+from gateway.audit.writer_link import BYE, CLOSE, READY, Ack, Amend, Nack, Records, Rules, Start, Status, frame, read_message
+from gateway.audit.writer_zygote import Zygote, zygote
 
 log = structlog.get_logger("gateway.audit.writer_process")
 
 entry_row = attrgetter(*AuditEntry.__slots__)  # AuditEntry(*entry_row(entry)) == entry
+LINGER_CHECKS = 500  # of 10 ms, after a writer's link closed
 SEND_ROWS = 128  # normal records go out in frames of this many ...
 SEND_DELAY = 0.005  # ... or this long after the first, whichever comes first (strict: at once)
 
@@ -81,11 +83,12 @@ class ProcessWriter:
         start: Start,
         settings: Callable[[], WriterSettings],
         rules: Callable[[], PrepareRules],
-        child: Sequence[str] = ("-m", "gateway.audit.writer_child"),
+        forks: Zygote | None = None,
     ) -> None:
-        """`child`: the Python arguments that run the child (tests put a faulty one there)."""
+        """`forks`: where writer processes come from (this process's zygote; tests bring
+        one whose writers fail on purpose)."""
         self._start = start
-        self._child = tuple(child)
+        self._forks = forks or zygote()
         self.pid: int | None = None  # the current child's
         self._settings = settings
         self._rules = rules
@@ -213,44 +216,39 @@ class ProcessWriter:
     async def _supervise(self) -> None:
         delay = RETRY_MIN
         while True:
-            started, returncode = await self._run_child()
+            started, stopped = await self._run_child()
             self._counted = (self.written, self.spooled)
             if not self._held and self._closing:
                 break
             if started:
                 delay = RETRY_MIN
-                if returncode != 0:
+                if not stopped:
                     self.restarts += 1
-                    log.error("audit writer process died; restarting it", returncode=returncode,
-                              unacknowledged=len(self._held))
+                    log.error("audit writer process died; restarting it", unacknowledged=len(self._held))
             else:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
 
-    async def _run_child(self) -> tuple[bool, int]:
-        """One child's life: whether it got ready, and its exit status."""
+    async def _run_child(self) -> tuple[bool, bool]:
+        """One child's life: whether it got ready, and whether it stopped as asked."""
         parent_end, child_end = socket.socketpair()
         try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, *self._child, str(child_end.fileno()),
-                pass_fds=(child_end.fileno(),), stdin=asyncio.subprocess.DEVNULL,
-            )
+            pid = self.pid = await self._forks.fork(child_end)
         except OSError as exc:
             parent_end.close()
             self._start_failed(f"cannot start the audit writer process: {exc}")
-            return False, -1
+            return False, False
         finally:
             child_end.close()
-        self.pid = process.pid
         reader, link = await asyncio.open_unix_connection(sock=parent_end)
-        ready = healthy = False
+        ready = said_bye = False
         try:
             link.write(frame(self._start))
             self._sent_rules = None
             link.write(frame(Rules(self._settings(), self._rules())))
             if await read_message(reader) != READY:
                 self._start_failed("the audit writer process exited before it was ready")
-                return False, -1
+                return False, False
             ready = True
             self._down = False
             self._update_stuck()
@@ -263,8 +261,7 @@ class ProcessWriter:
                 link.write(frame(CLOSE))
             else:
                 self._link = link
-            await self._serve(reader)
-            healthy = True
+            said_bye = await self._serve(reader)
         except Exception:
             log.exception("audit writer link broken; restarting the writer process")
         finally:
@@ -273,10 +270,8 @@ class ProcessWriter:
             link.close()
             with contextlib.suppress(ConnectionError):
                 await link.wait_closed()
-            if process.returncode is None and not healthy:
-                process.kill()
-            await process.wait()
-        return ready, process.returncode if process.returncode is not None else -1
+            await _gone(pid, kill=not said_bye)
+        return ready, said_bye
 
     def _start_failed(self, reason: str) -> None:
         if not self._down:
@@ -284,14 +279,19 @@ class ProcessWriter:
         self._down = True
         self._update_stuck()  # the addon refuses requests while no writer can be started
 
-    async def _serve(self, reader: asyncio.StreamReader) -> None:
+    async def _serve(self, reader: asyncio.StreamReader) -> bool:
+        """Handle the child's messages until its link closes; True if it said BYE."""
+        said_bye = False
         while (message := await read_message(reader)) is not None:
-            if isinstance(message, Ack):
+            if message == BYE:
+                said_bye = True
+            elif isinstance(message, Ack):
                 self._acknowledged(message.seq)
             elif isinstance(message, Nack):
                 self._refused(message.seqs)
             elif isinstance(message, Status):
                 self._status(message)
+        return said_bye
 
     def _acknowledged(self, seq: int) -> None:
         held = self._held
@@ -344,3 +344,20 @@ class ProcessWriter:
     def _update_stuck(self) -> None:
         self.stuck = self._child_stuck or self._down
 
+
+async def _gone(pid: int, *, kill: bool) -> None:
+    """Return once process `pid` has exited (killed first if `kill`): its spool segment's
+    lock must be free before the next writer looks for crash leftovers. The link closing
+    comes with the exit, so this waits milliseconds; a writer that lingers longer than a
+    few seconds after closing its link is killed."""
+    if kill:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for _ in range(LINGER_CHECKS):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        await asyncio.sleep(0.01)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
