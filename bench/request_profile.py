@@ -1,7 +1,7 @@
 """Where the CPU of one authenticated, audited request goes, function by function.
 
-`proxy_bench.py` measures throughput on a public page; this profiles the request a
-signed-in member of staff makes: session cookie, device cookie, session lookup in Redis,
+`proxy_bench.py` measures the throughput of such requests (py-spy, under load); this
+profiles, with cProfile, the request a signed-in member of staff makes: session cookie, device cookie, session lookup in Redis,
 every addon, an audit record. It builds the real gateway and demo PMS of the tests
 (tests/login_env.py) on Redis, signs alice in (password + second factor), the demo PMS and
 the load client in processes of their own, then sends N keep-alive GETs while cProfile
