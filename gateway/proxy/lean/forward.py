@@ -1,7 +1,11 @@
 """The forwarder of the lean engine: the same contract as `gateway.proxy.forward.Forwarder`
 (same errors, same `UpstreamAnswer` for response hooks, WebSockets still bridged by the
 aiohttp client) over `UpstreamPool`, and answers written straight onto the browser's
-connection when it is a `LeanProtocol`.
+connection when it is a `LeanProtocol`, which also holds each answer until its request
+ends: an answer nobody released (a hook raised, a timeout struck) still frees its pool slot.
+
+Only a request that cannot have been acted on is sent twice: an idempotent one without a
+streamed body, on a kept connection the PMS closed before answering anything.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from gateway.config import LimitsSettings, UpstreamSettings
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.forward import BodyTooLarge, BufferedAnswer, Forwarder, UpstreamTimeout, UpstreamUnavailable
 from gateway.proxy.headers import downstream_response_headers
+from gateway.proxy.lean.server import LeanProtocol
 from gateway.proxy.lean.upstream import Head, UpstreamClosed, UpstreamConnection, UpstreamPool
 
 _RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS"})  # safe to send again on a fresh connection
@@ -163,11 +168,13 @@ class LeanForwarder(Forwarder):
                 raise
             break
         ex.upstream_seconds = time.perf_counter() - started
-        return LeanAnswer(self._pool, connection, answer_head)
+        answer = LeanAnswer(self._pool, connection, answer_head)
+        protocol = ex.request.protocol
+        if isinstance(protocol, LeanProtocol):
+            protocol.hold(answer)  # given back when the request ends, whatever happens to the answer
+        return answer
 
     async def relay(self, request: web.BaseRequest, ex: Exchange, answer) -> web.StreamResponse:  # type: ignore[override]
-        from gateway.proxy.lean.server import LeanProtocol
-
         protocol = request.protocol
         if isinstance(protocol, LeanProtocol) and isinstance(answer, LeanAnswer):
             return await protocol.relay(request, ex, answer, self.limits.buffer_below)

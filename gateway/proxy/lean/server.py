@@ -5,8 +5,17 @@ smuggling needs: Content-Length with Transfer-Encoding, two Content-Lengths, obs
 bare LF, `chunked, chunked`, an unknown transfer coding, whitespace before a colon. On
 top of it, the checks aiohttp's parser makes: a singleton header twice (Host,
 Content-Length, ...), an HTTP version other than 1.0/1.1, more or larger headers than
-`limits` allows, and a deadline for the request head (slowloris). A refusal is a fixed
-text that never echoes the request.
+`limits` allows, and a deadline for the request head (slowloris) and for its body
+(`request_timeout`). A refusal is a fixed text that never echoes the request.
+
+Memory per connection is bounded whatever the browser sends: a header field still being
+received (httptools accumulates it before handing it over) is cut at the field limit,
+pipelined requests are queued up to a count and a size, bytes after an upgrade request up
+to a size, and the engine stops reading while its answers are not being read.
+
+Each answer is written once: after the engine started writing an upstream's answer,
+nothing else is ever written for that request (a timeout then aborts the connection), and
+the upstream connection of a request is always given back, however the request ended.
 
 Each request becomes a real `aiohttp.web.Request` handed to the gateway's aiohttp
 application (`app._handle`: router, middlewares, addons, the gateway's own pages,
@@ -20,15 +29,13 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
-from http import HTTPStatus
 from typing import Any
 
 import httptools
 import structlog
 from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.helpers import rfc822_formatted_time
-from aiohttp.http import SERVER_SOFTWARE, HttpVersion10, HttpVersion11
+from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.http_parser import SINGLETON_HEADERS, RawRequestMessage
 from aiohttp.http_writer import StreamWriter
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
@@ -38,6 +45,7 @@ from yarl import URL
 
 from gateway.config import LimitsSettings
 from gateway.proxy.exchange import Exchange
+from gateway.proxy.lean.relay import Framing, answer_head, phrase
 
 log = structlog.get_logger("gateway.proxy")
 
@@ -46,6 +54,13 @@ _VERSIONS = {"1.1": HttpVersion11, "1.0": HttpVersion10}
 _DRAIN_LIMIT = 1024 * 1024  # unread request body discarded after an early answer before closing instead
 _DRAIN_SECONDS = 2.0
 KEEPALIVE_SECONDS = 75.0  # as aiohttp's keepalive_timeout
+SEND_STALL_SECONDS = 75.0  # a browser that reads none of its answers for this long is dropped
+_QUEUE_DEPTH, _RESUME_DEPTH = 16, 8  # pipelined requests parsed ahead of their answers
+_QUEUE_BYTES = 1024 * 1024  # ... and the size of their heads
+_TAIL_LIMIT = 64 * 1024  # bytes read after an upgrade request before the gateway answered it
+_FIELD_SLACK = 256  # separators and whitespace around a header field's name and value
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LINGER_SECONDS = 2.0  # after a refusal, how long what the browser still sends is read and dropped
 
 
 class Refused(Exception):
@@ -54,6 +69,20 @@ class Refused(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
+
+
+class ContinueReader(StreamReader):
+    """The body of a request sent with `Expect: 100-continue`. The 100 goes out when a
+    handler first waits for the body, so only once the guards let the request through (as
+    nginx does): a refused request never invites its upload."""
+
+    __slots__ = ()
+
+    async def _wait(self, func_name: str) -> None:
+        protocol = self._protocol
+        if isinstance(protocol, LeanProtocol):
+            protocol.send_continue(self)
+        await super()._wait(func_name)
 
 
 class SentResponse(web.StreamResponse):
@@ -99,22 +128,36 @@ class LeanProtocol(BaseProtocol):
         self.max_headers = limits.max_headers
         self._max_line = limits.max_header_size
         self._header_timeout = limits.header_timeout
+        self._body_timeout = limits.request_timeout
+        self._max_unparsed = limits.max_header_size + _FIELD_SLACK
         self._timeout_ceil_threshold = 5
         self._http = httptools.HttpRequestParser(self)
-        self._messages: deque[tuple[RawRequestMessage, Any] | Refused] = deque()
+        self._messages: deque[tuple[RawRequestMessage, Any, int] | Refused] = deque()
+        self._queued_bytes = 0
         self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._payload: StreamReader | None = None
         self._url: list[bytes] = []
         self._url_size = 0
         self._raw_headers: list[tuple[bytes, bytes]] = []
-        self._header_bytes = 0
+        self._in_body = False  # between a head and the end of its body: fields are trailers
+        self._trailers = 0
+        self._unparsed = 0  # bytes fed since httptools last handed something over
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
+        # The request being answered: its body, whether a 100 is still owed, what holds an
+        # upstream connection, and whether an upstream's answer was started on the wire.
+        self._answering: Any = None
+        self._expecting: StreamReader | None = None
+        self._writer: StreamWriter | None = None
+        self._held: list[Any] = []
+        self._relayed = False
         self._broken = False  # the parser refused: nothing more is read
         self._close_after = False
         self._busy = False
-        self._tail = b""  # bytes after an upgrade request, for the WebSocket parser
+        self._tail = bytearray()  # bytes after an upgrade request, for the WebSocket parser
         self._ws_parser: Any = None
         self._ws_callback: Callable[[], None] | None = None
         self.ssl_context = None
@@ -136,6 +179,8 @@ class LeanProtocol(BaseProtocol):
         super().connection_lost(exc)
         self._server.connections.discard(self)
         self._cancel_timers()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         if self._payload is not None:
             self._payload.set_exception(ConnectionResetError("the browser closed the connection"))
             self._payload = None
@@ -145,7 +190,9 @@ class LeanProtocol(BaseProtocol):
         self._wake()
 
     def eof_received(self) -> bool:
-        return True  # half-closed: answers already asked for can still be sent
+        # Half-closed: answers already asked for (a refusal too) can still be sent; after a
+        # refusal went out (`_linger`), the browser's end ends the connection.
+        return self._linger_timer is None
 
     def pause_reading(self) -> None:  # a request body's StreamReader is full
         self._reading_paused = True
@@ -162,8 +209,10 @@ class LeanProtocol(BaseProtocol):
         self._ws_callback = data_received_cb
         self._upgraded = True
         if self._tail:
-            parser.feed_data(self._tail)
-            self._tail = b""
+            tail, self._tail = bytes(self._tail), bytearray()
+            parser.feed_data(tail)
+        if self._buffer_paused:
+            self._resume_reading_for_buffer()
 
     def keep_alive(self, value: bool) -> None:
         if not value:
@@ -189,42 +238,69 @@ class LeanProtocol(BaseProtocol):
         if self._broken:
             return
         if self._upgraded:  # an upgrade request is pending: what follows is not HTTP/1.1
-            self._tail += data
+            self._keep_tail(data)
             return
+        self._unparsed += len(data)
         try:
             self._http.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._upgraded = True
-            self._tail = data[exc.args[0]:]
+            self._keep_tail(data[exc.args[0]:])
+            return
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__cause__ or exc.__context__
             self._refuse(cause if isinstance(cause, Refused) else Refused(400, str(exc)))
+            return
         except httptools.HttpParserError as exc:
             self._refuse(Refused(400, str(exc)))
+            return
+        if self._unparsed > self._max_unparsed:
+            # httptools keeps a header field (or a trailer) in memory until it ends, each
+            # piece appended to the last: one without end would fill memory and the CPU.
+            # Every callback resets the count, so what is counted is one unfinished field.
+            self._refuse(Refused(431, "header field too large"))
+
+    def _keep_tail(self, data: bytes) -> None:
+        """Bytes after an upgrade request are kept for the WebSocket parser, up to a bound:
+        beyond it, reading stops until the gateway has answered the upgrade."""
+        self._tail += data
+        if len(self._tail) > _TAIL_LIMIT and not self._buffer_paused:
+            self._pause_reading_for_buffer()
 
     def on_message_begin(self) -> None:
+        self._unparsed = 0
         self._url = []
         self._url_size = 0
         self._raw_headers = []
-        self._header_bytes = 0
+        self._in_body = False
+        self._trailers = 0
         self._cancel_idle()
         if self._head_timer is None:
             self._head_timer = self._loop.call_later(self._header_timeout, self._head_too_slow)
 
     def on_url(self, url: bytes) -> None:
+        self._unparsed = 0
         self._url_size += len(url)
         if self._url_size > self._max_line:
             raise Refused(414, "request target too long")
         self._url.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._unparsed = 0
         if len(name) + len(value) > self.max_field_size:
             raise Refused(431, "header field too large")
+        if self._in_body:  # a trailer: read and dropped (aiohttp's engine drops them too)
+            self._trailers += 1
+            if self._trailers > self.max_headers:
+                raise Refused(431, "too many trailer fields")
+            return
         self._raw_headers.append((name, value))
         if len(self._raw_headers) > self.max_headers:
             raise Refused(431, "too many headers")
 
     def on_headers_complete(self) -> None:
+        self._unparsed = 0
+        self._in_body = True
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -236,8 +312,14 @@ class LeanProtocol(BaseProtocol):
         headers: CIMultiDict[str] = CIMultiDict()
         chunked = False
         length = None
+        expect_continue = False
+        size = self._url_size
         for name, value in self._raw_headers:
+            size += len(name) + len(value)
             lowered = name.lower()
+            if lowered == b"expect" and version is HttpVersion11 and value.strip().lower() == b"100-continue":
+                expect_continue = True  # answered by the engine, when the body is first read
+                continue
             if lowered in _SINGLETONS:
                 if lowered in seen:
                     raise Refused(400, f"duplicate {name.decode('latin-1')} header")
@@ -253,42 +335,63 @@ class LeanProtocol(BaseProtocol):
         method = http.get_method().decode("ascii")
         url = _url_of(method, target)
         upgrade = http.should_upgrade()
-        if chunked or (length is not None and length > 0):
-            payload: Any = StreamReader(self, 2**16, loop=self._loop)
+        if (chunked or (length is not None and length > 0)) and not upgrade:
+            # (an upgrade request's body is not read by llhttp: what follows it is the tail)
+            payload: Any = (ContinueReader if expect_continue else StreamReader)(self, 2**16, loop=self._loop)
             self._payload = payload
+            self._body_timer = self._loop.call_later(self._body_timeout, self._body_too_slow, payload)
         else:
             payload = EMPTY_PAYLOAD
         message = RawRequestMessage(
             method, target, version, CIMultiDictProxy(headers), tuple(self._raw_headers),
             not http.should_keep_alive(), None, upgrade, chunked, url,
         )
-        self._messages.append((message, payload))
-        if len(self._messages) > 16:  # pipelined far ahead: stop reading until answered
-            self._pause_reading_for_buffer()
+        self._messages.append((message, payload, size))
+        self._queued_bytes += size
+        if len(self._messages) > _QUEUE_DEPTH or self._queued_bytes > _QUEUE_BYTES:
+            self._pause_reading_for_buffer()  # pipelined far ahead: stop reading until answered
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        self._unparsed = 0
         if self._payload is not None:
             self._payload.feed_data(body)
 
+    def on_chunk_header(self) -> None:
+        self._unparsed = 0
+
+    def on_chunk_complete(self) -> None:
+        self._unparsed = 0
+
     def on_message_complete(self) -> None:
+        self._unparsed = 0
+        self._in_body = False
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
         if self._payload is not None:
             self._payload.feed_eof()
             self._payload = None
 
     def _refuse(self, refusal: Refused) -> None:
-        self._broken = True  # what still arrives is read and dropped: closing on unread bytes would reset the answer
+        """Nothing more is parsed on this connection; `refusal` is the answer to the request
+        whose bytes broke a rule. A request still queued is replaced by it, as aiohttp's
+        engine does (nothing of it goes upstream); one whose body a handler is waiting for
+        gets it now unless its answer has begun, and its handler is cancelled."""
+        self._broken = True  # what still arrives is read and dropped (see `_linger`)
         self._cancel_timers()
-        if self._payload is not None:
-            # A malformed body (a bare-LF chunk line, an oversize chunk size, framing in a
-            # trailer). Still queued, its request is replaced by the refusal, as aiohttp's
-            # engine does: nothing of it goes upstream. Already being answered, its handler
-            # sees the body fail and the connection closes after that answer.
+        payload, self._payload = self._payload, None
+        if payload is not None:
+            payload.set_exception(ConnectionResetError(str(refusal)))
+            if payload is self._answering:
+                self._write_refusal(refusal, answer=not self._answer_started())
+                if self._task is not None:
+                    self._task.cancel()
+                return
             queued = self._messages[-1] if self._messages else None
-            if isinstance(queued, tuple) and queued[1] is self._payload:
+            if isinstance(queued, tuple) and queued[1] is payload:
                 self._messages.pop()
-            self._payload.set_exception(ConnectionResetError("malformed request"))
-            self._payload = None
+                self._queued_bytes -= queued[2]
         self._messages.append(refusal)
         self._wake()
 
@@ -296,6 +399,27 @@ class LeanProtocol(BaseProtocol):
         self._head_timer = None
         if not self._broken:
             self._refuse(Refused(408, "request head not received in time"))
+
+    def _body_too_slow(self, payload: StreamReader) -> None:
+        """The body did not arrive whole within `request_timeout` of its head (slowloris on
+        bodies: a guard reading a login form waits on it outside the forward's timeout)."""
+        self._body_timer = None
+        if payload is self._payload and not self._broken:
+            self._refuse(Refused(408, "request body not received in time"))
+
+    def _linger(self) -> None:
+        """Close after a refusal without resetting it away: closing a socket with unread
+        bytes sends RST, which can destroy the refusal before the browser reads it. The
+        write side is shut, what arrives is dropped, and the close follows the browser's
+        or `_LINGER_SECONDS`, as nginx's lingering close does."""
+        transport = self.transport
+        if transport is None:
+            return
+        if not transport.can_write_eof():  # TLS
+            transport.close()
+            return
+        transport.write_eof()
+        self._linger_timer = self._loop.call_later(_LINGER_SECONDS, transport.abort)
 
     # -- answering ---------------------------------------------------------------------------
 
@@ -312,48 +436,83 @@ class LeanProtocol(BaseProtocol):
                     self._waiter = None
                     continue
                 item = self._messages.popleft()
-                if self._buffer_paused and len(self._messages) < 8:
-                    self._resume_reading_for_buffer()
                 if isinstance(item, Refused):
                     self._write_refusal(item)
                     break
-                message, payload = item
+                message, payload, size = item
+                self._queued_bytes -= size
+                if self._buffer_paused and not self._upgraded and len(self._messages) < _RESUME_DEPTH \
+                        and self._queued_bytes < _QUEUE_BYTES // 2:
+                    self._resume_reading_for_buffer()
                 self._busy = True
                 keep = await self._answer(server, message, payload)
                 self._busy = False
                 if not keep or self.transport is None:
                     break
+                if self._paused:
+                    # The browser is not reading its answers: answer no more (and, the queue
+                    # filling up, read no more) until it does, or drop it.
+                    try:
+                        async with asyncio.timeout(SEND_STALL_SECONDS):
+                            await self._drain_helper()
+                    except TimeoutError:
+                        log.info("browser reads no answers: connection dropped", peer=_peer(self.peername))
+                        self.abort()
+                        break
                 if not self._messages and self._payload is None:
                     self._arm_idle()
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ConnectionError):
             pass
         finally:
             self._busy = False
-            if self.transport is not None:
+            if self._broken:
+                self._linger()
+            elif self.transport is not None:
                 self.transport.close()
 
     async def _answer(self, server: LeanServer, message: RawRequestMessage, payload: Any) -> bool:
         writer = StreamWriter(self, self._loop)
         request = server.request_factory(message, payload, self, writer, self._task)
+        self._answering, self._writer, self._relayed = payload, writer, False
+        self._expecting = payload if isinstance(payload, ContinueReader) else None
         try:
-            response = await server.handler(request)
-        except web.HTTPException as exc:
-            response = exc
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("unhandled error", method=message.method)  # no path: it may hold a reset or guest-link secret
-            if writer.output_size > 0:
+            try:
+                response = await server.handler(request)
+            except web.HTTPException as exc:
+                response = exc
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("unhandled error", method=message.method)  # no path: it may hold a reset or guest-link secret
+                if self._answer_started():
+                    self.abort()
+                    return False
+                response = web.Response(status=500, text="500 Internal Server Error\n")
+                response.force_close()
+            if self._answer_started() and not response.prepared:
+                # An answer was cut on the wire (request_timeout struck while an upstream's
+                # answer streamed, or a WebSocket was open) and the handler answered again:
+                # a second answer must never follow the first, where it would be read as
+                # the first one's body (or frames).
+                self.abort()
                 return False
-            response = web.Response(status=500, text="500 Internal Server Error\n")
-            response.force_close()
-        try:
-            await response.prepare(request)
-            await response.write_eof()
-        except (ConnectionError, RuntimeError):
-            return False
+            if self._expecting is not None and not payload.is_eof():
+                # Answered without the 100 the browser waits for: whether its body follows
+                # is unknown, so nothing after this answer can be read as a request.
+                response.force_close()
+            self._expecting = None
+            try:
+                await response.prepare(request)
+                await response.write_eof()
+            except (ConnectionError, RuntimeError):
+                return False
+            finally:
+                request._finish()
         finally:
-            request._finish()
+            self._answering, self._writer, self._expecting = None, None, None
+            held, self._held = self._held, []
+            for answer in held:
+                answer.close()  # a no-op when relayed; else its upstream connection is retired and freed
         keep = response.keep_alive is not False and not message.should_close and not self._close_after
         if keep and self._upgraded:
             keep = False  # an upgrade the gateway did not accept: the rest is not HTTP/1.1
@@ -376,74 +535,63 @@ class LeanProtocol(BaseProtocol):
             return False
         return False
 
-    def _write_refusal(self, refusal: Refused) -> None:
-        log.info("request refused by the HTTP parser", status=refusal.status, reason=str(refusal), peer=_peer(self.peername))
-        if self.transport is None:
+    # -- what the request being answered owes -------------------------------------------------
+
+    def hold(self, answer: Any) -> None:
+        """An upstream answer of the request being answered: closed when the request ends
+        if nobody released it (an error, a timeout, a hook that raised): a pool slot must
+        never leak, nor a half-read connection go back to the pool."""
+        self._held.append(answer)
+
+    def send_continue(self, payload: StreamReader) -> None:
+        """`ContinueReader`: the handler of this request waits for its body."""
+        if payload is self._expecting:
+            self._expecting = None
+            if self.transport is not None and not self._answer_started():
+                self.transport.write(_CONTINUE)
+
+    def _answer_started(self) -> bool:
+        writer = self._writer
+        return self._relayed or (writer is not None and writer.output_size > 0)
+
+    def _write_refusal(self, refusal: Refused, *, answer: bool = True) -> None:
+        log.info("request refused by the HTTP parser", status=refusal.status, reason=str(refusal),
+                 peer=_peer(self.peername))
+        if self.transport is None or not answer:
             return
-        phrase = _phrase(refusal.status)
-        body = f"{refusal.status} {phrase}\n".encode()
+        text = phrase(refusal.status)
+        body = f"{refusal.status} {text}\n".encode()
         self.transport.write(
             b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
-            b"Connection: close\r\n\r\n%s" % (refusal.status, phrase.encode(), len(body), body)
+            b"Connection: close\r\n\r\n%s" % (refusal.status, text.encode(), len(body), body)
         )
 
     async def relay(self, request: web.BaseRequest, ex: Exchange, answer: Any, buffer_below: int) -> web.StreamResponse:
-        """Write the upstream's answer onto this connection: headers as received (hop-by-hop
-        already removed), the body in one write when small and of known length, else as it
-        arrives (its own length kept, chunked when unknown, until close for HTTP/1.0)."""
-        headers = answer.headers
+        """Write the upstream's answer onto this connection (`relay.answer_head`): the body
+        in one write when small and of known length, else as it arrives. Once its head is
+        written the answer is this request's only one: if it cannot end whole (the PMS
+        broke off, a timeout struck), the connection is aborted, never answered again."""
         status = answer.status
-        bodiless = request.method == "HEAD" or status in (204, 304)
         body = answer.buffered_body
-        length_header = headers.get("Content-Length")
-        if body is None and not bodiless and length_header is not None and length_header.isdigit():
-            if int(length_header) <= buffer_below:
-                body = await answer.read_body(int(length_header))
-        closing = not request.keep_alive or self._close_after  # HTTP/1.0 asked for keep-alive when it is True
-        reason = answer.raw_reason or _phrase(status).encode()
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-        if body is not None and not bodiless:
-            headers["Content-Length"] = str(len(body))
-            framing = "length"
-        elif bodiless:
-            framing = "none"
-        elif length_header is not None and length_header.isdigit():
-            framing = "length"
-        elif request.version is HttpVersion10:
-            framing, closing = "close", True
-        else:
-            framing = "chunked"
-            headers.popall("Content-Length", None)
-            headers["Transfer-Encoding"] = "chunked"
-        if closing:
-            headers["Connection"] = "close"
-            self._close_after = True
-        elif request.version is HttpVersion10:
-            headers["Connection"] = "keep-alive"  # as aiohttp: an HTTP/1.0 client closes unless told
-        if "X-Request-Id" not in headers:
-            headers["X-Request-Id"] = ex.request_id
-        if "Date" not in headers:  # what aiohttp's StreamResponse adds to every answer
-            headers["Date"] = rfc822_formatted_time()
-        headers.setdefault("Server", SERVER_SOFTWARE)
-        for name, value in headers.items():
-            lines.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
-        lines.append(b"\r\n")
-        transport = self.transport
-        if transport is None:
+        length = answer.headers.get("Content-Length")
+        bodiless = request.method == "HEAD" or status in (204, 304)
+        if body is None and not bodiless and length is not None and length.isdigit() and int(length) <= buffer_below:
+            body = await answer.read_body(int(length))
+        head, framing, closing = answer_head(request, ex, answer, None if bodiless else body,
+                                             closing=not request.keep_alive or self._close_after)
+        self._close_after = self._close_after or closing
+        if self.transport is None:
             answer.close()
             ex.reason = "client disconnected"
             return SentResponse(status)
-        if body is not None and not bodiless:
-            lines.append(body)
-            transport.write(b"".join(lines))
-            ex.bytes_out = len(body)
+        self._relayed = True
+        if framing == Framing.NONE or body is not None:
+            self.transport.write(head if framing == Framing.NONE else head + body)
+            ex.bytes_out = 0 if body is None or framing == Framing.NONE else len(body)
             answer.release()
             return SentResponse(status)
-        transport.write(b"".join(lines))
-        if bodiless:
-            answer.release()
-            return SentResponse(status)
-        chunked = framing == "chunked"
+        self.transport.write(head)
+        chunked = framing == Framing.CHUNKED
         try:
             async for chunk in answer.stream():
                 if self.transport is None:
@@ -454,18 +602,24 @@ class LeanProtocol(BaseProtocol):
                 ex.bytes_out += len(chunk)
                 if self._paused:
                     await self._drain_helper()
-        except (ConnectionError, TimeoutError, OSError, Exception) as exc:
+        except Exception as exc:
             # The PMS broke off mid-answer: the browser must see a cut answer, not a whole one.
             log.warning("upstream answer cut", request_id=ex.request_id, error=type(exc).__name__)
             ex.reason = "upstream answer cut"
-            answer.close()
-            self._close_after = True
-            self.abort()
+            self._cut(answer)
             return SentResponse(status)
+        except BaseException:
+            self._cut(answer)  # cancelled (request_timeout): `_answer` sees `_relayed` and writes nothing more
+            raise
         if chunked and self.transport is not None:
             self.transport.write(b"0\r\n\r\n")
         answer.release()
         return SentResponse(status)
+
+    def _cut(self, answer: Any) -> None:
+        answer.close()
+        self._close_after = True
+        self.abort()
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -493,6 +647,9 @@ class LeanProtocol(BaseProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
 
 
 def _url_of(method: str, target: str) -> URL:
@@ -514,10 +671,6 @@ def _url_of(method: str, target: str) -> URL:
 
 def _peer(peername: Any) -> str | None:
     return peername[0] if isinstance(peername, tuple) else None
-
-
-def _phrase(status: int) -> str:
-    return HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Unknown"
 
 
 class LeanSite(TCPSite):

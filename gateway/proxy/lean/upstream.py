@@ -2,10 +2,21 @@
 
 A connection goes back to the pool only when its answer provably ended exactly where the
 next one will begin: the answer was framed (Content-Length or chunked) and read to its
-end, the request was sent whole, the PMS did not ask to close, no 1xx or upgrade came
-first, it was not the answer to HEAD (llhttp cannot be told that a HEAD answer has no
-body), and no byte arrived beyond it. Anything else closes the connection: one user's
+end, the PMS did not ask to close, no 1xx or upgrade came first, it was not the answer to
+HEAD (llhttp cannot be told that a HEAD answer has no body), the request carried no body,
+and no byte arrived beyond the answer. Anything else closes the connection: one user's
 page must never be read as the start of another user's answer.
+
+No body, because whether the PMS read it cannot be known: a PMS that answers some path
+without reading the body (a "CL.0" server: a static file, a redirect, an early 401) keeps
+it in its buffer, and the next request on the connection, another user's, would be read
+after it, as the rest of a request the body's author wrote. Requests with bodies are the
+few (form posts); each gets a fresh connection. When the PMS answers while the body is
+still going up, the rest is not sent.
+
+What the PMS sends is bounded too: a header field (which httptools accumulates before
+handing it over), the number of fields, and the body buffered ahead of the browser.
+Trailers are read and dropped: they never become headers of the answer.
 """
 
 from __future__ import annotations
@@ -19,6 +30,8 @@ import httptools
 
 _HIGH_WATER = 256 * 1024  # buffered answer bytes before the PMS socket stops being read
 _LOW_WATER = 64 * 1024
+_MAX_FIELD = 64 * 1024  # one status line or header field of an answer (aiohttp's client: 8190)
+_MAX_FIELDS = 1000  # header fields of one answer
 
 
 class UpstreamClosed(Exception):
@@ -72,8 +85,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._reading_paused = False
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
-        self._sent_whole = False
+        self._carried_body = False
         self._keep_alive = False
+        self._unparsed = 0  # bytes fed since httptools last handed something over (see data_received)
 
     # -- asyncio protocol ------------------------------------------------------------------
 
@@ -87,12 +101,20 @@ class UpstreamConnection(asyncio.Protocol):
             self._extra = True
             self._close()
             return
+        self._unparsed += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(UpstreamClosed("the PMS switched protocols", answered=True))
+            return
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamClosed(f"malformed answer from the PMS: {exc}", answered=self._head is not None))
+            self._fail(UpstreamClosed(f"malformed answer from the PMS: {exc}", answered=self._messages > 0))
+            return
+        if self._unparsed > _MAX_FIELD:
+            # httptools keeps a header field in memory until it ends: a PMS sending one
+            # without end would fill it. Every callback resets the count, so what is
+            # counted here is one field still being received.
+            self._fail(UpstreamClosed("a header field of the PMS's answer is too large", answered=True))
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost decides what the end meant
@@ -129,25 +151,38 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason = b""
 
     def on_status(self, status: bytes) -> None:
+        self._unparsed = 0
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._unparsed = 0
+        if len(name) + len(value) > _MAX_FIELD:
+            raise UpstreamClosed("a header field of the PMS's answer is too large", answered=True)
+        if self._head is not None:
+            return  # a trailer (or a header of an answer nobody asked for): never a header of the answer
         self._raw_headers.append((name, value))
+        if len(self._raw_headers) > _MAX_FIELDS:
+            raise UpstreamClosed("too many header fields in the PMS's answer", answered=True)
 
     def on_headers_complete(self) -> None:
+        self._unparsed = 0
         status = self._parser.get_status_code()
         if status < 200:
             if status == 101:
                 raise UpstreamClosed("the PMS switched protocols", answered=True)
+            if status < 100:
+                raise UpstreamClosed(f"status {status} from the PMS", answered=True)
             self._informational = self._skip = True  # 100/103: wait for the real answer
             return
+        if self._head is not None:
+            return  # a second answer to one request (`on_message_begin` marked it): the first stands
         head = Head(status, self._reason, self._raw_headers)
         self._head = head
         self._keep_alive = self._parser.should_keep_alive()  # llhttp forgets it once the answer ends
         framed = False
         for name, value in self._raw_headers:
             lowered = name.lower()
-            if lowered == b"content-length" or (lowered == b"transfer-encoding" and b"chunked" in value.lower()):
+            if lowered == b"content-length" or (lowered == b"transfer-encoding" and _chunked_last(value)):
                 framed = True
         bodiless = status in (204, 304)
         self._framed = framed or bodiless
@@ -159,6 +194,7 @@ class UpstreamConnection(asyncio.Protocol):
             waiter.set_result(head)
 
     def on_body(self, body: bytes) -> None:
+        self._unparsed = 0
         if self._skip or self._complete:
             return
         self._chunks.append(body)
@@ -168,7 +204,14 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.pause_reading()
         self._wake_body()
 
+    def on_chunk_header(self) -> None:
+        self._unparsed = 0
+
+    def on_chunk_complete(self) -> None:
+        self._unparsed = 0
+
     def on_message_complete(self) -> None:
+        self._unparsed = 0
         if self._skip:
             self._skip = False
             return
@@ -182,6 +225,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Send one request and wait for the head of its answer."""
         self._busy = True
         self._head_only = head_only
+        self._carried_body = bool(body)  # an iterator, or bytes that are not empty
         transport = self.transport
         if transport is None or self.closed:
             raise UpstreamClosed("connection closed before use", answered=False)
@@ -190,7 +234,6 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             transport.write(head)
             await self._send_stream(body, chunked=chunked, length=length)
-        self._sent_whole = True
         if self._head is not None:
             return self._head
         if self._error is not None:
@@ -204,19 +247,29 @@ class UpstreamConnection(asyncio.Protocol):
             self._head_waiter = None
 
     async def _send_stream(self, body: AsyncIterator[bytes], *, chunked: bool, length: int | None) -> None:
+        """Send the body as it arrives; stop when the PMS already gave its answer (it will
+        not read the rest: relaying the answer must not wait on an upload it refused)."""
         sent = 0
         async for chunk in body:
+            if self._head is not None:
+                return  # answered early: the connection is retired (see `exchange`)
             if not chunk:
                 continue
             if self.transport is None:
-                raise self._error or UpstreamClosed("the PMS closed the connection", answered=False)
+                raise self._error or UpstreamClosed("the PMS closed the connection", answered=self._messages > 0)
             sent += len(chunk)
             if length is not None and sent > length:
                 raise UpstreamClosed("request body longer than declared", answered=False)
             self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
             if self._write_paused:
                 self._drain = self._loop.create_future()
-                await self._drain
+                timer = self._loop.call_later(self._read_timeout, self._timed_out)  # a PMS that stopped reading
+                try:
+                    await self._drain
+                finally:
+                    timer.cancel()
+        if self._head is not None:
+            return
         if length is not None and sent != length:
             raise UpstreamClosed("request body shorter than declared", answered=False)
         if chunked and self.transport is not None:
@@ -250,7 +303,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def reusable(self) -> bool:
         return (
-            self._complete and self._framed and self._sent_whole and not self._head_only
+            self._complete and self._framed and not self._carried_body and not self._head_only
             and not self._informational and not self._extra and not self.closed
             and self._error is None and self._keep_alive
         )
@@ -288,6 +341,12 @@ class UpstreamConnection(asyncio.Protocol):
         waiter = self._body_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+def _chunked_last(value: bytes) -> bool:
+    """Whether a Transfer-Encoding value ends in `chunked` (what frames the body; `xchunked`
+    or `chunked, gzip` do not, and llhttp then reads the body until the connection closes)."""
+    return value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
 
 
 class UpstreamPool:
