@@ -88,7 +88,8 @@ class BenchStores:
         admin = await asyncpg.connect(SERVER_URL, timeout=5)
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
-            await admin.execute(f'CREATE DATABASE "{self.database}"')
+            # template0: nobody connects to it, so a concurrent CREATE DATABASE cannot make this one fail
+            await admin.execute(f'CREATE DATABASE "{self.database}" TEMPLATE template0')
         finally:
             await admin.close()
 
