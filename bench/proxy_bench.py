@@ -645,6 +645,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.duration, args.write, args.profile_seconds = 1, False, 0
     if args.duration < 1:
         parser.error("--duration is at least 1 second")
+    if args.soak is not None and args.soak <= 0:
+        parser.error("--soak is a number of minutes above 0")
     return args
 
 
