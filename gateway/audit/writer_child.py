@@ -16,6 +16,8 @@ gateway died: it writes what it received, then exits).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import socket
 import sys
@@ -155,6 +157,16 @@ async def serve(fd: int) -> int:
     return 0
 
 
+def batch_scheduling() -> None:
+    """SCHED_BATCH (Linux): the writer gets its fair share of a core but does not preempt
+    the gateway's event loop each time a frame of records wakes it up (measured: with both
+    on one core, the gateway lost about 9 % of its samples inside the socket write that
+    woke the writer)."""
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_BATCH"):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+
+
 def _retrieve(future: asyncio.Future[None]) -> None:
     """The gateway learns of failures through Nack; keep asyncio quiet about them."""
     if not future.cancelled():
@@ -165,6 +177,7 @@ def run(fd: int) -> int:
     """The writer's life on the link socket `fd`; its exit status."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    batch_scheduling()
     try:
         import uvloop
 

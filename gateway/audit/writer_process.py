@@ -19,7 +19,7 @@ Durability: `strict` records resolve only on acknowledgement (group commit is th
 child's: strict records are flushed at once, together). `normal` records are flushed by
 the child every `batch_size` records or `flush_interval`; a kill -9 of the child loses
 nothing (the gateway re-sends), a kill -9 of the gateway loses only what it had not yet
-written to the socket (normal records go out in frames every SEND_DELAY, 5 ms, or
+written to the socket (normal records go out in frames every SEND_DELAY, 20 ms, or
 SEND_ROWS records; strict ones at once), since the child then writes what it received
 before exiting; a kill -9 of both loses what the child had not flushed yet, as a kill -9
 of a gateway with the in-process writer does (at most `flush_interval`). Back-pressure is as before: `queued` counts every record not
@@ -52,8 +52,8 @@ log = structlog.get_logger("gateway.audit.writer_process")
 
 entry_row = attrgetter(*AuditEntry.__slots__)  # AuditEntry(*entry_row(entry)) == entry
 LINGER_CHECKS = 500  # of 10 ms, after a writer's link closed
-SEND_ROWS = 128  # normal records go out in frames of this many ...
-SEND_DELAY = 0.005  # ... or this long after the first, whichever comes first (strict: at once)
+SEND_ROWS = 256  # normal records go out in frames of this many ...
+SEND_DELAY = 0.02  # ... or this long after the first, whichever comes first (strict: at once)
 
 
 class SpoolView:

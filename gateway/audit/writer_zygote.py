@@ -16,6 +16,7 @@ socket (or dies). Writers it forked keep running until their own link closes.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import gc
 import os
@@ -80,18 +81,24 @@ class Zygote:
         self._control = parent_end
         return parent_end
 
-    def close(self) -> None:
+    def close(self, wait: float = 0.0) -> None:
         """Let the server go (it exits when the control socket closes); writers stay."""
         if self._control is not None:
             self._control.close()
             self._control = None
         if self._process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self._process.wait(0)
+                self._process.wait(wait)
             self._process = None
 
 
 _zygotes: dict[int, Zygote] = {}
+
+
+@atexit.register
+def _close_zygotes() -> None:
+    for forks in _zygotes.values():
+        forks.close(wait=1.0)
 
 
 def zygote() -> Zygote:
