@@ -159,6 +159,7 @@ async def test_a_dropped_pubsub_connection_flushes_and_bypasses_the_cache(redis_
             return len(second.cache) == 1
 
         await eventually(cached_again, within=10.0)  # reconnecting backs off, from 50 ms
+        assert await second.get(session_id) is None  # what was read before the drop stays flushed
 
 
 async def test_a_read_overtaken_by_an_invalidation_is_not_kept(redis_url):
@@ -314,3 +315,26 @@ async def test_the_feed_is_not_trusted_while_anything_waits_unread_on_its_socket
         writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_connection_replaced_underneath_the_feed_counts_as_a_gap():
+    """redis-py may reconnect a PubSub by itself: the watch notices the new transport."""
+    from gateway.store.socket_watch import SocketWatch
+
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    address = server.sockets[0].getsockname()[:2]
+    connections = [await asyncio.open_connection(*address) for _ in range(3)]
+    replaced: list[bool] = []
+    watch = SocketWatch(on_replaced=lambda: replaced.append(True))
+    try:
+        assert watch.quiet(*connections[0]) and replaced == []
+        assert watch.quiet(*connections[0]) and replaced == []
+        watch.quiet(*connections[1])
+        assert replaced == [True]
+        watch.close()  # the owner dropped the connection itself: no gap to report here
+        watch.quiet(*connections[2])
+        assert replaced == [True]
+    finally:
+        for _, writer in connections:
+            writer.close()
+        server.close()

@@ -107,6 +107,10 @@ class Subscription:
         self._live = False
         self._gaps += 1
 
+    def mark_gap(self) -> None:
+        """Messages may have been lost, although the subscription is back already."""
+        self._gaps += 1
+
     def deliver(self, message: bytes) -> None:
         """Hand a message over (called by the backend, never blocks)."""
         if self._closed:

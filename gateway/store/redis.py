@@ -212,7 +212,7 @@ class _PubSubHub:
         self._confirmed: set[str] = set()  # channels confirmed on the current connection
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._pubsub: PubSub | None = None
-        self._watch = SocketWatch()
+        self._watch = SocketWatch(on_replaced=self._reconnected_underneath)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -260,6 +260,14 @@ class _PubSubHub:
         pubsub = self._pubsub
         connection = pubsub.connection if pubsub is not None else None
         return self._watch.quiet(getattr(connection, "_reader", None), getattr(connection, "_writer", None))
+
+    def _reconnected_underneath(self) -> None:
+        """redis-py may reconnect and resubscribe a PubSub by itself (its retry on a
+        failed read), which the reader task never hears of: still a gap."""
+        log.warning("Redis pub/sub connection replaced by the client library; messages may be lost")
+        for subscribers in self._subs.values():
+            for subscription in subscribers:
+                subscription.mark_gap()
 
     async def _unsubscribe(self, subscription: Subscription) -> None:
         full = self._prefix + subscription.channel

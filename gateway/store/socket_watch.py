@@ -13,17 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import select
+from collections.abc import Callable
 
 _READABLE = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 
 
 class SocketWatch:
     """Watches the socket under one asyncio transport at a time. The descriptor is only
-    polled while its transport is open, so a number reused after a close is never read."""
+    polled while its transport is open, so a number reused after a close is never read.
 
-    def __init__(self) -> None:
+    `on_replaced` is called when the connection turns out to run on another transport
+    than the one watched, without the owner having said so (`close()`): the client
+    library reconnected on its own, and whatever was sent meanwhile is lost."""
+
+    def __init__(self, on_replaced: Callable[[], None] | None = None) -> None:
         self._transport: asyncio.BaseTransport | None = None
         self._poll: select.poll | None = None
+        self._on_replaced = on_replaced
 
     def quiet(self, reader: asyncio.StreamReader | None, writer: asyncio.StreamWriter | None) -> bool:
         if reader is None or writer is None:
@@ -36,6 +42,8 @@ class SocketWatch:
 
     def _poll_of(self, transport: asyncio.BaseTransport) -> select.poll | None:
         if transport is not self._transport:
+            if self._transport is not None and self._on_replaced is not None:
+                self._on_replaced()
             self.close()
             raw = transport.get_extra_info("socket")
             if raw is None:
