@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -33,6 +33,7 @@ from .socket_watch import SocketWatch
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "gw:"
+POOL_SIZE = 100  # connections to Redis per process; more concurrent commands wait for one
 
 # INCRBY, and a ttl only when the key did not exist before (fixed-window counters).
 _INCR_WITH_TTL = """
@@ -99,7 +100,12 @@ class RedisStore(EphemeralStore):
         kwargs.setdefault("socket_timeout", 2)
         kwargs.setdefault("retry", Retry(NoBackoff(), 1))
         kwargs.setdefault("retry_on_error", [RedisConnectionError, RedisTimeoutError])
-        return cls(Redis.from_url(url, **kwargs), prefix=prefix)
+        # A burst of more requests than connections waits for one (up to the same 2 s
+        # bound) instead of failing at once: redis-py's default pool raises
+        # MaxConnectionsError, which would answer 503 to a busy but healthy gateway.
+        kwargs.setdefault("max_connections", POOL_SIZE)
+        kwargs.setdefault("timeout", 2)
+        return cls(Redis.from_pool(BlockingConnectionPool.from_url(url, **kwargs)), prefix=prefix)
 
     @property
     def client(self) -> Redis:
