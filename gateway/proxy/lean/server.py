@@ -1,12 +1,9 @@
 """The staff-facing protocol of the lean engine.
 
-Requests are parsed by llhttp (httptools) in strict mode, which refuses what request
-smuggling needs: Content-Length with Transfer-Encoding, two Content-Lengths, obs-fold,
-bare LF, `chunked, chunked`, an unknown transfer coding, whitespace before a colon. On
-top of it, the checks aiohttp's parser makes: a singleton header twice (Host,
-Content-Length, ...), an HTTP version other than 1.0/1.1, more or larger headers than
-`limits` allows, and a deadline for the request head (slowloris) and for its body
-(`request_timeout`). A refusal is a fixed text that never echoes the request.
+Requests are parsed by llhttp (httptools) in strict mode and checked as aiohttp's parser
+checks them (`request_head`); here, more or larger headers than `limits` allows, and a
+deadline for the request head (slowloris) and for its body (`request_timeout`). A refusal
+is a fixed text that never echoes the request, closed without resetting it away.
 
 Memory per connection is bounded whatever the browser sends: a header field still being
 received (httptools accumulates it before handing it over) is cut at the field limit,
@@ -35,22 +32,18 @@ import httptools
 import structlog
 from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http import HttpVersion10, HttpVersion11
-from aiohttp.http_parser import SINGLETON_HEADERS, RawRequestMessage
+from aiohttp.http_parser import RawRequestMessage
 from aiohttp.http_writer import StreamWriter
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_runner import TCPSite
-from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from gateway.config import LimitsSettings
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.lean.relay import Framing, answer_head, phrase
+from gateway.proxy.lean.request_head import Refused, request_head
 
 log = structlog.get_logger("gateway.proxy")
 
-_SINGLETONS = frozenset(name.encode() for name in SINGLETON_HEADERS)
-_VERSIONS = {"1.1": HttpVersion11, "1.0": HttpVersion10}
 _DRAIN_LIMIT = 1024 * 1024  # unread request body discarded after an early answer before closing instead
 _DRAIN_SECONDS = 2.0
 KEEPALIVE_SECONDS = 75.0  # as aiohttp's keepalive_timeout
@@ -61,14 +54,6 @@ _TAIL_LIMIT = 64 * 1024  # bytes read after an upgrade request before the gatewa
 _FIELD_SLACK = 256  # separators and whitespace around a header field's name and value
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LINGER_SECONDS = 2.0  # after a refusal, how long what the browser still sends is read and dropped
-
-
-class Refused(Exception):
-    """The request cannot be parsed or breaks a limit: answer `status` and close."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
 
 
 class ContinueReader(StreamReader):
@@ -304,48 +289,14 @@ class LeanProtocol(BaseProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        http = self._http
-        version = _VERSIONS.get(http.get_http_version())
-        if version is None:
-            raise Refused(505, "HTTP version not supported")
-        seen: set[bytes] = set()
-        headers: CIMultiDict[str] = CIMultiDict()
-        chunked = False
-        length = None
-        expect_continue = False
-        size = self._url_size
-        for name, value in self._raw_headers:
-            size += len(name) + len(value)
-            lowered = name.lower()
-            if lowered == b"expect" and version is HttpVersion11 and value.strip().lower() == b"100-continue":
-                expect_continue = True  # answered by the engine, when the body is first read
-                continue
-            if lowered in _SINGLETONS:
-                if lowered in seen:
-                    raise Refused(400, f"duplicate {name.decode('latin-1')} header")
-                seen.add(lowered)
-                if lowered == b"transfer-encoding":
-                    if value.strip().lower() != b"chunked" or version is HttpVersion10:
-                        raise Refused(501 if version is HttpVersion11 else 400, "transfer coding")
-                    chunked = True
-                elif lowered == b"content-length":
-                    length = int(value)
-            headers.add(name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-        target = b"".join(self._url).decode("utf-8", "surrogateescape")
-        method = http.get_method().decode("ascii")
-        url = _url_of(method, target)
-        upgrade = http.should_upgrade()
-        if (chunked or (length is not None and length > 0)) and not upgrade:
-            # (an upgrade request's body is not read by llhttp: what follows it is the tail)
-            payload: Any = (ContinueReader if expect_continue else StreamReader)(self, 2**16, loop=self._loop)
+        head = request_head(self._http, self._url, self._raw_headers)
+        if head.has_body:
+            payload: Any = (ContinueReader if head.expect_continue else StreamReader)(self, 2**16, loop=self._loop)
             self._payload = payload
             self._body_timer = self._loop.call_later(self._body_timeout, self._body_too_slow, payload)
         else:
             payload = EMPTY_PAYLOAD
-        message = RawRequestMessage(
-            method, target, version, CIMultiDictProxy(headers), tuple(self._raw_headers),
-            not http.should_keep_alive(), None, upgrade, chunked, url,
-        )
+        message, size = head.message, head.size
         self._messages.append((message, payload, size))
         self._queued_bytes += size
         if len(self._messages) > _QUEUE_DEPTH or self._queued_bytes > _QUEUE_BYTES:
@@ -650,23 +601,6 @@ class LeanProtocol(BaseProtocol):
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
-
-
-def _url_of(method: str, target: str) -> URL:
-    """The request URL as aiohttp builds it (origin-form split by hand, the rest by yarl)."""
-    try:
-        if target.startswith("/"):
-            path, _, fragment = target.partition("#")
-            path, _, query = path.partition("?")
-            return URL.build(path=path, query_string=query, fragment=fragment, encoded=True)
-        if method == "CONNECT":
-            return URL.build(authority=target, encoded=True)
-        url = URL(target, encoded=True)
-    except ValueError as exc:
-        raise Refused(400, "invalid request target") from exc
-    if target != "*" and url.raw_host is None:
-        raise Refused(400, "invalid request target")
-    return url
 
 
 def _peer(peername: Any) -> str | None:
