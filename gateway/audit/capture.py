@@ -12,13 +12,7 @@ from __future__ import annotations
 import time
 
 from gateway.audit.entry import AuditEntry
-from gateway.audit.prepare import (  # noqa: F401  (re-exported: the preparer's historical home)
-    REDACTED,
-    SECRET_PARAMETER,
-    EntryPreparer,
-    extract_identifiers,
-    scrub_query,
-)
+from gateway.audit.prepare import EntryPreparer  # noqa: F401  (re-exported: its historical home)
 from gateway.proxy.exchange import Exchange
 from gateway.sessions.model import device_label
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.audit.addon import AuditAddon
-from gateway.audit.capture import EntryPreparer
 from gateway.audit.entry import AuditEntry
 from gateway.audit.heads import HeadExporter, heads_path
 from gateway.audit.keys import AuditKeys, key_path, load_or_create_keys
@@ -23,7 +22,7 @@ from gateway.audit.outbound import OutboundAuditSink
 from gateway.audit.retention import RetentionTask
 from gateway.audit.spool import Spool, spool_dir
 from gateway.audit.store import AuditStore
-from gateway.audit.prepare import rules_from_policy
+from gateway.audit.prepare import EntryPreparer, rules_from_policy
 from gateway.audit.writer import AuditWriter, RecordQueue, settings_from_policy
 from gateway.audit.writer_link import Start
 from gateway.audit.writer_process import ProcessWriter

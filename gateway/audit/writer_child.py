@@ -1,6 +1,7 @@
-"""The audit writer process: `python -m gateway.audit.writer_child FD`.
+"""The audit writer process (forked by gateway.audit.writer_zygote, or run directly as
+`python -m gateway.audit.writer_child FD`).
 
-Started by its gateway process (`ProcessWriter`), one per gateway process, so the work
+One per gateway process (`ProcessWriter` asks for it), so the work
 that costs the audit trail its CPU (scrubbing, geo look-ups, sealing personal fields,
 the hash chain, the database driver, the spool's fsync) never takes the GIL from the
 gateway's event loop. It runs the ordinary `AuditWriter` (same batching, spool, replay
@@ -30,7 +31,20 @@ from gateway.audit.prepare import RulesPreparer
 from gateway.audit.spool import Spool
 from gateway.audit.store import AuditStore
 from gateway.audit.writer import AuditWriter
-from gateway.audit.writer_link import BYE, CLOSE, READY, Ack, Amend, Nack, Records, Rules, Start, Status, frame, read_message
+from gateway.audit.writer_link import (
+    BYE,
+    CLOSE,
+    READY,
+    Ack,
+    Amend,
+    Nack,
+    Records,
+    Rules,
+    Start,
+    Status,
+    frame,
+    read_message,
+)
 from gateway.db import Database
 from gateway.db.engine import create_engine
 from gateway.logs import configure_logging

@@ -7,10 +7,10 @@ batch of rows, against 30-50 µs to prepare, seal, chain and insert that record.
 
 Messages, gateway to writer: `Start` (once), `Rules` (whenever the policy changes,
 before the records it applies to), `Records` (a run of consecutive sequence numbers),
-`Amend` (a refused strict record changed), `CLOSE`. Writer to gateway: `READY`, `Ack` (every record up to `seq` is stored,
-cumulative), `Nack` (these strict records could be stored nowhere for now: they stay
-queued), `Status` (the writer's state, sent when it changes), `BYE` (drained after
-`CLOSE`, exiting).
+`Amend` (a refused strict record changed), `CLOSE`. Writer to gateway: `READY`, `Ack`
+(every record up to `seq` is stored, cumulative), `Nack` (these strict records could be
+stored nowhere for now: they stay queued), `Status` (the writer's state, sent when it
+changes), `BYE` (drained after `CLOSE`, exiting).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The gateway's side of the audit writer process: the `AuditWriter` interface, with the
-writing done in a child process (gateway.audit.writer_child).
+writing done in another process (gateway.audit.writer_child, forked from this gateway
+process's zygote, gateway.audit.writer_zygote).
 
 Measured (2 cores, PostgreSQL and SQLite): writing one record (scrub, geo, seal, chain,
 insert) costs 33-38 µs of CPU, and in the gateway that work took the GIL from the event
@@ -22,8 +23,9 @@ nothing (the gateway re-sends), a kill -9 of the gateway loses only what it had 
 written to the socket (normal records go out in frames every SEND_DELAY, 20 ms, or
 SEND_ROWS records; strict ones at once), since the child then writes what it received
 before exiting; a kill -9 of both loses what the child had not flushed yet, as a kill -9
-of a gateway with the in-process writer does (at most `flush_interval`). Back-pressure is as before: `queued` counts every record not
-yet acknowledged, and `full` compares it with `queue_size`.
+of a gateway with the in-process writer does (at most `flush_interval`). Back-pressure is
+as before: `queued` counts every record not yet acknowledged, and `full` compares it with
+`queue_size`.
 """
 
 from __future__ import annotations
@@ -45,7 +47,20 @@ from gateway.audit.prepare import PrepareRules
 from gateway.audit.spool import Spool
 from gateway.audit.store import ChainHead
 from gateway.audit.writer import RETRY_MAX, RETRY_MIN, AuditUnavailable, WriterSettings
-from gateway.audit.writer_link import BYE, CLOSE, READY, Ack, Amend, Nack, Records, Rules, Start, Status, frame, read_message
+from gateway.audit.writer_link import (
+    BYE,
+    CLOSE,
+    READY,
+    Ack,
+    Amend,
+    Nack,
+    Records,
+    Rules,
+    Start,
+    Status,
+    frame,
+    read_message,
+)
 from gateway.audit.writer_zygote import Zygote, zygote
 
 log = structlog.get_logger("gateway.audit.writer_process")
