@@ -228,3 +228,25 @@ async def test_a_refused_strict_record_is_stored_as_the_client_was_answered(tmp_
             async with stack.database.connect() as conn:
                 rows = (await conn.execute(select(audit_records.c.status, audit_records.c.decision))).all()
             assert [tuple(r) for r in rows] == [(503, "refused")]
+
+
+async def test_writers_come_back_when_their_zygote_died_too(tmp_path: Path) -> None:
+    """The process writers are forked from is killed, then the writer: the next writer comes
+    from a new zygote, and every record held is stored once."""
+    forks = Zygote()
+    policy = Policy(audit=AuditPolicy(batch_size=1000, flush_interval=3600))
+    async with open_stack(tmp_path, f"sqlite:///{tmp_path}/gateway.db", policy, forks=forks) as stack:
+        writer = stack.writer
+        await writer.put_durable(entry(0))
+        for n in range(1, 20):
+            writer.offer(entry(n))
+        first_zygote, first_child = forks.pid, writer.pid
+        assert first_zygote is not None and first_child is not None
+        os.kill(first_zygote, signal.SIGKILL)
+        os.kill(first_child, signal.SIGKILL)
+        await until(lambda: _true(writer.restarts == 1 and writer.pid != first_child), "a new writer process")
+        assert forks.pid not in (None, first_zygote)
+        await writer.close()
+        assert await stack.paths() == [f"/p/{n}" for n in range(20)]
+        assert await stack.verified()
+    forks.close()

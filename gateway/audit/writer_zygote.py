@@ -64,6 +64,10 @@ class Zygote:
                         raise
         raise AssertionError("unreachable")
 
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
     def _alive(self) -> bool:
         return self._process is not None and self._process.poll() is None and self._control is not None
 
