@@ -140,3 +140,26 @@ async def test_a_refused_request_is_never_invited_to_send_its_body():
         assert await asyncio.wait_for(reader.read(), 10) == b""
         writer.close()
     assert pms.requests == []
+
+
+async def test_a_refusal_of_a_large_unread_body_reaches_the_browser():
+    """The gateway answers before reading a 3 MB body and will not drain it all: before,
+    it closed on the unread bytes, which sends a reset that can destroy the answer; now
+    it shuts its side and drops what still arrives until the browser closes."""
+    async with raw_pms() as (pms, url), run_gateway(url, addons=[_Refuses()], **LEAN) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(get("/refuse", gw.port, "Content-Length: 3000000\r\n", "POST"))
+
+        async def upload() -> None:
+            try:
+                for _ in range(30):
+                    writer.write(b"x" * 100_000)
+                    await writer.drain()
+            except ConnectionError:
+                pass
+
+        await upload()  # the whole body sent (or refused) before the browser reads its answer
+        status, _, body = await read_answer(reader)
+        writer.close()
+    assert status == 401 and body == b"no"
+    assert pms.requests == []

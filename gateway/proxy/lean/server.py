@@ -53,7 +53,7 @@ _QUEUE_BYTES = 1024 * 1024  # ... and the size of their heads
 _TAIL_LIMIT = 64 * 1024  # bytes read after an upgrade request before the gateway answered it
 _FIELD_SLACK = 256  # separators and whitespace around a header field's name and value
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_LINGER_SECONDS = 2.0  # after a refusal, how long what the browser still sends is read and dropped
+_LINGER_SECONDS = 5.0  # after a refusal, how long what the browser still sends is read and dropped
 
 
 class ContinueReader(StreamReader):
@@ -140,6 +140,7 @@ class LeanProtocol(BaseProtocol):
         self._held: list[Any] = []
         self._relayed = False
         self._broken = False  # the parser refused: nothing more is read
+        self._unread = False  # an answered request's body was left unread: the connection closes
         self._close_after = False
         self._busy = False
         self._tail = bytearray()  # bytes after an upgrade request, for the WebSocket parser
@@ -359,10 +360,12 @@ class LeanProtocol(BaseProtocol):
             self._refuse(Refused(408, "request body not received in time"))
 
     def _linger(self) -> None:
-        """Close after a refusal without resetting it away: closing a socket with unread
-        bytes sends RST, which can destroy the refusal before the browser reads it. The
-        write side is shut, what arrives is dropped, and the close follows the browser's
-        or `_LINGER_SECONDS`, as nginx's lingering close does."""
+        """Close after a refusal, or an answer whose request body was not read whole, without
+        resetting it away: closing a socket with unread bytes sends RST, which can destroy
+        the answer before the browser reads it. The write side is shut, what arrives is read
+        and dropped, and the close follows the browser's or `_LINGER_SECONDS`, as nginx's
+        lingering close does."""
+        self._broken = True  # nothing more is parsed
         transport = self.transport
         if transport is None:
             return
@@ -370,6 +373,8 @@ class LeanProtocol(BaseProtocol):
             transport.close()
             return
         transport.write_eof()
+        self._reading_paused = self._buffer_paused = False
+        self._resume_transport_reading()
         self._linger_timer = self._loop.call_later(_LINGER_SECONDS, transport.abort)
 
     # -- answering ---------------------------------------------------------------------------
@@ -416,7 +421,7 @@ class LeanProtocol(BaseProtocol):
             pass
         finally:
             self._busy = False
-            if self._broken:
+            if self._broken or self._unread:
                 self._linger()
             elif self.transport is not None:
                 self.transport.close()
@@ -467,8 +472,9 @@ class LeanProtocol(BaseProtocol):
         keep = response.keep_alive is not False and not message.should_close and not self._close_after
         if keep and self._upgraded:
             keep = False  # an upgrade the gateway did not accept: the rest is not HTTP/1.1
-        if keep and payload is not EMPTY_PAYLOAD and not payload.is_eof():
-            keep = await self._drain(payload)
+        if payload is not EMPTY_PAYLOAD and not payload.is_eof():
+            keep = keep and await self._drain(payload)
+            self._unread = not keep  # closing on unread bytes would reset the answer away: `_linger`
         return keep
 
     async def _drain(self, payload: StreamReader) -> bool:
