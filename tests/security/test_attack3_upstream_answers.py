@@ -93,3 +93,30 @@ async def test_a_header_value_with_a_line_break_is_never_written(engine):
         answer = await raw_http(gw.port, get("/user?name=A", gw.port, "Connection: close\r\n"))
     assert b"injected" not in answer
     assert answer.startswith(b"HTTP/1.1 500 ") or (engine == "aiohttp" and answer == b"")
+
+
+class _ShortensLength(Addon):
+    """A response filter that gets Content-Length wrong on a streamed answer (2 MB sent)."""
+
+    async def response(self, ex: Exchange, upstream) -> web.StreamResponse | None:
+        if ex.path.path == "/big":
+            upstream.headers["Content-Length"] = "100000"
+        return None
+
+
+async def test_an_answer_never_runs_past_the_length_the_browser_was_told():
+    """Before: the relay streamed all the PMS sent after the length it had announced, on a
+    kept connection: the browser read the rest as its next answers."""
+    async with raw_pms() as (_, url), run_gateway(url, addons=[_ShortensLength()], listen__engine="lean") as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(get("/big", gw.port) + get("/user?name=B", gw.port))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        received = b""
+        try:
+            while chunk := await asyncio.wait_for(reader.read(65536), 10):  # until the gateway ends it
+                received += chunk
+        except ConnectionError:
+            pass
+        writer.close()
+    assert b"Content-Length: 100000\r\n" in head
+    assert len(received) <= 100_000 and b"page of B" not in received  # cut, and nothing after it

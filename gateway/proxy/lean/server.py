@@ -549,16 +549,23 @@ class LeanProtocol(BaseProtocol):
             return SentResponse(status)
         self.transport.write(head)
         chunked = framing == Framing.CHUNKED
+        # The length the browser was told (llhttp holds the PMS to it; a hook could have
+        # changed the header): never a byte more, and anything less is a cut answer.
+        declared = int(length) if framing == Framing.LENGTH and length is not None else None
         try:
             async for chunk in answer.stream():
                 if self.transport is None:
                     ex.reason = "client disconnected"
                     answer.close()
                     return SentResponse(status)
+                if declared is not None and ex.bytes_out + len(chunk) > declared:
+                    raise ValueError("answer longer than its Content-Length")
                 self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
                 ex.bytes_out += len(chunk)
                 if self._paused:
                     await self._drain_helper()
+            if declared is not None and ex.bytes_out != declared:
+                raise ValueError("answer shorter than its Content-Length")
         except Exception as exc:
             # The PMS broke off mid-answer: the browser must see a cut answer, not a whole one.
             log.warning("upstream answer cut", request_id=ex.request_id, error=type(exc).__name__)
