@@ -320,7 +320,10 @@ class SessionGuard(Addon):
             reading = await self.identity.read(session.vault, ex)
             if not reading.is_user(session.user):
                 return await self._identity_mismatch(ex, session, before, reading)
-        await self.sessions.save(session)
+        if not await self.sessions.save(session):
+            # Ended meanwhile (a logout in another tab, a revocation): its PMS session,
+            # now under the cookies just set, is ended too rather than left signed in.
+            self.sessions.end_upstream(session.vault, LogoutSubject.of(session, "ended"))
         return None
 
     async def _identity_mismatch(

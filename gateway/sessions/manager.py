@@ -66,12 +66,22 @@ class SessionManager:
 
     # -- storage -------------------------------------------------------------------------
 
-    async def save(self, session: DeviceSession) -> None:
+    async def save(self, session: DeviceSession, *, new: bool = False) -> bool:
+        """Write the session; False when it ended meanwhile. Only `create` writes a `new`
+        record: an update (activity, a rotated PMS cookie) of a session another request or
+        worker has just ended must not bring it back, outside the user's index where no
+        revocation or sweep would find it."""
         rules = self.policy().sessions_for(session.group)
         ttl = max(1.0, session.deadline(rules.max_lifetime) - self.clock())
-        await self.records.put(session.id_hash, session.to_json(), ttl=ttl)
+        if new:
+            await self.records.put(session.id_hash, session.to_json(), ttl=ttl)
+            saved = True
+        else:
+            saved = await self.records.replace(session.id_hash, session.to_json(), ttl=ttl)
         self.cache.forget(session.id_hash)  # after the write: a read from now on sees it
-        await self.store.publish(SESSION_CHANGED_CHANNEL, session.id_hash.encode())
+        if saved:
+            await self.store.publish(SESSION_CHANGED_CHANNEL, session.id_hash.encode())
+        return saved
 
     async def load(self, id_hash: str) -> DeviceSession | None:
         """The session as stored (see cache.py for how recent), decrypted once per version.
@@ -161,7 +171,7 @@ class SessionManager:
             vault=dict(vault),
             expires_at=expires_at,
         )
-        await self.save(session)
+        await self.save(session, new=True)
         await self.store.set_add("user-sess:" + user, session.id_hash, ttl=rules.max_lifetime)
         await self.store.set_add("sess-all", session.id_hash)
         log.info("session started", user=user, session_hash=session.id_hash[:16], login_type=login_type)

@@ -43,6 +43,11 @@ class SealedRecords:
         key = self.prefix + id_hash
         await self.store.set(key, seal(self.cipher, key, plaintext), ttl=ttl)
 
+    async def replace(self, id_hash: str, plaintext: bytes, ttl: float) -> bool:
+        """Update a record only while it exists (see EphemeralStore.replace)."""
+        key = self.prefix + id_hash
+        return await self.store.replace(key, seal(self.cipher, key, plaintext), ttl=ttl)
+
     async def get(self, id_hash: str) -> bytes | None:
         key = self.prefix + id_hash
         sealed = await self.store.get(key)

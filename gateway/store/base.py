@@ -169,6 +169,11 @@ class EphemeralStore(abc.ABC):
         """Store only when the key does not exist; True when stored (one winner)."""
 
     @abc.abstractmethod
+    async def replace(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        """Store only when the key exists; True when stored. An update of a record that
+        someone else may delete meanwhile (a session ended elsewhere) never recreates it."""
+
+    @abc.abstractmethod
     async def delete(self, *keys: str) -> int:
         """Remove keys; returns how many existed."""
 

@@ -108,6 +108,13 @@ class MemoryStore(EphemeralStore):
         self._store(key, bytes(value), ttl)
         return True
 
+    async def replace(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        check_ttl(ttl)
+        if self._lookup(key) is None:
+            return False
+        self._store(key, bytes(value), ttl)
+        return True
+
     async def delete(self, *keys: str) -> int:
         removed = 0
         for key in keys:

@@ -131,6 +131,11 @@ class RedisStore(EphemeralStore):
         px = None if ttl is None else _ms(ttl)
         return bool(await self._client.set(self._k(key), value, px=px, nx=True))
 
+    async def replace(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        check_ttl(ttl)
+        px = None if ttl is None else _ms(ttl)
+        return bool(await self._client.set(self._k(key), value, px=px, xx=True))
+
     async def delete(self, *keys: str) -> int:
         if not keys:
             return 0
