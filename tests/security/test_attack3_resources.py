@@ -163,3 +163,37 @@ async def test_a_refusal_of_a_large_unread_body_reaches_the_browser():
         writer.close()
     assert status == 401 and body == b"no"
     assert pms.requests == []
+
+
+async def test_an_unknown_expectation_gets_a_fixed_417():
+    """Before: aiohttp's router answered 417 with the header's value in its body."""
+    async with raw_pms() as (pms, url), run_gateway(url, **LEAN) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(get("/user?name=A", gw.port, "Expect: <script>x</script>\r\n"))
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 417 ") and b"script" not in answer
+    assert pms.requests == []
+
+
+async def test_a_half_closed_connection_is_closed_once_answered():
+    """Before: after the browser's end (nothing more can come), the connection stayed
+    open until the keep-alive timeout."""
+    async with raw_pms() as (_, url), run_gateway(url, **LEAN) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(get("/user?name=A", gw.port) + get("/user?name=B", gw.port))
+        writer.write_eof()
+        answers = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    assert answers.count(b"HTTP/1.1 200 ") == 2 and answers.endswith(b"page of B")
+
+
+async def test_a_body_cut_short_by_the_browsers_end_gets_400():
+    async with raw_pms() as (pms, url), run_gateway(url, **LEAN) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(get("/user?name=A", gw.port, "Content-Length: 5\r\n", "POST") + b"hell")
+        writer.write_eof()
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 ") and answer.count(b"HTTP/1.1") == 1
+    assert pms.bodies == []

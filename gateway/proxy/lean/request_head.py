@@ -6,7 +6,7 @@ coding, whitespace before a colon). Added here, the checks aiohttp's parser make
 singleton header twice (Host, Content-Length, ...), an HTTP version other than 1.0/1.1,
 chunked on HTTP/1.0; and one llhttp leaves to its user: an upgrade request carrying a body.
 `Expect: 100-continue` is taken out of the headers: the engine answers it itself, once a
-handler reads the body (`server.ContinueReader`).
+handler reads the body (`server.ContinueReader`); any other expectation gets 417.
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ def request_head(http: Any, target_parts: list[bytes], raw_headers: list[tuple[b
     for name, value in raw_headers:
         size += len(name) + len(value)
         lowered = name.lower()
-        if lowered == b"expect" and version is HttpVersion11 and value.strip().lower() == b"100-continue":
+        if lowered == b"expect" and version is HttpVersion11:
+            if value.strip().lower() != b"100-continue":
+                raise Refused(417, "unknown expectation")  # aiohttp's 417 echoed the value
             expect_continue = True
             continue
         if lowered in _SINGLETONS:

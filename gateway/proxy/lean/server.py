@@ -142,6 +142,7 @@ class LeanProtocol(BaseProtocol):
         self._broken = False  # the parser refused: nothing more is read
         self._unread = False  # an answered request's body was left unread: the connection closes
         self._close_after = False
+        self._ended = False  # the browser's end arrived: close once the queued requests are answered
         self._busy = False
         self._tail = bytearray()  # bytes after an upgrade request, for the WebSocket parser
         self._ws_parser: Any = None
@@ -176,8 +177,13 @@ class LeanProtocol(BaseProtocol):
         self._wake()
 
     def eof_received(self) -> bool:
-        # Half-closed: answers already asked for (a refusal too) can still be sent; after a
-        # refusal went out (`_linger`), the browser's end ends the connection.
+        """Half-closed: the answers already asked for (a refusal too) are still sent, then
+        the connection closes (nothing more can come); after a refusal went out
+        (`_linger`), the browser's end ends the connection at once."""
+        self._ended = True
+        if self._payload is not None and not self._broken:
+            self._refuse(Refused(400, "request body cut short"))  # it can no longer arrive whole
+        self._wake()
         return self._linger_timer is None
 
     def pause_reading(self) -> None:  # a request body's StreamReader is full
@@ -385,7 +391,7 @@ class LeanProtocol(BaseProtocol):
         try:
             while True:
                 if not self._messages:
-                    if self._close_after or self.transport is None:
+                    if self._close_after or self._ended or self.transport is None:
                         break
                     self._waiter = self._loop.create_future()
                     await self._waiter
