@@ -99,6 +99,24 @@ def frame(message: object) -> bytes:
     return _LENGTH.pack(len(body)) + body
 
 
+def records_frames(first_seq: int, resent: bool, rows: list[tuple[bool, Row]], per_frame: int) -> list[bytes]:
+    """`rows` as `Records` frames of at most `per_frame` rows each, and each well under
+    MAX_FRAME. Everything held goes to a new writer at once after a restart: as one frame,
+    20,000 records with long paths were over 256 MB, which the writer refused as a broken
+    link, died of, and was sent again, for ever, storing nothing."""
+    frames: list[bytes] = []
+    pending = [(first_seq + start, rows[start:start + per_frame]) for start in range(0, len(rows), per_frame)]
+    while pending:
+        seq, part = pending.pop(0)
+        data = frame(Records(seq, resent, part))
+        if len(data) > MAX_FRAME // 4 and len(part) > 1:
+            half = len(part) // 2
+            pending[:0] = [(seq, part[:half]), (seq + half, part[half:])]
+            continue
+        frames.append(data)
+    return frames
+
+
 async def read_message(reader: asyncio.StreamReader) -> object | None:
     """The next message, or None when the other end closed the link."""
     try:

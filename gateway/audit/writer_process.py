@@ -54,12 +54,12 @@ from gateway.audit.writer_link import (
     Ack,
     Amend,
     Nack,
-    Records,
     Rules,
     Start,
     Status,
     frame,
     read_message,
+    records_frames,
 )
 from gateway.audit.writer_zygote import Zygote, zygote
 
@@ -202,7 +202,8 @@ class ProcessWriter:
             link.write(frame(rules))
             self._sent_rules = rules
         rows = [(held.done is not None, held.row) for held in batch]
-        link.write(frame(Records(batch[0].seq, resent, rows)))
+        for data in records_frames(batch[0].seq, resent, rows, SEND_ROWS):
+            link.write(data)  # not writelines: CPython 3.12.1's sendmsg path lost frames here
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
