@@ -35,6 +35,7 @@ import contextlib
 import os
 import signal
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ entry_row = attrgetter(*AuditEntry.__slots__)  # AuditEntry(*entry_row(entry)) =
 LINGER_CHECKS = 500  # of 10 ms, after a writer's link closed
 SEND_ROWS = 256  # normal records go out in frames of this many ...
 SEND_DELAY = 0.02  # ... or this long after the first, whichever comes first (strict: at once)
+STALL_GRACE = 2 * 15.0  # a writer silent this long past its flush interval while holding records is stalled
 
 
 class SpoolView:
@@ -130,6 +132,7 @@ class ProcessWriter:
         self.spooled = 0
         self._child_stuck = False
         self._down = False  # the last child could not be started
+        self._heard = 0.0  # monotonic: the child's last word, or when records started waiting
 
     # -- producers (the AuditWriter interface) ---------------------------------------------
     @property
@@ -167,6 +170,8 @@ class ProcessWriter:
     def _push(self, entry: AuditEntry, done: asyncio.Future[None] | None) -> None:
         held = _Held(self._next_seq, entry_row(entry), done, None if done is None else entry)
         self._next_seq += 1
+        if not self._held:
+            self._heard = time.monotonic()  # the stall clock starts with the first record waiting
         self._held.append(held)
         if self._supervisor is None or self._supervisor.done():
             # A late record (the relay finishing a message during shutdown): write it too.
@@ -277,7 +282,11 @@ class ProcessWriter:
                 link.write(frame(CLOSE))
             else:
                 self._link = link
-            said_bye = await self._serve(reader)
+            watchdog = asyncio.get_running_loop().create_task(self._watch_for_stall(pid))
+            try:
+                said_bye = await self._serve(reader)
+            finally:
+                watchdog.cancel()
         except Exception:
             log.exception("audit writer link broken; restarting the writer process")
         finally:
@@ -289,6 +298,22 @@ class ProcessWriter:
             await _gone(pid, kill=not said_bye)
         return ready, said_bye
 
+    async def _watch_for_stall(self, pid: int) -> None:
+        """Kill a writer that holds records and says nothing (stopped, hung, deadlocked):
+        nothing else would replace it, and the records it holds would never be stored. A
+        working writer acknowledges within its flush interval plus the database timeout,
+        or reports itself stuck (database and spool failing: it is retrying, not stalled).
+        Its successor gets every record held, as after any death."""
+        while True:
+            limit = self._settings().flush_interval + STALL_GRACE
+            await asyncio.sleep(min(limit, 5.0))
+            if self._held and not self._child_stuck and time.monotonic() - self._heard >= limit:
+                log.error("audit writer process stalled; killing it", pid=pid, silent_s=round(limit),
+                          unacknowledged=len(self._held))
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                return
+
     def _start_failed(self, reason: str) -> None:
         if not self._down:
             log.error(reason + "; records held in memory")
@@ -298,7 +323,9 @@ class ProcessWriter:
     async def _serve(self, reader: asyncio.StreamReader) -> bool:
         """Handle the child's messages until its link closes; True if it said BYE."""
         said_bye = False
+        self._heard = time.monotonic()
         while (message := await read_message(reader)) is not None:
+            self._heard = time.monotonic()
             if message == BYE:
                 said_bye = True
             elif isinstance(message, Ack):

@@ -128,3 +128,25 @@ async def test_writer_and_zygote_hold_no_listening_socket_nor_key_file(tmp_path:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_stalled_writer_is_replaced_and_its_records_stored(tmp_path: Path, monkeypatch) -> None:
+    """SIGSTOP: the writer neither dies nor answers. Without a watchdog nothing replaced
+    it: records piled up until the queue was full and every request was refused, for as
+    long as it stayed stopped. Now it is killed once silent past its bound."""
+    from gateway.audit import writer_process
+
+    monkeypatch.setattr(writer_process, "STALL_GRACE", 0.3)
+    policy = Policy(audit=AuditPolicy(flush_interval=0.05))
+    async with open_stack(tmp_path, f"sqlite:///{tmp_path}/gateway.db", policy) as stack:
+        writer = stack.writer
+        await writer.put_durable(entry(0))
+        stalled = writer.pid
+        assert stalled is not None
+        os.kill(stalled, signal.SIGSTOP)
+        for n in range(1, 50):
+            assert writer.offer(entry(n))
+        await until(lambda: _true(writer.restarts == 1 and writer.queued == 0), "a successor stored them")
+        assert writer.pid != stalled
+        assert await stack.paths() == [f"/p/{n}" for n in range(50)]
+        assert await stack.verified()
