@@ -191,6 +191,9 @@ def run(fd: int) -> int:
     """The writer's life on the link socket `fd`; its exit status."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Until `Start` names the gateway's format: structlog's own default prints every local
+    # of a failure's frames (rich tracebacks), `Start`'s database password and keys too.
+    configure_logging("auto", "info")
     batch_scheduling()
     try:
         import uvloop

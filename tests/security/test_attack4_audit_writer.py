@@ -150,3 +150,35 @@ async def test_a_stalled_writer_is_replaced_and_its_records_stored(tmp_path: Pat
         assert writer.pid != stalled
         assert await stack.paths() == [f"/p/{n}" for n in range(50)]
         assert await stack.verified()
+
+
+async def test_a_writer_failing_before_its_logging_is_set_up_prints_no_secret(tmp_path: Path) -> None:
+    """A frame after `Start` the writer cannot read (a version skew, a bug): the failure is
+    logged, but structlog's default set-up (in force until `Start` configured logging)
+    printed every local of every frame with rich installed: the database password and the
+    audit keys of `Start` among them."""
+    import subprocess
+    import sys
+
+    from gateway.audit.keys import AuditKeys
+    from gateway.audit.writer_link import Start, frame
+    from gateway.config import GeoipSettings
+
+    secret = "hunter2-" + os.urandom(4).hex()
+    keys = AuditKeys.from_master(os.urandom(32))
+    start = Start(f"postgresql://gw:{secret}@127.0.0.1:1/gw", 1, keys, tmp_path / "spool", "gw-test",
+                  GeoipSettings(), "console", "info")
+    gateway_end, child_end = socket.socketpair()
+    process = subprocess.Popen([sys.executable, "-m", "gateway.audit.writer_child", str(child_end.fileno())],
+                               pass_fds=(child_end.fileno(),), stderr=subprocess.STDOUT, stdout=subprocess.PIPE,
+                               cwd=Path(__file__).parent.parent.parent)
+    child_end.close()
+    try:
+        gateway_end.sendall(frame(start) + writer_link._LENGTH.pack(3) + b"bad")
+        err, _ = await asyncio.to_thread(process.communicate, timeout=60)  # stdout and stderr
+    finally:
+        gateway_end.close()
+    assert process.returncode != 0
+    assert b"audit writer process failed" in err
+    assert secret.encode() not in err
+    assert keys.chain.hex().encode() not in err and repr(keys.chain).encode() not in err
