@@ -181,7 +181,9 @@ class LeanProtocol(BaseProtocol):
         the connection closes (nothing more can come); after a refusal went out
         (`_linger`), the browser's end ends the connection at once."""
         self._ended = True
-        if self._payload is not None and not self._broken:
+        if self._ws_parser is not None:
+            self._ws_parser.feed_eof()  # a WebSocket whose browser stopped sending: it ends
+        elif self._payload is not None and not self._broken:
             self._refuse(Refused(400, "request body cut short"))  # it can no longer arrive whole
         self._wake()
         return self._linger_timer is None
