@@ -22,6 +22,7 @@ from gateway.config import LimitsSettings, UpstreamSettings
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.forward import BodyTooLarge, BufferedAnswer, Forwarder, UpstreamTimeout, UpstreamUnavailable
 from gateway.proxy.headers import downstream_response_headers
+from gateway.proxy.lean.relay import relay
 from gateway.proxy.lean.server import LeanProtocol
 from gateway.proxy.lean.upstream import Head, UpstreamClosed, UpstreamConnection, UpstreamPool
 
@@ -177,7 +178,7 @@ class LeanForwarder(Forwarder):
     async def relay(self, request: web.BaseRequest, ex: Exchange, answer) -> web.StreamResponse:  # type: ignore[override]
         protocol = request.protocol
         if isinstance(protocol, LeanProtocol) and isinstance(answer, LeanAnswer):
-            return await protocol.relay(request, ex, answer, self.limits.buffer_below)
+            return await relay(protocol, request, ex, answer, self.limits.buffer_below)
         return await super().relay(request, ex, answer)
 
 

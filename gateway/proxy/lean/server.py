@@ -38,8 +38,7 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_runner import TCPSite
 
 from gateway.config import LimitsSettings
-from gateway.proxy.exchange import Exchange
-from gateway.proxy.lean.relay import Framing, answer_head, phrase
+from gateway.proxy.lean.relay import phrase
 from gateway.proxy.lean.request_head import Refused, request_head
 
 log = structlog.get_logger("gateway.proxy")
@@ -68,14 +67,6 @@ class ContinueReader(StreamReader):
         if isinstance(protocol, LeanProtocol):
             protocol.send_continue(self)
         await super()._wait(func_name)
-
-
-class SentResponse(web.StreamResponse):
-    """An answer the engine already wrote on the connection (`LeanProtocol.relay`)."""
-
-    def __init__(self, status: int) -> None:
-        super().__init__(status=status)
-        self._eof_sent = True  # prepare() and write_eof() do nothing
 
 
 class LeanServer:
@@ -531,65 +522,36 @@ class LeanProtocol(BaseProtocol):
             b"Connection: close\r\n\r\n%s" % (refusal.status, text.encode(), len(body), body)
         )
 
-    async def relay(self, request: web.BaseRequest, ex: Exchange, answer: Any, buffer_below: int) -> web.StreamResponse:
-        """Write the upstream's answer onto this connection (`relay.answer_head`): the body
-        in one write when small and of known length, else as it arrives. Once its head is
-        written the answer is this request's only one: if it cannot end whole (the PMS
-        broke off, a timeout struck), the connection is aborted, never answered again."""
-        status = answer.status
-        body = answer.buffered_body
-        length = answer.headers.get("Content-Length")
-        bodiless = request.method == "HEAD" or status in (204, 304)
-        if body is None and not bodiless and length is not None and length.isdigit() and int(length) <= buffer_below:
-            body = await answer.read_body(int(length))
-        head, framing, closing = answer_head(request, ex, answer, None if bodiless else body,
-                                             closing=not request.keep_alive or self._close_after)
+    # -- what `relay` writes an upstream's answer with ------------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        """The connection closes after the answer being written."""
+        return self._close_after
+
+    def start_answer(self, head: bytes, *, closing: bool) -> bool:
+        """Write the head of an upstream's answer: from here on it is this request's only
+        answer (`_answer` writes no other). False when the browser is gone."""
         self._close_after = self._close_after or closing
         if self.transport is None:
-            answer.close()
-            ex.reason = "client disconnected"
-            return SentResponse(status)
+            return False
         self._relayed = True
-        if framing == Framing.NONE or body is not None:
-            self.transport.write(head if framing == Framing.NONE else head + body)
-            ex.bytes_out = 0 if body is None or framing == Framing.NONE else len(body)
-            answer.release()
-            return SentResponse(status)
         self.transport.write(head)
-        chunked = framing == Framing.CHUNKED
-        # The length the browser was told (llhttp holds the PMS to it; a hook could have
-        # changed the header): never a byte more, and anything less is a cut answer.
-        declared = int(length) if framing == Framing.LENGTH and length is not None else None
-        try:
-            async for chunk in answer.stream():
-                if self.transport is None:
-                    ex.reason = "client disconnected"
-                    answer.close()
-                    return SentResponse(status)
-                if declared is not None and ex.bytes_out + len(chunk) > declared:
-                    raise ValueError("answer longer than its Content-Length")
-                self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-                ex.bytes_out += len(chunk)
-                if self._paused:
-                    await self._drain_helper()
-            if declared is not None and ex.bytes_out != declared:
-                raise ValueError("answer shorter than its Content-Length")
-        except Exception as exc:
-            # The PMS broke off mid-answer: the browser must see a cut answer, not a whole one.
-            log.warning("upstream answer cut", request_id=ex.request_id, error=type(exc).__name__)
-            ex.reason = "upstream answer cut"
-            self._cut(answer)
-            return SentResponse(status)
-        except BaseException:
-            self._cut(answer)  # cancelled (request_timeout): `_answer` sees `_relayed` and writes nothing more
-            raise
-        if chunked and self.transport is not None:
-            self.transport.write(b"0\r\n\r\n")
-        answer.release()
-        return SentResponse(status)
+        return True
 
-    def _cut(self, answer: Any) -> None:
-        answer.close()
+    def write_body(self, data: bytes) -> bool:
+        if self.transport is None:
+            return False
+        self.transport.write(data)
+        return True
+
+    async def drained(self) -> None:
+        if self._paused:
+            await self._drain_helper()
+
+    def cut(self) -> None:
+        """The answer cannot end whole: the browser must see it cut, never completed by
+        whatever would come next on the connection."""
         self._close_after = True
         self.abort()
 
