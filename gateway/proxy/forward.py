@@ -11,18 +11,25 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator
 
 import aiohttp
+import structlog
 from aiohttp import web
+from aiohttp.connector import Connection
 from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config import LimitsSettings, UpstreamSettings
+from gateway.proxy.aiohttp_bodies import RequestBodyTimeout
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.headers import downstream_response_headers
+from gateway.proxy.strict_answers import parse_strictly
+
+log = structlog.get_logger("gateway.proxy")
 
 
 class _AsSent:
@@ -44,6 +51,9 @@ class RelayedResponse(_AsSent, web.Response):
 
 class RelayedStream(_AsSent, web.StreamResponse):
     """A streamed answer relayed as the PMS sent it."""
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # in a reason phrase: never relayed
 
 
 class BodyTooLarge(Exception):
@@ -109,13 +119,19 @@ class BufferedAnswer(abc.ABC):
 
 
 class Answer(BufferedAnswer):
-    """The upstream's response as response hooks see it (implements UpstreamAnswer)."""
+    """The upstream's response as response hooks see it (implements UpstreamAnswer).
 
-    __slots__ = ("_response",)
+    `sent` is the browser's answer once its head may have gone out: a failure after that
+    (request_timeout striking mid-body) ends that answer, and the gateway's error page must
+    never follow it on the connection, where it would be read as body bytes and the rest as
+    the next answer."""
+
+    __slots__ = ("_response", "sent")
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         super().__init__(response.status, downstream_response_headers(response.headers))
         self._response = response
+        self.sent: web.StreamResponse | None = None
 
     @property
     def reason(self) -> str | None:
@@ -150,6 +166,17 @@ class VerbatimRequest(aiohttp.ClientRequest):
     def update_auto_headers(self, skip_auto_headers) -> None:  # type: ignore[override]
         return None
 
+    async def send(self, conn: Connection) -> aiohttp.ClientResponse:
+        """A connection that carries a request body is never reused: a PMS that answers
+        without reading the body (a "CL.0" server) would read it as the start of the next
+        request, which another user's request completes, and that user would receive the
+        answer to the body's author's request. Marked before the answer is parsed, since
+        aiohttp pools a connection as soon as an answer's body ends."""
+        body = self._body
+        if body is not None and body.size != 0 and conn.protocol is not None:
+            conn.protocol.force_close()
+        return await super().send(conn)
+
 
 class Forwarder:
     def __init__(self, upstream: UpstreamSettings, limits: LimitsSettings) -> None:
@@ -171,6 +198,7 @@ class Forwarder:
             ssl=ssl_context,
             enable_cleanup_closed=False,
         )
+        parse_strictly(connector)
         self.session = aiohttp.ClientSession(
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
@@ -210,7 +238,7 @@ class Forwarder:
                 compress=None,
                 proxy=None,
             )
-        except BodyTooLarge:
+        except (BodyTooLarge, RequestBodyTimeout):  # the browser's fault, not the upstream's
             raise
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout(str(exc) or "timeout") from exc
@@ -219,6 +247,13 @@ class Forwarder:
                 # The client library wraps our generator's BodyTooLarge in its own error.
                 raise BodyTooLarge(f"body exceeded {self.limits.max_body_size} bytes") from exc
             raise UpstreamUnavailable(type(exc).__name__) from exc
+        if response.status < 200 or _CONTROL.search(response.reason or ""):
+            # An upgrade (101) nobody asked for, no status at all, or a reason hiding a line
+            # break (aiohttp's parser ends the line at LF only): relayed, the browser's
+            # connection could become a tunnel to the PMS, or read a header the PMS did not
+            # send as one. WebSockets go through `websocket`.
+            response.close()
+            raise UpstreamUnavailable(f"answered {response.status} {response.reason!r} to a plain request")
         ex.upstream_seconds = time.perf_counter() - started
         return Answer(response)
 
@@ -268,6 +303,7 @@ class Forwarder:
             return relayed
         response = RelayedStream(status=answer.status, reason=answer.reason, headers=headers)
         response.untyped = "Content-Type" not in headers
+        answer.sent = response  # from here on, a failure cuts this answer: see `Answer.sent`
         try:
             await response.prepare(request)
             if not bodiless:
@@ -280,5 +316,24 @@ class Forwarder:
             ex.reason = "client disconnected"
             answer.close()
             return response
+        except Exception as exc:
+            # The PMS broke off mid-answer: the browser must see a cut answer, not a whole one.
+            log.warning("upstream answer cut", request_id=ex.request_id, error=type(exc).__name__)
+            ex.reason = "upstream answer cut"
+            _cut(request, answer)
+            return response
+        except BaseException:
+            _cut(request, answer)  # cancelled (request_timeout): see `Answer.sent`
+            raise
         answer.release()
         return response
+
+
+def _cut(request: web.BaseRequest, answer: Answer) -> None:
+    """End an answer whose head went out and whose body cannot end whole: the browser's
+    connection closes, so nothing written after (aiohttp's closing chunk, an error page)
+    reaches it; and the upstream connection, its answer unread, is dropped."""
+    answer.close()
+    transport = request.transport
+    if transport is not None:
+        transport.close()

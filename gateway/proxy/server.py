@@ -24,6 +24,7 @@ from multidict import CIMultiDict
 from gateway.audit.path_secrets import path_for_logs
 from gateway.config import Config
 from gateway.policy.schema import Policy
+from gateway.proxy.aiohttp_bodies import RequestBodyTimeout, body_rules, body_timed_out, defer_continue
 from gateway.proxy.canonical import AmbiguousPath, CanonicalPath, canonicalize
 from gateway.proxy.client_ip import ClientResolver
 from gateway.proxy.errors import error_response
@@ -33,7 +34,7 @@ from gateway.proxy.headers import UpstreamRewriter, upstream_request_headers
 from gateway.proxy.lean.forward import LeanForwarder
 from gateway.proxy.overrides import overrides_method_in_query
 from gateway.proxy.outages import outage_of
-from gateway.proxy.websocket import bridge_websocket, is_websocket_upgrade
+from gateway.proxy.websocket import is_websocket_upgrade, open_websocket
 
 RESERVED_PREFIX = "/_gateway/"
 REFLECTING_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})  # never forwarded (see `handle`)
@@ -71,10 +72,14 @@ class Gateway:
         app.router.add_static(RESERVED_PREFIX + "static/", STATIC_DIR, append_version=False)
         for addon in self.addons:
             app.router.add_routes(addon.routes())
-        app.router.add_route("*", "/{tail:.*}", self.handle)
+        aiohttp_engine = self.config.listen.engine == "aiohttp"
+        # The lean engine owes its 100 Continue and body deadline in its protocol.
+        app.router.add_route("*", "/{tail:.*}", self.handle, expect_handler=defer_continue if aiohttp_engine else None)
         app.on_startup.append(self._startup)
         app.on_cleanup.append(self._cleanup)
         app.middlewares.append(self._request_id_middleware)
+        if aiohttp_engine:
+            app.middlewares.append(body_rules(self.config.limits.request_timeout))
         for addon in self.addons:
             app.middlewares.extend(addon.middlewares())
         return app
@@ -171,6 +176,8 @@ class Gateway:
     def _failure(self, request: web.BaseRequest, request_id: str, exc: Exception) -> tuple[web.Response, str]:
         """An exception from a hook or the gateway's own pages, and the audit reason: 503
         when a dependency is down (sign-in cannot work without it), 500 for anything else."""
+        if isinstance(exc, RequestBodyTimeout):  # a guard waited for a body that never ended
+            return self._error(request, 408, request_id, None), "request body not received in time"
         dependency = outage_of(exc)
         if dependency is None:
             log.exception("unhandled error", request_id=request_id, path=self._loggable(request.path))
@@ -256,32 +263,50 @@ class Gateway:
             answer = await hook(ex)
             if answer is not None:
                 return answer
+        upstream = None
         try:
             async with asyncio.timeout(self.config.limits.request_timeout):
                 if is_websocket_upgrade(request):
-                    return await bridge_websocket(
-                        request, ex, self.forwarder.session, self.forwarder.url_for(ex)
-                    )
-                upstream = await self.forwarder.send(ex)
-                self.rewriter.rewrite(upstream.headers, ex.public_origin)
-                for hook in self._response_hooks:
-                    replacement = await hook(ex, upstream)
-                    if replacement is not None:
-                        upstream.release()
-                        return replacement
-                return await self.forwarder.relay(request, ex, upstream)
+                    # The timeout covers the handshake, never the life of the socket.
+                    bridge = await open_websocket(request, ex, self.forwarder.session, self.forwarder.url_for(ex))
+                else:
+                    upstream = await self.forwarder.send(ex)
+                    self.rewriter.rewrite(upstream.headers, ex.public_origin)
+                    for hook in self._response_hooks:
+                        replacement = await hook(ex, upstream)
+                        if replacement is not None:
+                            upstream.release()
+                            return replacement
+                    return await self.forwarder.relay(request, ex, upstream)
         except BodyTooLarge as exc:
             ex.deny("refused", "body too large")
             log.info("body too large", request_id=ex.request_id, detail=str(exc))
-            return self._error(request, 413, ex.request_id, None)
+            return self._refusal(request, ex, upstream, 413)
+        except RequestBodyTimeout:
+            ex.deny("refused", "request body not received in time")
+            return self._refusal(request, ex, upstream, 408)
         except UpstreamUnavailable as exc:
             ex.deny("upstream_error", f"upstream unavailable: {exc}")
             log.warning("upstream unavailable", request_id=ex.request_id, error=str(exc))
-            return self._error(request, 502, ex.request_id, None)
+            return self._refusal(request, ex, upstream, 502)
         except (UpstreamTimeout, TimeoutError) as exc:
             ex.deny("upstream_error", "upstream timeout")
             log.warning("upstream timeout", request_id=ex.request_id, error=str(exc))
-            return self._error(request, 504, ex.request_id, None)
+            return self._refusal(request, ex, upstream, 504)
+        return await bridge.run()
+
+    def _refusal(self, request: web.BaseRequest, ex: Exchange, upstream: object, status: int) -> web.StreamResponse:
+        """The error page for a failed forward, unless an answer's head already went out
+        (the aiohttp engine's relay, `Answer.sent`): that answer was cut and its connection
+        closed, and a second answer must never follow it. The lean engine's relay cuts its
+        own, and its protocol never writes an answer after one that started."""
+        sent = getattr(upstream, "sent", None)
+        if sent is not None:
+            return sent
+        if body_timed_out(request):  # the forward failed for want of the body (`aiohttp_bodies`)
+            ex.deny("refused", "request body not received in time")
+            status = 408
+        return self._error(request, status, ex.request_id, None)
 
 
 def server_kwargs(config: Config) -> dict:

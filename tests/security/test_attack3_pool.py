@@ -17,6 +17,7 @@ from tests.harness import run_gateway
 from tests.security.raw_pms import fetch, get, raw_pms
 
 LEAN = {"listen__engine": "lean"}
+ENGINES = ["aiohttp", "lean"]
 
 RETIRING = [
     "/head-with-body",  # HEAD: llhttp cannot be told the answer has no body
@@ -46,12 +47,13 @@ async def test_user_b_never_reads_user_a_page_over_a_pool_of_one(hostile):
         assert path_a != hostile or conn_b != conn_a
 
 
-async def test_an_answer_that_stalls_gives_its_pool_slot_back():
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_an_answer_that_stalls_gives_its_pool_slot_back(engine):
     """Before: the answer's connection was never released when reading its body timed out
     (or anything else failed between forward and relay): with a pool of one, every later
     request waited for the slot and got 504, for good."""
     async with raw_pms() as (pms, url), run_gateway(url, upstream__pool_size="1", upstream__read_timeout="0.3",
-                                                    **LEAN) as gw:
+                                                    listen__engine=engine) as gw:
         for _ in range(2):
             status, _, _ = await fetch(gw.port, "/stall")  # a head promising 10 bytes, then silence
             assert status == 504
@@ -60,12 +62,13 @@ async def test_an_answer_that_stalls_gives_its_pool_slot_back():
     assert pms.connections == 3
 
 
-async def test_request_timeout_mid_answer_never_writes_a_second_answer():
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_request_timeout_mid_answer_never_writes_a_second_answer(engine):
     """Before: request_timeout striking while an answer streamed made the gateway write a
     504 into the middle of the 200's body, on a connection it then kept open: the browser
     (or a proxy in front) read the 504 as body bytes and the rest as the next answer."""
     async with raw_pms() as (_, url), run_gateway(url, limits__request_timeout="0.5", upstream__read_timeout="30",
-                                                  **LEAN) as gw:
+                                                  listen__engine=engine) as gw:
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
         writer.write(get("/slowbig", gw.port))  # keep-alive: only the gateway closing ends the read
         data = await asyncio.wait_for(reader.read(), 10)
@@ -74,15 +77,16 @@ async def test_request_timeout_mid_answer_never_writes_a_second_answer():
     assert b"504" not in data and len(data) < 1_000_000  # a cut answer, and nothing after it
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("size", [100, 300_000], ids=["read-whole", "streamed"])
-async def test_a_body_the_pms_never_read_never_prefixes_the_next_users_request(size):
+async def test_a_body_the_pms_never_read_never_prefixes_the_next_users_request(size, engine):
     """A "CL.0" PMS answers without reading the body and keeps the connection. Before: the
     gateway pooled it, the PMS read the body as the start of the next request, the next
     user's request completed it, and that user got the answer to the body's author's
     request. A connection that carried a body is now never reused."""
     smuggled = b" /user?name=A-smuggled HTTP/1.1\r\nX-Ignore: "  # user B's request line becomes its header
     body = b"x" * (size - len(smuggled)) + smuggled
-    async with raw_pms() as (pms, url), run_gateway(url, upstream__pool_size="1", **LEAN) as gw:
+    async with raw_pms() as (pms, url), run_gateway(url, upstream__pool_size="1", listen__engine=engine) as gw:
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
         writer.write(get("/early", gw.port, f"Content-Length: {len(body)}\r\nConnection: close\r\n", "POST") + body)
         answer = await asyncio.wait_for(reader.read(), 10)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiohttp import web
 
 from gateway.proxy.exchange import Addon, Exchange
@@ -14,6 +15,7 @@ from tests.harness import run_gateway
 from tests.security.raw_pms import get, lean_connections, raw_pms, read_answer, until
 
 LEAN = {"listen__engine": "lean"}
+ENGINES = ["aiohttp", "lean"]
 
 
 async def _sent_without_end(gw, start: bytes) -> bytes:
@@ -100,19 +102,21 @@ async def _trickled(gw, path: str, length: int) -> bytes:
         writer.close()
 
 
-async def test_a_body_that_never_ends_gets_408_within_request_timeout():
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_body_that_never_ends_gets_408_within_request_timeout(engine):
     """Before: a guard reading a form waited for its body without any deadline (the
     request_timeout covers only the forward): a connection held forever per attacker."""
     async with raw_pms() as (pms, url), run_gateway(url, addons=[_ReadsForms()], limits__request_timeout="0.5",
-                                                    **LEAN) as gw:
+                                                    listen__engine=engine) as gw:
         for path, length in (("/form", 100), ("/user?name=A", 200_000)):  # a guard reads it; it is streamed up
             answer = await _trickled(gw, path, length)
             assert answer.startswith(b"HTTP/1.1 408 ") and answer.count(b"HTTP/1.1") == 1
     assert pms.bodies == []
 
 
-async def test_100_continue_is_sent_once_the_body_is_wanted():
-    async with raw_pms() as (pms, url), run_gateway(url, **LEAN) as gw:
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_100_continue_is_sent_once_the_body_is_wanted(engine):
+    async with raw_pms() as (pms, url), run_gateway(url, listen__engine=engine) as gw:
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
         writer.write(get("/user?name=A", gw.port, "Content-Length: 5\r\nExpect: 100-continue\r\n", "POST"))
         assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10) == b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -128,11 +132,12 @@ class _Refuses(Addon):
         return web.Response(status=401, text="no") if ex.path.path == "/refuse" else None
 
 
-async def test_a_refused_request_is_never_invited_to_send_its_body():
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_refused_request_is_never_invited_to_send_its_body(engine):
     """Before: aiohttp's router answered `100 Continue` as soon as the route matched, before
     any guard ran: a refused client was told to upload. Now the 100 goes out when a
     handler first reads the body; a refusal without it closes the connection."""
-    async with raw_pms() as (pms, url), run_gateway(url, addons=[_Refuses()], **LEAN) as gw:
+    async with raw_pms() as (pms, url), run_gateway(url, addons=[_Refuses()], listen__engine=engine) as gw:
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
         writer.write(get("/refuse", gw.port, "Content-Length: 300000\r\nExpect: 100-continue\r\n", "POST"))
         status, headers, _ = await read_answer(reader)

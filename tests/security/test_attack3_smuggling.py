@@ -56,6 +56,9 @@ REQUEST_LINES = {
     "lowercase-method": "get /user?name=A HTTP/1.1\r\nHost: {host}\r\n\r\n",
     "bare-lf-lines": "GET /user?name=A HTTP/1.1\nHost: {host}\n\n",
     "bare-cr-request-line": "GET /user?name=A HTTP/1.1\rHost: {host}\r\n\r\n",
+    "http-2.0": "GET /user?name=A HTTP/2.0\r\nHost: {host}\r\n\r\n",
+    "http-0.9-line": "GET /user?name=A HTTP/0.9\r\nHost: {host}\r\n\r\n",
+    "chunked-on-http-1.0": "POST /user?name=A HTTP/1.0\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
 }
 # Framed like any request, refused by the gateway's own check of the target: the request
 # behind is a request of its own (it passes the guards as one), never part of this one.
@@ -64,8 +67,8 @@ TARGET_FORMS = {
     "asterisk-form": "OPTIONS * HTTP/1.1\r\nHost: {host}\r\n\r\n",
     "authority-form": "CONNECT evil.example:443 HTTP/1.1\r\nHost: {host}\r\n\r\n",
 }
-# Refused by the lean engine; the aiohttp engine forwards them (HTTP/2.0 and 0.9 request
-# lines as 1.1, chunked on HTTP/1.0, an upgrade request's body). llhttp reads no body after
+# Refused by the lean engine; the aiohttp engine forwards them (an upgrade request's
+# body). llhttp reads no body after
 # an upgrade request: forwarded, it declared a body it never sent (the PMS would have read
 # the next user's request as it).
 UPGRADE = "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
@@ -73,9 +76,6 @@ LEAN_ONLY = {
     "upgrade-with-length": "POST /user?name=A HTTP/1.1\r\nHost: {host}\r\n" + UPGRADE + "Content-Length: 5\r\n\r\nhello",
     "upgrade-chunked": "POST /user?name=A HTTP/1.1\r\nHost: {host}\r\n" + UPGRADE
                        + "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-    "http-2.0": "GET /user?name=A HTTP/2.0\r\nHost: {host}\r\n\r\n",
-    "http-0.9-line": "GET /user?name=A HTTP/0.9\r\nHost: {host}\r\n\r\n",
-    "chunked-on-http-1.0": "POST /user?name=A HTTP/1.0\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
 }
 
 
