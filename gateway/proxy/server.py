@@ -14,6 +14,7 @@ import secrets
 import ssl
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -293,9 +294,13 @@ class Gateway:
             ex.deny("upstream_error", "upstream timeout")
             log.warning("upstream timeout", request_id=ex.request_id, error=str(exc))
             return self._refusal(request, ex, upstream, 504)
+        except BaseException:
+            if upstream is not None:  # a hook that raised: its connection is never left held
+                upstream.close()
+            raise
         return await bridge.run()
 
-    def _refusal(self, request: web.BaseRequest, ex: Exchange, upstream: object, status: int) -> web.StreamResponse:
+    def _refusal(self, request: web.BaseRequest, ex: Exchange, upstream: Any, status: int) -> web.StreamResponse:
         """The error page for a failed forward, unless an answer's head already went out
         (the aiohttp engine's relay, `Answer.sent`): that answer was cut and its connection
         closed, and a second answer must never follow it. The lean engine's relay cuts its
@@ -303,6 +308,8 @@ class Gateway:
         sent = getattr(upstream, "sent", None)
         if sent is not None:
             return sent
+        if upstream is not None:  # read in part, or not at all: never pooled, never held
+            upstream.close()
         if body_timed_out(request):  # the forward failed for want of the body (`aiohttp_bodies`)
             ex.deny("refused", "request body not received in time")
             status = 408

@@ -12,7 +12,9 @@ import asyncio
 import re
 
 import pytest
+from aiohttp import web
 
+from gateway.proxy.exchange import Addon, Exchange
 from tests.harness import run_gateway
 from tests.security.raw_pms import fetch, get, raw_pms
 
@@ -110,3 +112,24 @@ async def test_a_post_is_never_sent_twice_when_a_kept_connection_dies():
         assert status == 200 and body == b"page of 3"
     assert [(m, p) for _, m, p in pms.requests].count(("POST", "/user?name=post")) == 1
     assert [(c, p) for c, _, p in pms.requests][-2:] == [(2, "/user?name=3"), (3, "/user?name=3")]
+
+
+class _FailsOnBig(Addon):
+    """A response filter that breaks on /big after the PMS began its 2 MB answer."""
+
+    async def response(self, ex: Exchange, upstream) -> web.StreamResponse | None:
+        if ex.path.path == "/big":
+            raise RuntimeError("filter broke")
+        return None
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_response_hook_that_raises_gives_its_pool_slot_back(engine):
+    async with raw_pms() as (pms, url), run_gateway(url, addons=[_FailsOnBig()], upstream__pool_size="1",
+                                                    upstream__read_timeout="5", listen__engine=engine) as gw:
+        for name in ("A", "B"):
+            assert (await fetch(gw.port, "/big"))[0] == 500
+            status, _, body = await fetch(gw.port, f"/user?name={name}")
+            assert status == 200 and body == f"page of {name}".encode()
+    for (conn_a, _, path_a), (conn_b, _, _) in zip(pms.requests, pms.requests[1:]):
+        assert path_a != "/big" or conn_b != conn_a  # a half-read answer's connection is never reused
