@@ -208,7 +208,7 @@ class ProcessWriter:
             self._sent_rules = rules
         rows = [(held.done is not None, held.row) for held in batch]
         for data in records_frames(batch[0].seq, resent, rows, SEND_ROWS):
-            link.write(data)  # not writelines: CPython 3.12.1's sendmsg path lost frames here
+            link.write(data)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
