@@ -170,10 +170,12 @@ class VerbatimRequest(aiohttp.ClientRequest):
         """A connection that carries a request body is never reused: a PMS that answers
         without reading the body (a "CL.0" server) would read it as the start of the next
         request, which another user's request completes, and that user would receive the
-        answer to the body's author's request. Marked before the answer is parsed, since
-        aiohttp pools a connection as soon as an answer's body ends."""
+        answer to the body's author's request. Nor after HEAD: a body the PMS sends anyway
+        would be read as the next answer. Marked before the answer is parsed, since aiohttp
+        pools a connection as soon as an answer's body ends (see also `strict_answers`)."""
         body = self._body
-        if body is not None and body.size != 0 and conn.protocol is not None:
+        carries_body = body is not None and body.size != 0
+        if (carries_body or self.method == "HEAD") and conn.protocol is not None:
             conn.protocol.force_close()
         return await super().send(conn)
 

@@ -5,7 +5,8 @@ bare LF or a control character inside a header is accepted, and a bare LF even s
 one header into two (`X-A: a\\nSet-Cookie: evil=1` planted a cookie on the browser). A
 hostile or broken PMS must get a 502, never a relayed header it did not send as one.
 The strict mode of aiohttp's own (pure Python) answer parser refuses these; the upstream
-connector builds its connections with it.
+connector builds its connections with it. The parser also keeps a connection out of the
+pool after an answer that may not have ended where the next begins (see `parse_message`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import aiohttp
 from aiohttp.client_exceptions import ClientPayloadError
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.helpers import DEFAULT_CHUNK_SIZE, BaseTimerContext
-from aiohttp.http_parser import HttpResponseParserPy
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.http_parser import HttpResponseParserPy, RawResponseMessage
 
 
 class StrictAnswerParser(HttpResponseParserPy):
@@ -25,9 +27,28 @@ class StrictAnswerParser(HttpResponseParserPy):
     CRLF only (outside debug mode a bare LF ends a line too)."""
 
     lax = False
+    _answered = False  # a final answer was parsed (set on the instance)
 
     def feed_data(self, data: bytes, SEP: Any = None, *args: Any, **kwargs: Any) -> Any:
         return super().feed_data(data, b"\r\n", *args, **kwargs)
+
+    def parse_message(self, lines: list[bytes]) -> RawResponseMessage:
+        """One final answer per request (each request gets a parser of its own): a second
+        one is an answer nobody asked for, a broken PMS's late write on a connection already
+        back in the pool, which aiohttp would queue as the next user's answer. It is refused,
+        which closes the connection.
+
+        After a 1xx (or no status), a 204 or a 304 the connection is never reused: a body the
+        PMS sent anyway may still be on its way (the lean engine reuses a 204/304 when nothing
+        followed it; aiohttp gives no such guarantee). Marked as the head is parsed, since
+        aiohttp pools a connection as soon as its answer ends."""
+        if self._answered:
+            raise BadHttpMessage("an answer after the answer")
+        message = super().parse_message(lines)
+        self._answered = message.code >= 200
+        if (message.code < 200 or message.code in (204, 304)) and self.protocol is not None:
+            self.protocol.force_close()  # type: ignore[attr-defined]  # a ResponseHandler
+        return message
 
 
 class StrictResponseHandler(ResponseHandler):

@@ -1,4 +1,5 @@
-"""Attack on the lean engine's upstream pool (issue 14, third attack pass).
+"""Attack on the upstream pool of both engines (issue 14, third attack pass; found on the lean
+engine, then closed on the aiohttp engine too).
 
 User B must never receive a byte meant for user A, and a request must never leave the pool
 poorer: every kind of odd answer retires its connection, a timeout or an error gives the
@@ -16,7 +17,7 @@ from aiohttp import web
 
 from gateway.proxy.exchange import Addon, Exchange
 from tests.harness import run_gateway
-from tests.security.raw_pms import fetch, get, raw_pms
+from tests.security.raw_pms import fetch, get, page, raw_pms
 
 LEAN = {"listen__engine": "lean"}
 ENGINES = ["aiohttp", "lean"]
@@ -36,9 +37,10 @@ RETIRING = [
 ]
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("hostile", RETIRING)
-async def test_user_b_never_reads_user_a_page_over_a_pool_of_one(hostile):
-    async with raw_pms() as (pms, url), run_gateway(url, upstream__pool_size="1", **LEAN) as gw:
+async def test_user_b_never_reads_user_a_page_over_a_pool_of_one(hostile, engine):
+    async with raw_pms() as (pms, url), run_gateway(url, upstream__pool_size="1", listen__engine=engine) as gw:
         for round_ in range(2):
             await fetch(gw.port, hostile, "HEAD" if hostile == "/head-with-body" else "GET")  # user A
             status, _, body = await fetch(gw.port, f"/user?name=B{round_}")  # user B, interleaved
@@ -133,3 +135,44 @@ async def test_a_response_hook_that_raises_gives_its_pool_slot_back(engine):
             assert status == 200 and body == f"page of {name}".encode()
     for (conn_a, _, path_a), (conn_b, _, _) in zip(pms.requests, pms.requests[1:]):
         assert path_a != "/big" or conn_b != conn_a  # a half-read answer's connection is never reused
+
+
+class _LatePms:
+    """Answers /first, then, once the gateway had time to pool the connection, a second
+    answer nobody asked for on it (a broken PMS's late write); other paths as usual."""
+
+    def __init__(self) -> None:
+        self.extra_sent = asyncio.Event()
+        self.connections = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                target = head.split(b" ")[1].decode()
+                writer.write(page("page of " + target.split("=", 1)[-1]))
+                await writer.drain()
+                if target == "/first":
+                    await asyncio.sleep(0.2)  # the PMS's pace: the gateway has pooled the connection
+                    writer.write(page("page of A, again"))
+                    await writer.drain()
+                    self.extra_sent.set()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_an_answer_sent_late_on_a_pooled_connection_never_reaches_the_next_user(engine):
+    pms = _LatePms()
+    server = await asyncio.start_server(pms.handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with run_gateway(url, upstream__pool_size="1", listen__engine=engine) as gw:
+            assert (await fetch(gw.port, "/first"))[2] == b"page of /first"
+            await asyncio.wait_for(pms.extra_sent.wait(), 10)
+            status, _, body = await fetch(gw.port, "/user?name=B")
+    finally:
+        server.close()
+    assert status == 200 and body == b"page of B"
