@@ -56,6 +56,9 @@ def package_of(file: str) -> str:
     return top
 
 
+_IDLE_POOL_LOOP = "_worker (concurrent/futures/thread.py"
+
+
 def summarise_profile(raw: str) -> dict:
     """Own and inclusive sample shares per function and own share per package."""
     own: Counter = Counter()
@@ -72,7 +75,11 @@ def summarise_profile(raw: str) -> dict:
         if frames and frames[0].startswith("thread ("):  # --threads: keep the event loop's thread
             thread = frames.pop(0)
             if not thread.endswith("MainThread"):
-                other_threads[(frames[-1] if frames else thread).split(" (")[0]] += n
+                leaf = frames[-1] if frames else thread
+                # A pool thread whose innermost frame is the pool's own loop is waiting for
+                # work (a lock wait py-spy cannot tell from running): not CPU of the gateway.
+                if not leaf.startswith(_IDLE_POOL_LOOP):
+                    other_threads[leaf.split(" (")[0]] += n
                 continue
         if not frames:
             continue
