@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-from bench_upstream import fast_loop, serve_until_signal
+from bench_upstream import fast_loop, listen_until_signal, serve_until_signal
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,13 +71,7 @@ def role_lean(port: int, upstream: str) -> None:
                 self.transport.write(b"HTTP/1.1 %d OK\r\nContent-Type: text/html; charset=utf-8\r\n"
                                      b"Content-Length: %d\r\n\r\n%b" % (head.status, len(body), body))
 
-        loop = asyncio.get_running_loop()
-        listener = await loop.create_server(Relay, "127.0.0.1", port, backlog=1024, reuse_address=True)
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        listener.close()
+        await listen_until_signal(Relay, port)
         pool.close()
 
     asyncio.run(main())

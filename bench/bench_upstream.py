@@ -47,16 +47,21 @@ def fast_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def serve_until_signal(handler, port: int) -> None:
-    """A bare aiohttp low-level server on loopback until SIGINT/SIGTERM (upstream and bare proxy)."""
-    server = web.Server(handler, access_log=None, keepalive_timeout=75)
+async def listen_until_signal(protocol_factory, port: int) -> None:
+    """Serve `protocol_factory` on loopback until SIGINT/SIGTERM, then stop listening."""
     loop = asyncio.get_running_loop()
-    listener = await loop.create_server(server, "127.0.0.1", port, backlog=1024, reuse_address=True)
+    listener = await loop.create_server(protocol_factory, "127.0.0.1", port, backlog=1024, reuse_address=True)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     listener.close()
+
+
+async def serve_until_signal(handler, port: int) -> None:
+    """A bare aiohttp low-level server on loopback until SIGINT/SIGTERM (upstream and bare proxy)."""
+    server = web.Server(handler, access_log=None, keepalive_timeout=75)
+    await listen_until_signal(server, port)
     await server.shutdown(1)
 
 
