@@ -156,7 +156,7 @@ def entries(count: int, prefix: str) -> list:
 
 
 async def writer_throughput(url: str, data_dir: Path, count: int) -> dict[str, float]:
-    from gateway.audit.capture import EntryPreparer
+    from gateway.audit.prepare import EntryPreparer
     from gateway.audit.keys import key_path, load_or_create_keys
     from gateway.audit.spool import Spool
     from gateway.audit.store import AuditStore

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, func, inspect, select
 
-from gateway.audit.capture import EntryPreparer
+from gateway.audit.prepare import EntryPreparer
 from gateway.audit.entry import AuditEntry
 from gateway.audit.keys import key_path, load_or_create_keys
 from gateway.audit.spool import Spool

@@ -2,8 +2,8 @@
 
 Two steps, split on purpose: `entry_from_exchange` runs in the `done` hook and only copies
 attributes (no parsing, no I/O, so the request path stays cheap); `EntryPreparer`
-(gateway.audit.prepare, re-exported here) runs in the writer before anything is
-persisted, and is where secrets are removed. The request body, cookies and headers are
+(gateway.audit.prepare) runs in the writer before anything is persisted, and is where
+secrets are removed. The request body, cookies and headers are
 never read at all.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 
 from gateway.audit.entry import AuditEntry
-from gateway.audit.prepare import EntryPreparer  # noqa: F401  (re-exported: its historical home)
 from gateway.proxy.exchange import Exchange
 from gateway.sessions.model import device_label
 

@@ -167,7 +167,7 @@ class EgressAuditTrail:
         self._database = self._writer = self._exporter = None
 
     async def start(self) -> None:
-        from gateway.audit.capture import EntryPreparer
+        from gateway.audit.prepare import EntryPreparer
         from gateway.audit.heads import HeadExporter, heads_path
         from gateway.audit.keys import key_path, load_keys
         from gateway.audit.outbound import OutboundAuditSink
