@@ -17,7 +17,7 @@ import aiohttp
 import structlog
 
 from gateway.audit.entry import AuditEntry
-from gateway.audit.writer import AuditWriter
+from gateway.audit.writer import RecordQueue
 from gateway.config import Config
 from gateway.proxy.exchange import Addon
 from gateway.proxy.server import PolicyGetter
@@ -27,7 +27,7 @@ log = structlog.get_logger("gateway.sessions")
 
 
 class UpstreamLogout(Addon):
-    def __init__(self, config: Config, policy: PolicyGetter, audit: AuditWriter | None = None) -> None:
+    def __init__(self, config: Config, policy: PolicyGetter, audit: RecordQueue | None = None) -> None:
         self.audit = audit
         self.base = config.upstream.url
         self.policy = policy
