@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench_results import write_results
+from bench_results import RESULTS, memory_summary, write_readme_memory, write_results
 
 SOAK_MARKS = ("<!-- proxy-soak:start -->", "<!-- proxy-soak:end -->")
 STREAM_MARKS = ("<!-- proxy-stream:start -->", "<!-- proxy-stream:end -->")
@@ -129,6 +129,8 @@ class LongRuns:
         if self.args.write:
             write_results(section, start=marks[0], end=marks[1])
             self.bench.log(f"wrote the {name} section of bench/RESULTS.md")
+            if write_readme_memory(memory_summary(RESULTS.read_text(), SOAK_MARKS, STREAM_MARKS)):
+                self.bench.log("wrote the memory lines of README's benchmark summary")
 
     def header(self, title: str) -> list[str]:
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

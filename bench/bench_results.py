@@ -13,6 +13,8 @@ START_MARK = "<!-- proxy-bench:start -->"
 END_MARK = "<!-- proxy-bench:end -->"
 SUMMARY_START = "<!-- proxy-bench-summary:start -->"  # README's benchmark summary, written with --write
 SUMMARY_END = "<!-- proxy-bench-summary:end -->"
+MEMORY_START = "<!-- proxy-bench-memory:start -->"  # README's memory lines, from the soak and stream sections
+MEMORY_END = "<!-- proxy-bench-memory:end -->"
 
 
 def replace_between(text: str, start: str, end: str, block: str) -> str | None:
@@ -43,6 +45,39 @@ def write_results(section: str, results: Path = RESULTS, start: str = START_MARK
 def write_readme_summary(lines: list[str], readme: Path = README) -> bool:
     """README's benchmark summary, between its markers; False when they are missing."""
     replaced = replace_between(readme.read_text(), SUMMARY_START, SUMMARY_END, "\n".join(lines) + "\n")
+    if replaced is None:
+        return False
+    write_atomic(readme, replaced)
+    return True
+
+
+def _section(text: str, start: str, end: str) -> str:
+    first, last = text.find(start), text.find(end)
+    return text[first + len(start):last] if -1 < first < last else ""
+
+
+def memory_summary(results_text: str, soak_marks: tuple[str, str], stream_marks: tuple[str, str]) -> list[str]:
+    """README's memory lines, read back from the soak and stream sections of RESULTS.md,
+    so that whichever mode ran last states both."""
+    lines = []
+    soak = _section(results_text, *soak_marks)
+    verdict = next((line[2:] for line in soak.splitlines() if line.startswith("- RSS within")), None)
+    date = next((line[len("- Date: "):] for line in soak.splitlines() if line.startswith("- Date: ")), "")
+    if verdict:
+        lines.append(f"- memory, soak (`make bench-soak`, {date}): {verdict}")
+    stream = _section(results_text, *stream_marks)
+    date = next((line[len("- Date: "):] for line in stream.splitlines() if line.startswith("- Date: ")), "")
+    for row in stream.splitlines():
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        if len(cells) == 6 and cells[0] in ("upload", "download"):
+            lines.append(f"- memory, 1 GiB {cells[0]} (`make bench-stream`, {date}): {cells[1]}, peak RSS of all "
+                         f"the gateway's processes {cells[4]}: {cells[5]}")
+    return lines or ["- memory: `make bench-soak` and `make bench-stream` have not been run with --write yet"]
+
+
+def write_readme_memory(lines: list[str], readme: Path = README) -> bool:
+    """README's memory lines, between their markers; False when they are missing."""
+    replaced = replace_between(readme.read_text(), MEMORY_START, MEMORY_END, "\n".join(lines) + "\n")
     if replaced is None:
         return False
     write_atomic(readme, replaced)

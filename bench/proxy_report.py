@@ -324,7 +324,6 @@ class Report:
                 "audit in PostgreSQL" + (f"; other jobs took >= {DISTURBED_PCT:.0f}% of a core during {disturbed} "
                                          f"of its {len(cells)} cells" if disturbed else "") + "):")
         bullets = [f"{name}: **{verdict}**" + (f" ({figure})" if figure else "") for name, verdict, figure in self.goals()]
-        bullets.append("memory: `make bench-soak` and `make bench-stream`, figures in bench/RESULTS.md")
         return [*textwrap.wrap(head, 90), "",
                 *(line for bullet in bullets for line in textwrap.wrap(bullet, 90, initial_indent="- ",
                                                                         subsequent_indent="  "))]
