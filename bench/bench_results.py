@@ -42,13 +42,18 @@ def write_results(section: str, results: Path = RESULTS, start: str = START_MARK
     write_atomic(results, replaced)
 
 
-def write_readme_summary(lines: list[str], readme: Path = README) -> bool:
-    """README's benchmark summary, between its markers; False when they are missing."""
-    replaced = replace_between(readme.read_text(), SUMMARY_START, SUMMARY_END, "\n".join(lines) + "\n")
+def write_readme_block(lines: list[str], start: str, end: str, readme: Path = README) -> bool:
+    """`lines` into README between the markers `start` and `end`; False when they are missing."""
+    replaced = replace_between(readme.read_text(), start, end, "\n".join(lines) + "\n")
     if replaced is None:
         return False
     write_atomic(readme, replaced)
     return True
+
+
+def write_readme_summary(lines: list[str], readme: Path = README) -> bool:
+    """README's benchmark summary, between its markers."""
+    return write_readme_block(lines, SUMMARY_START, SUMMARY_END, readme)
 
 
 def _section(text: str, start: str, end: str) -> str:
@@ -76,9 +81,5 @@ def memory_summary(results_text: str, soak_marks: tuple[str, str], stream_marks:
 
 
 def write_readme_memory(lines: list[str], readme: Path = README) -> bool:
-    """README's memory lines, between their markers; False when they are missing."""
-    replaced = replace_between(readme.read_text(), MEMORY_START, MEMORY_END, "\n".join(lines) + "\n")
-    if replaced is None:
-        return False
-    write_atomic(readme, replaced)
-    return True
+    """README's memory lines, between their markers."""
+    return write_readme_block(lines, MEMORY_START, MEMORY_END, readme)
