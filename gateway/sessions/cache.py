@@ -114,7 +114,9 @@ class SessionCache:
 
     def _gaps(self) -> int | None:
         """Interruptions of the feeds so far, or None when the cache may not be used now."""
-        if not self._feeds or not all(feed.live for feed in self._feeds):
+        feeds = self._feeds
+        # Both feeds come from one store, over one connection: one probe answers for both.
+        if not feeds or not all(feed.subscribed for feed in feeds) or not feeds[0].quiet():
             return None
         return sum(feed.gaps for feed in self._feeds)
 

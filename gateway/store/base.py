@@ -92,7 +92,19 @@ class Subscription:
 
     @property
     def live(self) -> bool:
-        return self._live and not self._closed and (self._probe is None or self._probe())
+        return self.subscribed and self.quiet()
+
+    @property
+    def subscribed(self) -> bool:
+        """The backend has confirmed the subscription and not lost it since (as far as
+        its reader has seen: `quiet` asks about what it has not seen yet)."""
+        return self._live and not self._closed
+
+    def quiet(self) -> bool:
+        """Nothing has arrived on the backend's connection that its reader has not handed
+        out (the `probe`; True without one). Subscriptions of one store share its
+        connection, so one answer holds for all of them."""
+        return self._probe is None or self._probe()
 
     @property
     def gaps(self) -> int:
